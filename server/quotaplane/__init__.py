@@ -1,0 +1,1 @@
+"""quotaplane: quota-and-billing control plane for metered APIs."""
