@@ -41,9 +41,9 @@ def parse_positive_duration(text: str) -> timedelta:
 
 
 def parse_addr(text: str) -> str:
-    """host:port with a port in 1..65535 (IPv6 hosts in brackets)."""
+    """host:port with a port in 0..65535 (0 = any free port; IPv6 hosts in brackets)."""
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError("expected host:port, e.g. 127.0.0.1:50051")
     return text
 

@@ -1,0 +1,44 @@
+# quotaplane: the two commands are `make run` and `make test`; both do their own set-up.
+# Needs only Python 3.11+ with venv and pip (and network access to PyPI on first use).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: run serve test lint typecheck generate check-generated bench-quota clean help
+
+help:
+	@echo "make run    - set up, then run quotaplane on embedded defaults (valkey + SQLite)"
+	@echo "make test   - set up, then run linters, type checks and the whole test suite"
+	@echo "make generate - regenerate the Python code of protos/ into clients/"
+
+# The virtualenv is (re)built whenever pyproject.toml changes.
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+generate: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python scripts/gen_protos.py
+
+check-generated: $(STAMP)
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python scripts/gen_protos.py --check
+
+run: $(STAMP) generate
+	$(BIN)/quotaplane serve
+
+lint: $(STAMP)
+	$(BIN)/ruff check server clients/quotaplane_client scripts tests bench
+	$(BIN)/lint-imports
+
+typecheck: $(STAMP)
+	$(BIN)/mypy server/quotaplane clients/quotaplane_client
+
+test: $(STAMP) check-generated lint typecheck
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .data

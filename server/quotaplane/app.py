@@ -1,0 +1,150 @@
+"""Composition root: settings -> embedded servers -> stores -> services -> gRPC server.
+
+This is the only module that knows every adapter. ``Runtime`` starts the parts in order and
+stops them in reverse through one AsyncExitStack, so a failure half-way through start-up still
+stops whatever had started (the embedded valkey above all).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+from importlib import resources
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import urlsplit, urlunsplit
+
+from quotaplane.config import Settings
+from quotaplane.datadir import DataDirLock
+from quotaplane.domain.plans import PlanCatalog, load_plans
+from quotaplane.storage.redis.embedded import EmbeddedValkey
+from quotaplane.storage.sql import migrate
+from quotaplane.transport.grpc.admin import AdminServicer
+from quotaplane.transport.grpc.ext_authz import AuthorizationServicer
+from quotaplane.transport.grpc.quota import QuotaServicer
+from quotaplane.transport.grpc.server import RunningServer, Servicers, start_server
+
+log = logging.getLogger(__name__)
+
+
+def default_plans_path() -> Path:
+    return Path(str(resources.files("quotaplane") / "default_plans.yaml"))
+
+
+def embedded_database_url(data_dir: Path) -> str:
+    return f"sqlite:///{(data_dir / 'ledger.db').resolve()}"
+
+
+class Runtime:
+    """Everything ``quotaplane serve`` runs, as one async context manager."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.redis_url = settings.redis_url
+        self.database_url = settings.database_url
+        self.admin_token = settings.admin_token
+        self.plans: PlanCatalog | None = None
+        self.grpc: RunningServer | None = None
+        self._stack = contextlib.AsyncExitStack()
+
+    async def __aenter__(self) -> Runtime:
+        try:
+            await self._start()
+        except BaseException:
+            await self._stack.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._stack.aclose()
+
+    async def _start(self) -> None:
+        s = self.settings
+        self.plans = load_plans(s.plans_path or default_plans_path())
+        log.info("plans loaded", extra={"source": self.plans.source, "plans": sorted(self.plans.plans)})
+        if not (s.redis_url and s.database_url):
+            self._stack.enter_context(DataDirLock(s.data_dir))
+        if not s.redis_url:
+            self.redis_url = await self._start_embedded_valkey()
+        if not s.database_url:
+            self.database_url = embedded_database_url(s.data_dir)
+            await asyncio.to_thread(migrate.upgrade, self.database_url)
+        else:
+            await asyncio.to_thread(_require_current_schema, s.database_url)
+        self.admin_token = s.admin_token or _generated_admin_token(s.data_dir)
+        self.grpc = await start_server(
+            s.grpc_addr,
+            Servicers(quota=QuotaServicer(), admin=AdminServicer(), authz=AuthorizationServicer()),
+            admin_token=self.admin_token,
+            service_token=s.service_token,
+            max_concurrent_streams=s.max_concurrent_streams,
+        )
+        self._stack.push_async_callback(self.grpc.stop, s.shutdown_grace.total_seconds())
+
+    async def _start_embedded_valkey(self) -> str:
+        valkey = EmbeddedValkey(self.settings.data_dir / "valkey")
+        url = await asyncio.to_thread(valkey.start)
+        self._stack.callback(valkey.stop)
+        log.info("embedded valkey started", extra={"url": url})
+        return url
+
+
+def _require_current_schema(url: str) -> None:
+    current, head = migrate.current(url), migrate.head()
+    if current != head:
+        raise RuntimeError(
+            f"ledger schema is at {current or 'nothing'}, this build needs {head}: "
+            "run `quotaplane db upgrade` first"
+        )
+
+
+def _generated_admin_token(data_dir: Path) -> str:
+    """A random admin token for local runs, kept in <data dir>/admin-token (mode 0600)."""
+    path = data_dir / "admin-token"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        token = path.read_text().strip()
+    else:
+        token = "qp_admin_" + secrets.token_urlsafe(24)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(token + "\n")
+    log.warning(
+        "QUOTAPLANE_ADMIN_TOKEN is not set; using the generated token in %s", path,
+        extra={"admin_token_file": str(path)},
+    )
+    return token
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then drain in-flight calls and stop what was started."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with Runtime(settings) as runtime:
+        assert runtime.grpc is not None
+        log.info(
+            "quotaplane serving",
+            extra={"grpc_addr": settings.grpc_addr, "redis": _safe(runtime.redis_url),
+                   "database": _safe(runtime.database_url or "")},
+        )
+        await stop.wait()
+        log.info("shutting down: draining in-flight calls",
+                 extra={"grace_s": settings.shutdown_grace.total_seconds()})
+    log.info("stopped")
+
+
+def _safe(url: str) -> str:
+    """A URL without its password, for logs."""
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
