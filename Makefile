@@ -22,10 +22,10 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 generate: $(STAMP)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python scripts/gen_protos.py
+	$(BIN)/python scripts/gen_protos.py
 
 check-generated: $(STAMP)
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python scripts/gen_protos.py --check
+	$(BIN)/python scripts/gen_protos.py --check
 
 run: $(STAMP) generate
 	$(BIN)/quotaplane serve

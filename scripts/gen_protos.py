@@ -38,12 +38,23 @@ def _protoc_include() -> str:
     return str(Path(grpc_tools.__file__).parent / "_proto")
 
 
+def _plugin(name: str) -> str:
+    """The mypy-protobuf plugin installed beside this interpreter (PATH may not have it)."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if not found:
+        raise SystemExit(f"{name} not found: install the dev extras (pip install -e '.[dev]')")
+    return f"--plugin={name}={found}"
+
+
 def _run_protoc(out: Path) -> None:
     protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / PROTO_PACKAGE).glob("*.proto"))
     args = [
         "grpc_tools.protoc",
         f"-I{PROTO_ROOT}",
         f"-I{_protoc_include()}",
+        _plugin("protoc-gen-mypy"),
+        _plugin("protoc-gen-mypy_grpc"),
         f"--python_out={out}",
         f"--grpc_python_out={out}",
         f"--mypy_out={out}",
