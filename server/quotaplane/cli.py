@@ -96,7 +96,20 @@ def _cmd_db(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def settings_markdown() -> str:
+    """The README's settings table, generated from the declarations."""
+    rows = ["| variable | flag | default | meaning |", "| --- | --- | --- | --- |"]
+    for s in SETTINGS:
+        flag = "--" + s.name.replace("_", "-")
+        default = f"`{s.default}`" if s.default else "(empty)"
+        rows.append(f"| `{s.env}` | `{flag}` | {default} | {s.help} |")
+    return "\n".join(rows)
+
+
 def _cmd_settings(args: argparse.Namespace) -> int:
+    if args.markdown:
+        print(settings_markdown())
+        return EXIT_OK
     width = max(len(s.env) for s in SETTINGS)
     for s in SETTINGS:
         print(f"{s.env:<{width}}  default {s.default!r:<20} {s.help}")
@@ -128,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     db.set_defaults(func=_cmd_db)
 
     settings = commands.add_parser("settings", help="list every setting, its variable and default")
+    settings.add_argument("--markdown", action="store_true", help="print the README's table")
     settings.set_defaults(func=_cmd_settings)
     return parser
 

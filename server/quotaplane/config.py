@@ -48,10 +48,6 @@ def parse_addr(text: str) -> str:
     return text
 
 
-def parse_optional_addr(text: str) -> str:
-    return "" if text.strip() in ("", "off", "none") else parse_addr(text)
-
-
 def parse_redis_url(text: str) -> str:
     if text and urlsplit(text).scheme not in ("redis", "rediss", "unix", "redis+cluster"):
         raise ValueError("expected redis://, rediss://, unix:// or redis+cluster:// URL")
@@ -138,23 +134,14 @@ SETTINGS: tuple[Setting, ...] = (
             "Prefix of every Redis key, so several deployments can share one Redis."),
     Setting("redis_timeout", "QUOTAPLANE_REDIS_TIMEOUT", parse_positive_duration, "100ms",
             "Bound on one Redis round trip; past it CheckQuota answers UNAVAILABLE."),
-    Setting("flush_interval", "QUOTAPLANE_FLUSH_INTERVAL", parse_positive_duration, "1s",
-            "How often admitted usage is flushed from Redis into the ledger."),
     Setting("cache_ttl", "QUOTAPLANE_CACHE_TTL", parse_positive_duration, "1s",
             "Longest time a replica serves a cached tenant, plan or API key after an admin change."),
     Setting("shutdown_grace", "QUOTAPLANE_SHUTDOWN_GRACE", parse_positive_duration, "10s",
             "On SIGTERM/SIGINT: how long in-flight calls may finish before they are cancelled."),
-    Setting("metrics_addr", "QUOTAPLANE_METRICS_ADDR", parse_optional_addr, "127.0.0.1:9464",
-            "Prometheus scrape endpoint (host:port); 'off' disables it."),
     Setting("log_level", "QUOTAPLANE_LOG_LEVEL", parse_log_level, "INFO",
             "DEBUG, INFO, WARNING or ERROR."),
     Setting("log_format", "QUOTAPLANE_LOG_FORMAT", parse_log_format, "json",
             "json (one object per line) or text."),
-    Setting("stripe_api_key", "STRIPE_API_KEY", _text, "",
-            "Stripe secret key; empty disables the Stripe push (invoices stay in the ledger).",
-            secret=True),
-    Setting("stripe_api_base", "QUOTAPLANE_STRIPE_API_BASE", _text, "",
-            "Override Stripe's API address (tests point it at the local emulator)."),
     Setting("max_concurrent_streams", "QUOTAPLANE_MAX_CONCURRENT_STREAMS", parse_positive_int,
             "1000", "HTTP/2 streams one client connection (e.g. Envoy) may have open at once."),
 )
@@ -173,14 +160,10 @@ class Settings:
     service_token: str = ""
     redis_key_prefix: str = "qp"
     redis_timeout: timedelta = timedelta(milliseconds=100)
-    flush_interval: timedelta = timedelta(seconds=1)
     cache_ttl: timedelta = timedelta(seconds=1)
     shutdown_grace: timedelta = timedelta(seconds=10)
-    metrics_addr: str = "127.0.0.1:9464"
     log_level: str = "INFO"
     log_format: str = "json"
-    stripe_api_key: str = ""
-    stripe_api_base: str = ""
     max_concurrent_streams: int = 1000
 
     def redacted(self) -> dict[str, str]:

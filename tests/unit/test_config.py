@@ -27,7 +27,7 @@ def test_environment_values_are_parsed() -> None:
             "QUOTAPLANE_REDIS_URL": "redis://cache:6379/2",
             "QUOTAPLANE_DATABASE_URL": "postgresql://qp@db:5432/ledger",
             "QUOTAPLANE_REDIS_TIMEOUT": "250ms",
-            "QUOTAPLANE_FLUSH_INTERVAL": "2s",
+            "QUOTAPLANE_CACHE_TTL": "2s",
             "QUOTAPLANE_DATA_DIR": "/var/lib/qp",
         }
     )
@@ -35,7 +35,7 @@ def test_environment_values_are_parsed() -> None:
     assert settings.redis_url == "redis://cache:6379/2"
     assert settings.database_url == "postgresql://qp@db:5432/ledger"
     assert settings.redis_timeout == timedelta(milliseconds=250)
-    assert settings.flush_interval == timedelta(seconds=2)
+    assert settings.cache_ttl == timedelta(seconds=2)
     assert settings.data_dir == Path("/var/lib/qp")
 
 
@@ -52,7 +52,7 @@ def test_flags_override_the_environment() -> None:
         ("QUOTAPLANE_REDIS_URL", "http://cache:6379"),
         ("QUOTAPLANE_DATABASE_URL", "mysql://db/ledger"),
         ("QUOTAPLANE_REDIS_TIMEOUT", "fast"),
-        ("QUOTAPLANE_FLUSH_INTERVAL", "0s"),
+        ("QUOTAPLANE_CACHE_TTL", "0s"),
         ("QUOTAPLANE_LOG_LEVEL", "chatty"),
         ("QUOTAPLANE_MAX_CONCURRENT_STREAMS", "-3"),
         ("QUOTAPLANE_REDIS_KEY_PREFIX", "has space"),
@@ -67,10 +67,10 @@ def test_a_malformed_value_is_one_line_naming_the_variable(env: str, value: str)
 
 
 def test_secrets_are_not_echoed_in_errors_or_logs() -> None:
-    settings = load_settings({"QUOTAPLANE_ADMIN_TOKEN": "s3cret", "STRIPE_API_KEY": "sk_test_x"})
+    settings = load_settings({"QUOTAPLANE_ADMIN_TOKEN": "s3cret", "QUOTAPLANE_SERVICE_TOKEN": "svc-secret"})
     shown = settings.redacted()
     assert shown["admin_token"] == "***"
-    assert shown["stripe_api_key"] == "***"
+    assert shown["service_token"] == "***"
     assert "s3cret" not in repr(shown.values())
 
 
