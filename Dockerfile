@@ -1,0 +1,18 @@
+# quotaplane server image. Build: docker build -t quotaplane .
+FROM python:3.11-slim AS base
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY server ./server
+COPY clients ./clients
+RUN pip install . && useradd --system --uid 10001 quotaplane
+USER quotaplane
+EXPOSE 50051
+# Production settings come from the environment (see README: Settings).
+ENV QUOTAPLANE_GRPC_ADDR=0.0.0.0:50051 QUOTAPLANE_LOG_FORMAT=json
+HEALTHCHECK --interval=10s --timeout=3s --retries=3 \
+  CMD python -c "import grpc,sys; from grpc_health.v1 import health_pb2 as h, health_pb2_grpc as g; \
+c=grpc.insecure_channel('127.0.0.1:50051'); \
+sys.exit(0 if g.HealthStub(c).Check(h.HealthCheckRequest(), timeout=2).status==1 else 1)"
+ENTRYPOINT ["quotaplane"]
+CMD ["serve"]
