@@ -1,0 +1,118 @@
+"""Render the Envoy config templates under envoy/ (string.Template ${NAME} placeholders).
+
+Importable by file path (envoy/ is deliberately not a package):
+
+    spec = importlib.util.spec_from_file_location("envoy_render", "envoy/render.py")
+    render = module.render(TEMPLATE, listen_port=10000, failure_mode_allow=True)
+
+or from the shell:
+
+    python envoy/render.py --out /tmp/envoy.yaml --listen-port 10000 --fail-open
+
+Every placeholder has a default (DEFAULTS); an unknown name or a bad value is an error, never a
+silently broken config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import re
+import string
+import sys
+from pathlib import Path
+
+TEMPLATE = Path(__file__).resolve().parent / "envoy.yaml"
+
+DEFAULTS: dict[str, str | int | bool] = {
+    "LISTEN_ADDRESS": "0.0.0.0",
+    "LISTEN_PORT": 10000,
+    "ADMIN_PORT": 9901,
+    "QUOTAPLANE_HOST": "127.0.0.1",
+    "QUOTAPLANE_PORT": 50051,
+    "OPENCLAW_HOST": "127.0.0.1",
+    "OPENCLAW_PORT": 8081,
+    "FAILURE_MODE_ALLOW": False,
+}
+# Port 0 lets Envoy pick a free port (tests read it back from the admin API); an upstream
+# cluster needs a real one.
+BINDABLE_PORTS = {"LISTEN_PORT", "ADMIN_PORT"}
+_HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+
+
+def _check_port(name: str, value: object) -> str:
+    lowest = 0 if name in BINDABLE_PORTS else 1
+    if isinstance(value, bool) or not isinstance(value, int) or not lowest <= value <= 65535:
+        raise ValueError(f"{name} must be an integer port in {lowest}..65535, got {value!r}")
+    return str(value)
+
+
+def _check_host(name: str, value: object) -> str:
+    text = str(value)
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        if not _HOSTNAME.match(text):
+            raise ValueError(
+                f"{name} must be an IP address or a host name, got {value!r}"
+            ) from None
+    return text
+
+
+def _check_bool(name: str, value: object) -> str:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool, got {value!r}")
+    return "true" if value else "false"
+
+
+def values(**overrides: str | int | bool) -> dict[str, str]:
+    """DEFAULTS with overrides (case-insensitive names), validated and as template text."""
+    merged = dict(DEFAULTS)
+    for key, value in overrides.items():
+        name = key.upper()
+        if name not in DEFAULTS:
+            raise ValueError(f"unknown template variable {key!r}; known: {sorted(DEFAULTS)}")
+        merged[name] = value
+    checked: dict[str, str] = {}
+    for name, value in merged.items():
+        if name.endswith("_PORT"):
+            checked[name] = _check_port(name, value)
+        elif name.endswith(("_HOST", "_ADDRESS")):
+            checked[name] = _check_host(name, value)
+        else:
+            checked[name] = _check_bool(name, value)
+    return checked
+
+
+def render(template_path: str | Path = TEMPLATE, **overrides: str | int | bool) -> str:
+    """The template with every ${NAME} filled in; KeyError if it uses an unknown name."""
+    template = string.Template(Path(template_path).read_text(encoding="utf-8"))
+    return template.substitute(values(**overrides))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Render the quotaplane Envoy config")
+    parser.add_argument("--template", type=Path, default=TEMPLATE)
+    parser.add_argument("--out", type=Path, help="output file (default: stdout)")
+    parser.add_argument("--fail-open", action="store_true", help="failure_mode_allow: true")
+    for name, default in DEFAULTS.items():
+        if isinstance(default, bool):
+            continue
+        flag = "--" + name.lower().replace("_", "-")
+        kind = int if isinstance(default, int) else str
+        parser.add_argument(flag, type=kind, default=default, dest=name)
+    args = parser.parse_args(argv)
+    overrides = {name: getattr(args, name) for name in DEFAULTS if hasattr(args, name)}
+    try:
+        text = render(args.template, **overrides, FAILURE_MODE_ALLOW=args.fail_open)
+    except (ValueError, KeyError) as exc:
+        parser.error(str(exc))
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        args.out.write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
