@@ -60,7 +60,7 @@ def connection_error(url: str, timeout: int = 2) -> str | None:
         with psycopg.connect(with_database(url, _database_of(url)), connect_timeout=timeout):
             return None
     except psycopg.Error as error:
-        return str(error).strip() or type(error).__name__
+        return " ".join(str(error).split()) or type(error).__name__  # one line for headers
 
 
 def create_database(admin_url: str, name: str) -> str:

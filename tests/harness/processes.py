@@ -73,9 +73,9 @@ class ManagedProcess:
         return self._process is not None and self._process.poll() is None
 
     def start(self) -> ManagedProcess:
-        """Start the command (again, after a stop: the log is appended to)."""
+        """Start the command; a no-op while it runs. After a stop it starts again (same log)."""
         if self.is_running():
-            raise RuntimeError(f"{self.name} is already running (pid {self.pid})")
+            return self
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._close_log()
         self._log = self.log_path.open("ab")
@@ -118,6 +118,15 @@ class ManagedProcess:
                     f"\n{self._tail_report()}"
                 )
             time.sleep(_POLL_INTERVAL)
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the process to exit by itself; return its exit code.
+
+        Raises subprocess.TimeoutExpired if it is still running after ``timeout`` seconds.
+        """
+        if self._process is None:
+            raise RuntimeError(f"{self.name} was never started")
+        return self._process.wait(timeout)
 
     def terminate(self, timeout: float | None = None) -> int | None:
         """Send the stop signal, wait, then SIGKILL; return the exit code."""
