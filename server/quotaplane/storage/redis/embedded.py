@@ -94,6 +94,7 @@ class EmbeddedValkey:
         """Start the server (if not running) and return its URL once it answers PING."""
         if self.is_running():
             return self.url
+        self.stop()  # a server that died on its own still holds our lock fd and log handle
         self.data_dir.mkdir(parents=True, exist_ok=True)
         try:
             self._lock_fd = self._acquire_data_dir_lock()
