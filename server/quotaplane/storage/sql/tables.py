@@ -1,0 +1,313 @@
+"""The ledger's schema as SQLAlchemy Core tables: the one description the code queries against.
+
+The Alembic revisions under ``migrations/versions`` build exactly this schema on Postgres and
+SQLite; a test compares the two after ``upgrade head`` on both dialects, so a change here
+without a migration (or the reverse) fails CI.
+
+Portable types only. Two column types carry the ledger's rules to both dialects:
+
+- ``UtcDateTime``: timezone-aware in and out. A naive datetime is refused on write (it would
+  mean "whatever the server's zone is"); values come back as UTC-aware datetimes on SQLite
+  too, where the column itself has no zone.
+- ``Money``: ``decimal.Decimal`` in and out, NUMERIC on Postgres. SQLite would store a NUMERIC
+  as a binary float, so there the value is kept as its exact decimal text. A value with more
+  decimals or digits than the column holds is refused rather than rounded: rounding is the
+  pricing code's job (once per invoice line), never the database's. Totals are also kept as
+  integer minor units (BigInteger), exact everywhere and the figure Stripe receives.
+
+IDs are canonical lowercase UUID strings (String(36)), as the domain uses them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Context, Decimal, InvalidOperation
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+NAMING_CONVENTION: dict[str, str] = {
+    "pk": "pk_%(table_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+}
+
+metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+TENANT_STATUSES = ("active", "suspended")
+INVOICE_STATUSES = ("draft", "finalized", "paid", "void")
+OUTBOX_STATES = ("pending", "done", "failed")
+
+# Quantizing must raise, not round or overflow silently, whatever the caller's context.
+_MONEY_CONTEXT = Context(prec=40, traps=[InvalidOperation])
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """TIMESTAMP WITH TIME ZONE that accepts only aware datetimes and returns UTC-aware ones."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"naive datetime {value.isoformat()}: the ledger stores aware times")
+        utc = value.astimezone(UTC)
+        # SQLite keeps the text without a zone: store UTC so text order is time order.
+        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+class Money(TypeDecorator[Decimal]):
+    """NUMERIC(precision, scale) as exact Decimal on every dialect (text on SQLite)."""
+
+    impl = sa.Numeric
+    cache_ok = True
+
+    def __init__(self, precision: int, scale: int) -> None:
+        super().__init__(precision=precision, scale=scale, asdecimal=True)
+        self.precision = precision
+        self.scale = scale
+        self._quantum = Decimal(1).scaleb(-scale)
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(sa.String(self.precision + 2))  # sign and point
+        return dialect.type_descriptor(sa.Numeric(self.precision, self.scale, asdecimal=True))
+
+    def process_bind_param(self, value: Decimal | int | None, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        exact = self._checked(value)
+        return format(exact, "f") if dialect.name == "sqlite" else exact
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        return Decimal(str(value)).quantize(self._quantum)
+
+    def _checked(self, value: Decimal | int) -> Decimal:
+        # bool is an int, float is not a Decimal: neither is money.
+        if isinstance(value, bool) or not isinstance(value, Decimal | int):
+            raise TypeError(f"money must be a Decimal, got {type(value).__name__}")
+        if not Decimal(value).is_finite():
+            raise ValueError(f"money must be a finite number, got {value}")
+        try:
+            exact = Decimal(value).quantize(self._quantum, context=_MONEY_CONTEXT)
+        except InvalidOperation:
+            exact = None
+        if exact is None or len(exact.as_tuple().digits) > self.precision:
+            raise ValueError(f"{value} has more than {self.precision} digits")
+        if exact != value:
+            raise ValueError(f"{value} does not fit {self.scale} decimal places exactly")
+        return exact
+
+
+def unit_price() -> Money:
+    """Prices per unit are finer than a cent (0.00004 USD per request)."""
+    return Money(20, 6)
+
+
+def amount() -> Money:
+    """Amounts are rounded to the currency's minor unit; 4 places covers every ISO currency."""
+    return Money(20, 4)
+
+
+def _serial() -> TypeEngine[int]:
+    # BIGINT on Postgres; SQLite autoincrements only an INTEGER PRIMARY KEY (the rowid).
+    return sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+def _id(name: str = "id", **kwargs: Any) -> sa.Column[str]:
+    return sa.Column(name, sa.String(36), **kwargs)
+
+
+def _tenant_fk(**kwargs: Any) -> sa.Column[str]:
+    return sa.Column(
+        "tenant_id", sa.String(36), sa.ForeignKey("tenants.id"), nullable=False, **kwargs
+    )
+
+
+def _at(name: str, *, nullable: bool = False) -> sa.Column[datetime]:
+    return sa.Column(name, UtcDateTime(), nullable=nullable)
+
+
+tenants = sa.Table(
+    "tenants",
+    metadata,
+    _id(primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("external_id", sa.String(200), nullable=True, unique=True),
+    sa.Column("plan", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False, server_default="active"),
+    sa.Column("suspended_reason", sa.String(500), nullable=True),
+    sa.Column("stripe_customer_id", sa.String(255), nullable=True),
+    _at("created_at"),
+    _at("updated_at"),
+    # Bumped on every change; replicas compare it to refresh their tenant caches.
+    sa.Column("version", sa.Integer(), nullable=False, server_default="1"),
+    sa.CheckConstraint("status IN ('active', 'suspended')", name="status"),
+    sa.CheckConstraint("version >= 1", name="version_positive"),
+)
+
+plan_changes = sa.Table(
+    "plan_changes",
+    metadata,
+    sa.Column("id", _serial(), primary_key=True, autoincrement=True),
+    _tenant_fk(),
+    sa.Column("plan", sa.String(64), nullable=False),
+    _at("effective_at"),
+    sa.Index("ix_plan_changes_tenant_id_effective_at", "tenant_id", "effective_at"),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    _id(primary_key=True),
+    _tenant_fk(index=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("prefix", sa.String(32), nullable=False),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),  # SHA-256, hex
+    _at("created_at"),
+    _at("revoked_at", nullable=True),
+    _at("last_used_at", nullable=True),
+)
+
+usage_hourly = sa.Table(
+    "usage_hourly",
+    metadata,
+    _tenant_fk(primary_key=True),
+    sa.Column("metric", sa.String(64), primary_key=True),
+    sa.Column("hour_start", UtcDateTime(), primary_key=True),
+    sa.Column("quantity", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.Column("overage", sa.BigInteger(), nullable=False, server_default="0"),
+    sa.CheckConstraint("quantity >= 0", name="quantity_not_negative"),
+    sa.CheckConstraint("overage >= 0", name="overage_not_negative"),
+)
+
+# One row per applied usage flush: inserting the same flush id twice violates the primary
+# key, so a flush replayed after a crash is refused as a whole instead of counted twice.
+usage_flushes = sa.Table(
+    "usage_flushes",
+    metadata,
+    sa.Column("flush_id", sa.String(128), primary_key=True),
+    _at("applied_at"),
+)
+
+# Raw RecordUsage events; the primary key (tenant_id, event_id) is the dedup rule.
+usage_events = sa.Table(
+    "usage_events",
+    metadata,
+    _tenant_fk(primary_key=True),
+    sa.Column("event_id", sa.String(128), primary_key=True),
+    sa.Column("metric", sa.String(64), nullable=False),
+    sa.Column("quantity", sa.BigInteger(), nullable=False),
+    _at("occurred_at"),
+    _at("received_at"),
+    sa.CheckConstraint("quantity >= 0", name="quantity_not_negative"),
+    sa.Index("ix_usage_events_tenant_id_occurred_at", "tenant_id", "occurred_at"),
+)
+
+invoices = sa.Table(
+    "invoices",
+    metadata,
+    _id(primary_key=True),
+    _tenant_fk(),
+    sa.Column("period", sa.String(7), nullable=False),  # 'YYYY-MM', UTC calendar month
+    sa.Column("version", sa.Integer(), nullable=False, server_default="1"),
+    # A voided invoice regenerated for the same period: version + 1, pointing at the old one.
+    _id("replaces_invoice_id", nullable=True),
+    sa.Column("status", sa.String(16), nullable=False, server_default="draft"),
+    sa.Column("currency", sa.String(3), nullable=False),
+    sa.Column("subtotal", amount(), nullable=False),
+    sa.Column("total", amount(), nullable=False),
+    sa.Column("total_minor", sa.BigInteger(), nullable=False),
+    sa.Column("stripe_invoice_id", sa.String(255), nullable=True, unique=True),
+    sa.Column("last_error", sa.Text(), nullable=True),
+    _at("created_at"),
+    _at("updated_at"),
+    _at("finalized_at", nullable=True),
+    sa.ForeignKeyConstraint(["replaces_invoice_id"], ["invoices.id"]),
+    sa.UniqueConstraint("tenant_id", "period", "version"),
+    sa.CheckConstraint("status IN ('draft', 'finalized', 'paid', 'void')", name="status"),
+    sa.CheckConstraint("version >= 1", name="version_positive"),
+    sa.CheckConstraint("length(period) = 7", name="period_format"),
+    # At most one invoice per (tenant, period) that is not void: GenerateInvoice's idempotency.
+    sa.Index(
+        "uq_invoices_tenant_id_period_open",
+        "tenant_id",
+        "period",
+        unique=True,
+        postgresql_where=sa.text("status <> 'void'"),
+        sqlite_where=sa.text("status <> 'void'"),
+    ),
+)
+
+invoice_lines = sa.Table(
+    "invoice_lines",
+    metadata,
+    _id(primary_key=True),
+    sa.Column(
+        "invoice_id",
+        sa.String(36),
+        sa.ForeignKey("invoices.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("position", sa.Integer(), nullable=False),
+    sa.Column("metric", sa.String(64), nullable=False),
+    sa.Column("description", sa.String(500), nullable=False),
+    sa.Column("quantity", sa.BigInteger(), nullable=False),
+    sa.Column("unit_price", unit_price(), nullable=True),
+    sa.Column("amount", amount(), nullable=False),
+    sa.Column("amount_minor", sa.BigInteger(), nullable=False),
+    sa.Column("details", sa.JSON(), nullable=True),  # tier breakdown, proration; no floats
+    sa.UniqueConstraint("invoice_id", "position"),
+)
+
+stripe_outbox = sa.Table(
+    "stripe_outbox",
+    metadata,
+    _id(primary_key=True),
+    sa.Column("invoice_id", sa.String(36), sa.ForeignKey("invoices.id"), nullable=False),
+    sa.Column("action", sa.String(32), nullable=False),  # push | void | ...
+    sa.Column("idempotency_base", sa.String(128), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False, server_default="pending"),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    _at("next_attempt_at"),
+    sa.Column("last_error", sa.Text(), nullable=True),
+    _at("created_at"),
+    _at("updated_at"),
+    sa.UniqueConstraint("invoice_id", "action"),
+    sa.CheckConstraint("state IN ('pending', 'done', 'failed')", name="state"),
+    sa.CheckConstraint("attempts >= 0", name="attempts_not_negative"),
+    sa.Index("ix_stripe_outbox_state_next_attempt_at", "state", "next_attempt_at"),
+)
+
+# Stripe delivers webhooks at least once; the event id as primary key makes handling once.
+stripe_webhook_events = sa.Table(
+    "stripe_webhook_events",
+    metadata,
+    sa.Column("event_id", sa.String(255), primary_key=True),
+    sa.Column("type", sa.String(128), nullable=False),
+    _at("received_at"),
+)
+
+notifications_sent = sa.Table(
+    "notifications_sent",
+    metadata,
+    _tenant_fk(primary_key=True),
+    sa.Column("period", sa.String(7), primary_key=True),
+    sa.Column("threshold", sa.Integer(), primary_key=True),  # percent of the quota
+    _at("sent_at"),
+)
