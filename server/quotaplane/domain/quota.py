@@ -1,0 +1,184 @@
+"""The CheckQuota use case: tenant and plan from memory, one atomic consume in the counter store.
+
+``QuotaEngine.check`` resolves the tenant (in-process directory), refuses suspended tenants
+without touching the counters, takes the metric's limits from the in-memory plan catalog,
+computes each limit's fixed UTC window, and asks the counter store to check and consume the
+cost on every limit at once: either every ``block`` limit has room and all are charged, or
+nothing is. ``bill`` limits admit past their limit; the excess is reported as overage.
+
+Semantics the callers rely on:
+
+- ``remaining`` is what is left after this decision (for a dry run or a denial: now).
+- ``retry_after`` on OVER_LIMIT is the time until the *last* of the blocking windows that
+  lack room resets: only then can the same request succeed.
+- A request id's first decision is kept until the shortest window of the call ends (at most
+  24 h); a repeat within that time is answered from it and charged nothing. Dry runs neither
+  store nor consume anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+
+from quotaplane.domain.errors import FailedPrecondition, InvalidArgument, NotFound
+from quotaplane.domain.model import Decision, DecisionCode, LimitState, QuotaRequest, Tenant
+from quotaplane.domain.plans import Limit, Overage, Plan, PlanCatalog
+from quotaplane.domain.ports import ConsumeCall, ConsumeResult, CounterLimit, CounterStore
+from quotaplane.domain.windows import Window, window_reset, window_start
+
+DEDUP_MAX_AGE = timedelta(hours=24)
+# Counters outlive their window a little, so a late reply or a slow clock never reads a
+# counter that has just expired as empty.
+COUNTER_GRACE = timedelta(seconds=10)
+
+
+class TenantLookup(Protocol):
+    async def get(self, tenant_id: str) -> Tenant:
+        """The tenant; NotFound if it does not exist."""
+        ...
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class QuotaEngine:
+    """Decides CheckQuota requests. ``plans`` returns the catalog in force (plans reload)."""
+
+    def __init__(
+        self,
+        *,
+        tenants: TenantLookup,
+        plans: Callable[[], PlanCatalog],
+        counters: CounterStore,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self._tenants = tenants
+        self._plans = plans
+        self._counters = counters
+        self._clock = clock
+
+    async def check(self, request: QuotaRequest) -> Decision:
+        tenant = await self._tenants.get(request.tenant_id)
+        limits = self._limits(tenant, request.metric)
+        if not tenant.active:
+            return Decision(allowed=False, code=DecisionCode.SUSPENDED, cost=request.cost)
+        now = self._clock()
+        result = await self._counters.consume(consume_call(request, limits, now))
+        return decision_of(request, limits, result, now)
+
+    def _limits(self, tenant: Tenant, metric: str) -> tuple[Limit, ...]:
+        plan = self._plan(tenant)
+        if not plan.has_metric(metric):
+            metrics = ", ".join(sorted(plan.metrics)) or "none"
+            raise InvalidArgument(
+                f"metric {metric!r} is not part of plan {plan.name!r} (its metrics: {metrics})"
+            )
+        return plan.limits_for(metric)
+
+    def _plan(self, tenant: Tenant) -> Plan:
+        try:
+            return self._plans().get(tenant.plan)
+        except NotFound:
+            raise FailedPrecondition(
+                f"tenant {tenant.id} is on plan {tenant.plan!r}, which the plans file no longer has"
+            ) from None
+
+
+def consume_call(request: QuotaRequest, limits: Sequence[Limit], now: datetime) -> ConsumeCall:
+    """The counter-store call for a request at ``now``."""
+    resets = [window_reset(limit.window, now) for limit in limits]
+    dedup_until = min([*resets, now + DEDUP_MAX_AGE])
+    return ConsumeCall(
+        tenant_id=request.tenant_id,
+        metric=request.metric,
+        cost=request.cost,
+        limits=tuple(
+            CounterLimit(
+                window=limit.window,
+                window_start=int(window_start(limit.window, now).timestamp()),
+                limit=limit.limit,
+                bill=limit.overage is Overage.BILL,
+                expires_at_ms=_epoch_ms(reset + COUNTER_GRACE),
+            )
+            for limit, reset in zip(limits, resets, strict=True)
+        ),
+        hour_start=int(window_start(Window.HOUR, now).timestamp()),
+        dedup_expires_at_ms=_epoch_ms(dedup_until),
+        request_id=request.request_id,
+        dry_run=request.dry_run,
+    )
+
+
+def decision_of(
+    request: QuotaRequest, limits: Sequence[Limit], result: ConsumeResult, now: datetime
+) -> Decision:
+    """The Decision for the counter store's answer."""
+    resets = [window_reset(limit.window, now) for limit in limits]
+    states = tuple(
+        _limit_state(limit, used, reset)
+        for limit, used, reset in zip(limits, result.used, resets, strict=True)
+    )
+    if not result.allowed:
+        return Decision(
+            allowed=False,
+            code=DecisionCode.OVER_LIMIT,
+            cost=request.cost,
+            limits=states,
+            retry_after=_retry_after(request.cost, limits, result.used, resets, now),
+            replayed=result.replayed,
+        )
+    # A dry run reports counters before the (hypothetical) charge.
+    after = [used + request.cost for used in result.used] if request.dry_run else result.used
+    return Decision(
+        allowed=True,
+        code=DecisionCode.OK,
+        cost=request.cost,
+        limits=states,
+        overage=_overage(request.cost, limits, after),
+        replayed=result.replayed,
+    )
+
+
+def _limit_state(limit: Limit, used: int, reset: datetime) -> LimitState:
+    bill = limit.overage is Overage.BILL
+    return LimitState(
+        metric=limit.metric,
+        window=limit.window.value,
+        limit=limit.limit,
+        remaining=max(0, limit.limit - used),
+        reset_at=reset,
+        overage_policy=limit.overage.value,
+        overage=max(0, used - limit.limit) if bill else 0,
+    )
+
+
+def _overage(cost: int, limits: Sequence[Limit], used_after: Sequence[int]) -> int:
+    """Units of this decision past a ``bill`` limit (the largest excess over those limits)."""
+    excess = [
+        min(cost, max(0, used - limit.limit))
+        for limit, used in zip(limits, used_after, strict=True)
+        if limit.overage is Overage.BILL
+    ]
+    return max(excess, default=0)
+
+
+def _retry_after(
+    cost: int,
+    limits: Sequence[Limit],
+    used: Sequence[int],
+    resets: Sequence[datetime],
+    now: datetime,
+) -> timedelta:
+    blocking = [
+        reset
+        for limit, count, reset in zip(limits, used, resets, strict=True)
+        if limit.overage is Overage.BLOCK and count + cost > limit.limit
+    ]
+    return max(blocking, default=now) - now
+
+
+def _epoch_ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)

@@ -1,0 +1,99 @@
+"""The Redis counter store: CheckQuota's check-and-consume as one Lua script per call.
+
+``scripts/consume.lua`` decides and consumes on every limit of a call atomically (all or
+nothing) and adds admitted units to the tenant's unflushed hash in the same step; this module
+only builds its keys and arguments (names from ``keys.py``), sends it through the per-tick
+batcher and parses the reply. Python never reads a counter and then writes it.
+
+Failure: any Redis error or a reply later than ``timeout`` becomes ``Unavailable``. A call
+that timed out may still have been applied by Redis; a caller that retries with the same
+``request_id`` is answered from the first decision instead of being charged twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from importlib import resources
+
+from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import RedisError
+
+from quotaplane.domain.errors import Unavailable
+from quotaplane.domain.ports import ConsumeCall, ConsumeResult
+from quotaplane.storage.redis import keys
+from quotaplane.storage.redis.batching import Arg, ScriptBatcher
+
+
+def consume_script_source() -> str:
+    return resources.files(__package__).joinpath("scripts/consume.lua").read_text("utf-8")
+
+
+class RedisCounterStore:
+    """CounterStore on Redis or Redis Cluster."""
+
+    def __init__(
+        self,
+        client: Redis | RedisCluster,
+        *,
+        key_prefix: str,
+        timeout: float,
+        max_in_flight: int = 2,
+    ) -> None:
+        self._prefix = key_prefix
+        self._timeout = timeout
+        self._batcher = ScriptBatcher(
+            client, consume_script_source(), timeout=timeout, max_in_flight=max_in_flight
+        )
+
+    async def consume(self, call: ConsumeCall) -> ConsumeResult:
+        try:
+            async with asyncio.timeout(self._timeout):
+                reply = await self._batcher.call(self.script_keys(call), self.script_args(call))
+        except TimeoutError:
+            raise Unavailable(f"Redis did not answer within {self._timeout * 1000:g} ms") from None
+        except (RedisError, OSError) as error:
+            raise Unavailable(f"Redis is unavailable: {type(error).__name__}: {error}") from None
+        return parse_reply(reply, len(call.limits))
+
+    async def load_script(self) -> None:
+        """Load the script into Redis now rather than on the first call."""
+        await self._batcher.load()
+
+    async def drain(self) -> None:
+        await self._batcher.drain()
+
+    def script_keys(self, call: ConsumeCall) -> list[str]:
+        p, tenant = self._prefix, call.tenant_id
+        script_keys = [keys.unflushed_key(p, tenant)]
+        script_keys += [
+            keys.counter_key(p, tenant, call.metric, limit.window.value, limit.window_start)
+            for limit in call.limits
+        ]
+        if call.request_id is not None:
+            script_keys.append(keys.dedup_key(p, tenant, call.request_id))
+        return script_keys
+
+    @staticmethod
+    def script_args(call: ConsumeCall) -> list[Arg]:
+        args: list[Arg] = [
+            call.cost,
+            "1" if call.dry_run else "0",
+            len(call.limits),
+            call.dedup_expires_at_ms,
+            keys.unflushed_field(call.metric, call.hour_start),
+            keys.overage_field(call.metric, call.hour_start),
+        ]
+        for limit in call.limits:
+            args += [limit.limit, "bill" if limit.bill else "block", limit.expires_at_ms]
+        return args
+
+
+def parse_reply(reply: Sequence[object], limits: int) -> ConsumeResult:
+    """``[replayed, "allowed,used_1,..."]`` -> ConsumeResult."""
+    replayed, encoded = reply
+    allowed, *used = (int(part) for part in str(encoded).split(","))
+    if len(used) != limits:
+        # Only a replay of a decision taken under another plan (changed limits) gets here.
+        used = (used + [0] * limits)[:limits]
+    return ConsumeResult(allowed=bool(allowed), used=tuple(used), replayed=bool(replayed))

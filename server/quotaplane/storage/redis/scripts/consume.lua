@@ -1,0 +1,63 @@
+-- consume.lua: check and consume one CheckQuota atomically, all limits or none.
+--
+-- KEYS[1]          unflushed hash of the tenant (admitted units the ledger has not taken yet)
+-- KEYS[2..n+1]     one counter per limit, in the order of the limit arguments
+-- KEYS[n+2]        optional: the dedup key of the request id
+-- ARGV[1] cost     units to consume (>= 1)
+-- ARGV[2] dry_run  "1": decide and report, change nothing
+-- ARGV[3] n        number of limits
+-- ARGV[4]          dedup expiry, unix milliseconds (PEXPIREAT)
+-- ARGV[5]          unflushed field for the units, ARGV[6] the field for overage units
+-- ARGV[7..]        per limit: limit, policy ("block" | "bill"), counter expiry (unix ms)
+--
+-- Returns {replayed (0|1), "allowed,used_1,...,used_n"}: used = the counter after this
+-- decision (before it for denials and dry runs). A replay returns the first decision's string.
+-- All keys share one hash tag, so this runs unchanged on Redis Cluster.
+
+local cost = tonumber(ARGV[1])
+local dry_run = ARGV[2] == '1'
+local n = tonumber(ARGV[3])
+local dedup = KEYS[n + 2]
+
+if dedup then
+  local first = redis.call('GET', dedup)
+  if first then
+    return {1, first}
+  end
+end
+
+local used = {}
+local allowed = 1
+for i = 1, n do
+  local base = 6 + (i - 1) * 3
+  used[i] = tonumber(redis.call('GET', KEYS[i + 1]) or '0')
+  if ARGV[base + 2] == 'block' and used[i] + cost > tonumber(ARGV[base + 1]) then
+    allowed = 0
+  end
+end
+
+if allowed == 1 and not dry_run then
+  local overage = 0
+  for i = 1, n do
+    local base = 6 + (i - 1) * 3
+    local limit = tonumber(ARGV[base + 1])
+    used[i] = redis.call('INCRBY', KEYS[i + 1], cost)
+    redis.call('PEXPIREAT', KEYS[i + 1], ARGV[base + 3])
+    if ARGV[base + 2] == 'bill' and used[i] > limit then
+      overage = math.max(overage, math.min(cost, used[i] - limit))
+    end
+  end
+  redis.call('HINCRBY', KEYS[1], ARGV[5], cost)
+  if overage > 0 then
+    redis.call('HINCRBY', KEYS[1], ARGV[6], overage)
+  end
+end
+
+local encoded = tostring(allowed)
+for i = 1, n do
+  encoded = encoded .. ',' .. string.format('%d', used[i])
+end
+if dedup and not dry_run then
+  redis.call('SET', dedup, encoded, 'PXAT', ARGV[4])
+end
+return {0, encoded}

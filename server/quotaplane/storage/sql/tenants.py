@@ -1,0 +1,166 @@
+"""SQL tenant store: the ``tenants`` table (and its ``plan_changes`` history) behind TenantStore.
+
+Every change sets ``updated_at`` and bumps ``version``; replicas' tenant directories poll
+``list_changed_since`` on that column (see ``domain/directory.py``). A plan is recorded in
+``plan_changes`` when a tenant is created and whenever it changes, in the same transaction,
+so billing can prorate by the plan in force at each instant. Whether a plan name exists is the
+caller's check (the catalog lives in memory, not in SQL).
+
+Database failures become ``Unavailable``; a duplicate ``external_id`` is ``AlreadyExists``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from quotaplane.domain.errors import AlreadyExists, NotFound, Unavailable
+from quotaplane.domain.model import Tenant, TenantStatus
+from quotaplane.storage.sql.tables import plan_changes, tenants
+
+MAX_PAGE = 1000
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class SqlTenantStore:
+    """TenantStore on Postgres or SQLite (SQLAlchemy async)."""
+
+    def __init__(self, engine: AsyncEngine, *, clock: Callable[[], datetime] = _utc_now) -> None:
+        self._engine = engine
+        self._clock = clock
+
+    async def create(self, *, name: str, plan: str, external_id: str | None = None) -> Tenant:
+        now = self._clock()
+        row = {
+            "id": str(uuid.uuid4()),
+            "name": name,
+            "external_id": external_id,
+            "plan": plan,
+            "status": TenantStatus.ACTIVE.value,
+            "created_at": now,
+            "updated_at": now,
+            "version": 1,
+            "stripe_customer_id": None,
+            "suspended_reason": None,
+        }
+        async with self._transaction() as conn:
+            await conn.execute(tenants.insert().values(**row))
+            await conn.execute(
+                plan_changes.insert().values(tenant_id=row["id"], plan=plan, effective_at=now)
+            )
+        return _tenant(row)
+
+    async def get(self, tenant_id: str) -> Tenant | None:
+        async with self._connection() as conn:
+            result = await conn.execute(sa.select(tenants).where(tenants.c.id == tenant_id))
+            row = result.mappings().first()
+        return _tenant(row) if row is not None else None
+
+    async def list_changed_since(self, since: datetime | None) -> list[Tenant]:
+        query = sa.select(tenants)
+        if since is not None:
+            query = query.where(tenants.c.updated_at >= since)
+        async with self._connection() as conn:
+            result = await conn.execute(query)
+            return [_tenant(row) for row in result.mappings()]
+
+    async def list_page(self, *, after: str | None = None, size: int = 100) -> list[Tenant]:
+        """Tenants in id order, ``size`` (1..1000) at a time, after the id ``after``."""
+        query = sa.select(tenants).order_by(tenants.c.id).limit(max(1, min(size, MAX_PAGE)))
+        if after is not None:
+            query = query.where(tenants.c.id > after)
+        async with self._connection() as conn:
+            result = await conn.execute(query)
+            return [_tenant(row) for row in result.mappings()]
+
+    async def update_plan(self, tenant_id: str, plan: str) -> Tenant:
+        now = self._clock()
+        async with self._transaction() as conn:
+            tenant = await self._update(conn, tenant_id, now, plan=plan)
+            await conn.execute(
+                plan_changes.insert().values(tenant_id=tenant_id, plan=plan, effective_at=now)
+            )
+        return tenant
+
+    async def suspend(self, tenant_id: str, reason: str = "") -> Tenant:
+        async with self._transaction() as conn:
+            return await self._update(
+                conn,
+                tenant_id,
+                self._clock(),
+                status=TenantStatus.SUSPENDED.value,
+                suspended_reason=reason or None,
+            )
+
+    async def resume(self, tenant_id: str) -> Tenant:
+        async with self._transaction() as conn:
+            return await self._update(
+                conn,
+                tenant_id,
+                self._clock(),
+                status=TenantStatus.ACTIVE.value,
+                suspended_reason=None,
+            )
+
+    async def _update(
+        self, conn: AsyncConnection, tenant_id: str, now: datetime, **values: Any
+    ) -> Tenant:
+        result = await conn.execute(
+            tenants.update()
+            .where(tenants.c.id == tenant_id)
+            .values(**values, updated_at=now, version=tenants.c.version + 1)
+            .returning(*tenants.c)
+        )
+        row = result.mappings().first()
+        if row is None:
+            raise NotFound(f"tenant {tenant_id} does not exist")
+        return _tenant(row)
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection]:
+        with _database_errors():
+            async with self._engine.connect() as conn:
+                yield conn
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        with _database_errors():
+            async with self._engine.begin() as conn:
+                yield conn
+
+
+@contextlib.contextmanager
+def _database_errors() -> Iterator[None]:
+    try:
+        yield
+    except IntegrityError as error:
+        if "external_id" in str(error.orig):
+            raise AlreadyExists("a tenant with this external_id already exists") from None
+        raise
+    except (DBAPIError, SQLAlchemyError, OSError) as error:
+        raise Unavailable(f"tenant database is unavailable: {type(error).__name__}") from None
+
+
+def _tenant(row: Mapping[Any, Any]) -> Tenant:
+    return Tenant(
+        id=row["id"],
+        name=row["name"],
+        plan=row["plan"],
+        status=TenantStatus(row["status"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        external_id=row["external_id"],
+        stripe_customer_id=row["stripe_customer_id"],
+        suspended_reason=row["suspended_reason"],
+        version=row["version"],
+    )

@@ -1,0 +1,78 @@
+"""Protobuf <-> domain values for QuotaService; the only place that knows both shapes."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+from quotaplane_client.v1 import quota_pb2, types_pb2
+
+from quotaplane.domain.model import Decision, DecisionCode, LimitState, QuotaRequest
+
+WINDOWS: dict[str, types_pb2.Window.ValueType] = {
+    "second": types_pb2.WINDOW_SECOND,
+    "minute": types_pb2.WINDOW_MINUTE,
+    "hour": types_pb2.WINDOW_HOUR,
+    "day": types_pb2.WINDOW_DAY,
+    "month": types_pb2.WINDOW_MONTH,
+}
+OVERAGE_POLICIES: dict[str, types_pb2.OveragePolicy.ValueType] = {
+    "block": types_pb2.OVERAGE_POLICY_BLOCK,
+    "bill": types_pb2.OVERAGE_POLICY_BILL,
+}
+CODES: dict[DecisionCode, quota_pb2.CheckQuotaResponse.Code.ValueType] = {
+    DecisionCode.OK: quota_pb2.CheckQuotaResponse.OK,
+    DecisionCode.OVER_LIMIT: quota_pb2.CheckQuotaResponse.OVER_LIMIT,
+    DecisionCode.SUSPENDED: quota_pb2.CheckQuotaResponse.SUSPENDED,
+}
+
+
+def quota_request(message: quota_pb2.CheckQuotaRequest) -> QuotaRequest:
+    """Validate a CheckQuotaRequest; InvalidArgument names the first bad field."""
+    return QuotaRequest.parse(
+        tenant_id=message.tenant_id,
+        metric=message.metric,
+        cost=message.cost,
+        request_id=message.request_id,
+        dry_run=message.dry_run,
+        labels=dict(message.labels),
+    )
+
+
+def check_quota_response(decision: Decision) -> quota_pb2.CheckQuotaResponse:
+    response = quota_pb2.CheckQuotaResponse(
+        allowed=decision.allowed,
+        code=CODES[decision.code],
+        limits=[limit_status(state) for state in decision.limits],
+        replayed=decision.replayed,
+        cost=decision.cost,
+        overage=decision.overage,
+    )
+    if decision.retry_after is not None:
+        response.retry_after.CopyFrom(duration(decision.retry_after))
+    return response
+
+
+def limit_status(state: LimitState) -> types_pb2.LimitStatus:
+    return types_pb2.LimitStatus(
+        name=state.name,
+        window=WINDOWS[state.window],
+        limit=state.limit,
+        remaining=state.remaining,
+        reset_at=timestamp(state.reset_at),
+        overage_policy=OVERAGE_POLICIES[state.overage_policy],
+        overage=state.overage,
+    )
+
+
+def timestamp(at: datetime) -> Timestamp:
+    message = Timestamp()
+    message.FromDatetime(at)
+    return message
+
+
+def duration(span: timedelta) -> Duration:
+    message = Duration()
+    message.FromTimedelta(span)
+    return message
