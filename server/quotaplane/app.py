@@ -20,9 +20,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 from quotaplane.config import Settings
 from quotaplane.datadir import DataDirLock
+from quotaplane.domain.directory import TenantDirectory
 from quotaplane.domain.plans import PlanCatalog, load_plans
+from quotaplane.domain.quota import QuotaEngine
+from quotaplane.storage.redis.client import redis_client
+from quotaplane.storage.redis.counters import RedisCounterStore
 from quotaplane.storage.redis.embedded import EmbeddedValkey
 from quotaplane.storage.sql import migrate
+from quotaplane.storage.sql.engine import create_async_engine_for
+from quotaplane.storage.sql.tenants import SqlTenantStore
 from quotaplane.transport.grpc.admin import AdminServicer
 from quotaplane.transport.grpc.ext_authz import AuthorizationServicer
 from quotaplane.transport.grpc.quota import QuotaServicer
@@ -48,6 +54,7 @@ class Runtime:
         self.database_url = settings.database_url
         self.admin_token = settings.admin_token
         self.plans: PlanCatalog | None = None
+        self.tenants: SqlTenantStore | None = None
         self.grpc: RunningServer | None = None
         self._stack = contextlib.AsyncExitStack()
 
@@ -78,14 +85,36 @@ class Runtime:
         else:
             await asyncio.to_thread(_require_current_schema, s.database_url)
         self.admin_token = s.admin_token or _generated_admin_token(s.data_dir)
+        quota = QuotaServicer(await self._start_quota_engine())
         self.grpc = await start_server(
             s.grpc_addr,
-            Servicers(quota=QuotaServicer(), admin=AdminServicer(), authz=AuthorizationServicer()),
+            Servicers(quota=quota, admin=AdminServicer(), authz=AuthorizationServicer()),
             admin_token=self.admin_token,
             service_token=s.service_token,
             max_concurrent_streams=s.max_concurrent_streams,
         )
         self._stack.push_async_callback(self.grpc.stop, s.shutdown_grace.total_seconds())
+
+    async def _start_quota_engine(self) -> QuotaEngine:
+        """Redis counters, the SQL tenant store and its in-memory directory with its poller."""
+        s = self.settings
+        redis = redis_client(self.redis_url, timeout=s.redis_timeout.total_seconds())
+        self._stack.push_async_callback(redis.aclose)
+        database = create_async_engine_for(self.database_url)
+        self._stack.push_async_callback(database.dispose)
+        self.tenants = SqlTenantStore(database)
+        directory = TenantDirectory(self.tenants, ttl=s.cache_ttl)
+        await directory.refresh()
+        poller = asyncio.create_task(directory.run(), name="tenant-directory")
+        self._stack.push_async_callback(_cancel, poller)
+        counters = RedisCounterStore(
+            redis, key_prefix=s.redis_key_prefix, timeout=s.redis_timeout.total_seconds()
+        )
+        return QuotaEngine(tenants=directory, plans=self._current_plans, counters=counters)
+
+    def _current_plans(self) -> PlanCatalog:
+        assert self.plans is not None, "plans are loaded before the engine starts"
+        return self.plans
 
     async def _start_embedded_valkey(self) -> str:
         valkey = EmbeddedValkey(self.settings.data_dir / "valkey")
@@ -93,6 +122,12 @@ class Runtime:
         self._stack.callback(valkey.stop)
         log.info("embedded valkey started", extra={"url": url})
         return url
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def _require_current_schema(url: str) -> None:
