@@ -30,7 +30,7 @@ UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED
 
 # method -> status answered to an empty request
 EXPECTED: dict[str, grpc.StatusCode] = {
-    "/quotaplane.v1.QuotaService/CheckQuota": UNIMPLEMENTED,
+    "/quotaplane.v1.QuotaService/CheckQuota": INVALID,
     "/quotaplane.v1.QuotaService/RecordUsage": UNIMPLEMENTED,
     "/quotaplane.v1.QuotaService/GenerateInvoice": UNIMPLEMENTED,
     "/envoy.service.auth.v3.Authorization/Check": UNIMPLEMENTED,
