@@ -1,0 +1,253 @@
+"""QuotaEngine on the run's real Redis with tenants in a real SQLite ledger (no fakes).
+
+Each test makes its own tenant, so counters never collide; the keys live under the run's
+prefix and are deleted at session end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis.asyncio as aioredis
+from quotaplane.domain.directory import TenantDirectory
+from quotaplane.domain.errors import FailedPrecondition, InvalidArgument, NotFound
+from quotaplane.domain.model import Decision, DecisionCode, QuotaRequest
+from quotaplane.domain.plans import PlanCatalog, parse_plans
+from quotaplane.domain.quota import QuotaEngine
+from quotaplane.domain.windows import Window, window_start
+from quotaplane.storage.redis import keys
+from quotaplane.storage.redis.client import redis_client
+from quotaplane.storage.redis.counters import RedisCounterStore
+from quotaplane.storage.sql import migrate
+from quotaplane.storage.sql.engine import create_async_engine_for
+from quotaplane.storage.sql.tenants import SqlTenantStore
+
+pytestmark = pytest.mark.timeout(60)
+
+PLANS = """
+plans:
+  exact:
+    metrics:
+      requests: {limits: {month: 1000}}
+  pair:
+    metrics:
+      requests: {limits: {minute: 5, month: 100}}
+  billed:
+    metrics:
+      requests:
+        charge: {model: per_unit, unit_price: "0.001"}
+        limits: {month: {limit: 10, overage: bill}}
+  unlimited:
+    metrics:
+      requests: {charge: {model: per_unit, unit_price: "0.001"}}
+"""
+
+
+@dataclass
+class Quota:
+    engine: QuotaEngine
+    tenants: SqlTenantStore
+    directory: TenantDirectory
+    redis: aioredis.Redis
+    prefix: str
+
+    async def tenant(self, plan: str) -> str:
+        return (await self.tenants.create(name=f"t-{plan}", plan=plan)).id
+
+    async def check(
+        self,
+        tenant_id: str,
+        *,
+        cost: int = 1,
+        metric: str = "",
+        request_id: str = "",
+        dry_run: bool = False,
+    ) -> Decision:
+        request = QuotaRequest.parse(
+            tenant_id=tenant_id, metric=metric, cost=cost, request_id=request_id, dry_run=dry_run
+        )
+        return await self.engine.check(request)
+
+    async def counter(self, tenant_id: str, window: Window) -> int:
+        start = int(window_start(window, datetime.now(UTC)).timestamp())
+        key = keys.counter_key(self.prefix, tenant_id, "requests", window.value, start)
+        return int(await self.redis.get(key) or 0)
+
+    async def unflushed(self, tenant_id: str) -> dict[str, str]:
+        return await self.redis.hgetall(keys.unflushed_key(self.prefix, tenant_id))  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def sqlite_ledger(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('quota-engine') / 'ledger.db'}"
+    migrate.upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="module")
+def catalog() -> PlanCatalog:
+    return parse_plans(PLANS, "test-plans.yaml")
+
+
+@pytest.fixture
+async def quota(
+    redis_url: str, redis_key_prefix: str, sqlite_ledger: str, catalog: PlanCatalog
+) -> AsyncIterator[Quota]:
+    database = create_async_engine_for(sqlite_ledger)
+    client = redis_client(redis_url, timeout=1.0)
+    try:
+        store = SqlTenantStore(database)
+        directory = TenantDirectory(store)
+        counters = RedisCounterStore(client, key_prefix=redis_key_prefix, timeout=1.0)
+        engine = QuotaEngine(tenants=directory, plans=lambda: catalog, counters=counters)
+        yield Quota(engine, store, directory, client, redis_key_prefix)
+    finally:
+        await client.aclose()
+        await database.dispose()
+
+
+async def test_concurrent_callers_admit_exactly_the_quota(quota: Quota) -> None:
+    tenant = await quota.tenant("exact")
+    rng = random.Random(7)
+    costs = [rng.randint(1, 5) for _ in range(1500)]
+    decisions = await asyncio.gather(*(quota.check(tenant, cost=c) for c in costs))
+    admitted = sum(c for c, d in zip(costs, decisions, strict=True) if d.allowed)
+    assert admitted == 1000
+    assert await quota.counter(tenant, Window.MONTH) == 1000
+
+
+async def test_a_denial_on_one_limit_consumes_nothing_on_the_other(quota: Quota) -> None:
+    tenant = await quota.tenant("pair")  # minute 5, month 100
+    assert (await quota.check(tenant, cost=4)).allowed
+    denied = await quota.check(tenant, cost=2)
+    assert not denied.allowed
+    assert await quota.counter(tenant, Window.MONTH) == 4
+    assert await quota.counter(tenant, Window.MINUTE) == 4
+
+
+async def test_denial_reports_every_limit_and_retry_after_the_blocking_window(quota: Quota) -> None:
+    tenant = await quota.tenant("pair")
+    await quota.check(tenant, cost=5)
+    denied = await quota.check(tenant, cost=1)
+    now = datetime.now(UTC)
+    assert denied.code is DecisionCode.OVER_LIMIT
+    states = {s.window: s for s in denied.limits}
+    assert (states["minute"].limit, states["minute"].remaining) == (5, 0)
+    assert (states["month"].limit, states["month"].remaining) == (100, 95)
+    assert states["minute"].reset_at == window_start(Window.MINUTE, now) + timedelta(minutes=1)
+    assert timedelta(0) < denied.retry_after <= timedelta(minutes=1)
+
+
+async def test_dry_run_consumes_nothing(quota: Quota) -> None:
+    tenant = await quota.tenant("exact")
+    decision = await quota.check(tenant, cost=5, dry_run=True)
+    assert decision.allowed and decision.limits[0].remaining == 1000
+    assert await quota.counter(tenant, Window.MONTH) == 0
+    assert await quota.unflushed(tenant) == {}
+
+
+async def test_a_repeated_request_id_replays_the_first_decision_and_charges_once(
+    quota: Quota,
+) -> None:
+    tenant = await quota.tenant("exact")
+    first = await quota.check(tenant, cost=3, request_id="req-1")
+    again = await quota.check(tenant, cost=3, request_id="req-1")
+    assert (first.allowed, first.replayed) == (True, False)
+    assert (again.allowed, again.replayed) == (True, True)
+    assert again.limits == first.limits
+    assert await quota.counter(tenant, Window.MONTH) == 3
+
+
+async def test_a_denied_request_id_is_replayed_as_denied(quota: Quota) -> None:
+    tenant = await quota.tenant("pair")
+    await quota.check(tenant, cost=5)
+    assert not (await quota.check(tenant, cost=1, request_id="late")).allowed
+    replay = await quota.check(tenant, cost=1, request_id="late")
+    assert (replay.allowed, replay.replayed) == (False, True)
+
+
+async def test_bill_overage_admits_past_the_quota_and_records_the_overage(quota: Quota) -> None:
+    tenant = await quota.tenant("billed")  # month 10, overage bill
+    await quota.check(tenant, cost=8)
+    past = await quota.check(tenant, cost=5)
+    assert past.allowed and past.overage == 3
+    assert past.limits[0].overage == 3 and past.limits[0].remaining == 0
+    hour = int(window_start(Window.HOUR, datetime.now(UTC)).timestamp())
+    unflushed = await quota.unflushed(tenant)
+    assert unflushed[keys.unflushed_field("requests", hour)] == "13"
+    assert unflushed[keys.overage_field("requests", hour)] == "3"
+
+
+async def test_admitted_units_enter_the_unflushed_hash(quota: Quota) -> None:
+    tenant = await quota.tenant("unlimited")  # no limits at all: always admitted, still billed
+    for cost in (1, 2, 3):
+        assert (await quota.check(tenant, cost=cost)).allowed
+    hour = int(window_start(Window.HOUR, datetime.now(UTC)).timestamp())
+    assert await quota.unflushed(tenant) == {keys.unflushed_field("requests", hour): "6"}
+
+
+async def test_a_suspended_tenant_gets_a_suspended_decision_and_pays_nothing(
+    quota: Quota,
+) -> None:
+    tenant = await quota.tenant("exact")
+    await quota.tenants.suspend(tenant, "unpaid")
+    decision = await quota.check(tenant, cost=1)
+    assert (decision.allowed, decision.code) == (False, DecisionCode.SUSPENDED)
+    assert await quota.counter(tenant, Window.MONTH) == 0
+
+
+async def test_an_unknown_tenant_is_not_found(quota: Quota) -> None:
+    with pytest.raises(NotFound):
+        await quota.check("7d0ea3a6-2f5e-4a8b-9b0e-5b1c7b0f1d11", cost=1)
+
+
+async def test_a_metric_outside_the_plan_is_invalid_and_names_metric_and_plan(
+    quota: Quota,
+) -> None:
+    tenant = await quota.tenant("exact")
+    with pytest.raises(InvalidArgument, match=r"'rating\.bulk'.*'exact'"):
+        await quota.check(tenant, metric="rating.bulk", cost=1)
+    assert await quota.unflushed(tenant) == {}
+
+
+async def test_a_tenant_on_a_removed_plan_is_a_failed_precondition(quota: Quota) -> None:
+    tenant = await quota.tenant("retired-plan")
+    with pytest.raises(FailedPrecondition, match="retired-plan"):
+        await quota.check(tenant, cost=1)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"tenant_id": ""},
+        {"tenant_id": "not-a-uuid"},
+        {"cost": -1},
+        {"cost": 10**9},
+        {"metric": "Bad Metric!"},
+        {"labels": {"k": "v" * 300}},
+        {"request_id": "r" * 200},
+    ],
+    ids=[
+        "empty-tenant",
+        "malformed-tenant",
+        "negative-cost",
+        "absurd-cost",
+        "bad-metric",
+        "long-label",
+        "long-request-id",
+    ],
+)
+def test_malformed_requests_are_refused_before_anything_runs(fields: dict[str, object]) -> None:
+    raw: dict[str, object] = {
+        "tenant_id": "7d0ea3a6-2f5e-4a8b-9b0e-5b1c7b0f1d11",
+        "metric": "",
+        "cost": 1,
+        **fields,
+    }
+    with pytest.raises(InvalidArgument):
+        QuotaRequest.parse(**raw)  # type: ignore[arg-type]
