@@ -7,12 +7,14 @@ Postgres database per test (``fresh_postgres_database``, dropped afterwards).
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
@@ -133,6 +135,23 @@ def test_postgres_schema_keeps_tables_and_version_apart(
         None,
     )
     assert _table_names(url) == set()  # nothing landed in public
+
+
+@pytest.mark.postgres
+def test_postgres_upgrade_waits_for_a_migration_in_progress(
+    fresh_postgres_database: Callable[[], str],
+) -> None:
+    url = fresh_postgres_database()
+    with psycopg.connect(url, autocommit=True) as other_replica:
+        other_replica.execute("SELECT pg_advisory_lock(%s)", (migrate.MIGRATION_LOCK_KEY,))
+        worker = threading.Thread(target=migrate.upgrade, args=(url,))
+        worker.start()
+        worker.join(timeout=1.0)
+        waited = worker.is_alive()
+        other_replica.execute("SELECT pg_advisory_unlock(%s)", (migrate.MIGRATION_LOCK_KEY,))
+    worker.join(timeout=30)
+    assert waited
+    assert migrate.current(url) == migrate.head()
 
 
 # -- constraints the ledger's idempotency rests on -----------------------------------------

@@ -12,6 +12,7 @@ upgrade if missing; tests use it to isolate runs sharing one database.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +34,13 @@ from quotaplane.storage.sql.engine import (
 log = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+# Postgres advisory lock held while migrating ('quotapln' in ASCII; no other code uses it).
+MIGRATION_LOCK_KEY = 0x71756F7461706C6E
+
+# Alembic's `context` and `op` are module-level proxies: two commands running at once in one
+# process would cross their wires. Across processes (replicas) env.py's advisory lock serializes.
+_ALEMBIC_LOCK = threading.Lock()
 
 
 def head() -> str:
@@ -60,7 +68,8 @@ def upgrade(url: str, revision: str = "head", *, schema: str | None = None) -> N
             "ledger schema upgrade starting",
             extra={"database": safe_database_url(url), "from": before, "to": revision},
         )
-        command.upgrade(_config(connection, schema), revision)
+        with _ALEMBIC_LOCK:
+            command.upgrade(_config(connection, schema), revision)
     log.info(
         "ledger schema upgrade done", extra={"database": safe_database_url(url), "to": revision}
     )
@@ -72,7 +81,7 @@ def downgrade(url: str, revision: str, *, schema: str | None = None) -> None:
         "ledger schema downgrade starting",
         extra={"database": safe_database_url(url), "to": revision},
     )
-    with _connection(url, schema) as connection:
+    with _connection(url, schema) as connection, _ALEMBIC_LOCK:
         command.downgrade(_config(connection, schema), revision)
     log.info(
         "ledger schema downgrade done", extra={"database": safe_database_url(url), "to": revision}
@@ -81,7 +90,8 @@ def downgrade(url: str, revision: str, *, schema: str | None = None) -> None:
 
 def new_revision(message: str) -> None:
     """Write an empty revision script after head, for a developer to fill in by hand."""
-    command.revision(_config(), message=message)
+    with _ALEMBIC_LOCK:
+        command.revision(_config(), message=message)
 
 
 def _config(connection: Connection | None = None, schema: str | None = None) -> Config:
