@@ -10,11 +10,9 @@ On Postgres an advisory lock serializes replicas that migrate at the same moment
 from __future__ import annotations
 
 from alembic import context
+from quotaplane.storage.sql.migrate import MIGRATION_LOCK_KEY
 from quotaplane.storage.sql.tables import metadata
 from sqlalchemy.engine import Connection
-
-# Any 64-bit number that no other code uses as an advisory lock key: 'quotapln' in ASCII.
-MIGRATION_LOCK_KEY = 0x71756F7461706C6E
 
 
 def run_migrations(connection: Connection) -> None:
