@@ -31,7 +31,7 @@ run: $(STAMP) generate
 	$(BIN)/quotaplane serve
 
 lint: $(STAMP)
-	$(BIN)/ruff check server clients/quotaplane_client scripts tests bench
+	$(BIN)/ruff check server clients/quotaplane_client scripts tests bench envoy
 	$(BIN)/lint-imports
 
 typecheck: $(STAMP)

@@ -48,7 +48,9 @@ def _plugin(name: str) -> str:
 
 
 def _run_protoc(out: Path) -> None:
-    protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / PROTO_PACKAGE).glob("*.proto"))
+    protos = sorted(
+        str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / PROTO_PACKAGE).glob("*.proto")
+    )
     args = [
         "grpc_tools.protoc",
         f"-I{PROTO_ROOT}",
@@ -107,8 +109,12 @@ def stale_files(target: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--check", action="store_true", help="report stale files instead of writing")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="report stale files instead of writing"
+    )
     args = parser.parse_args(argv)
     if args.check:
         stale = stale_files(OUT_DIR)

@@ -67,14 +67,19 @@ class Runtime:
         return self
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         await self._stack.aclose()
 
     async def _start(self) -> None:
         s = self.settings
         self.plans = load_plans(s.plans_path or default_plans_path())
-        log.info("plans loaded", extra={"source": self.plans.source, "plans": sorted(self.plans.plans)})
+        log.info(
+            "plans loaded", extra={"source": self.plans.source, "plans": sorted(self.plans.plans)}
+        )
         if not (s.redis_url and s.database_url):
             self._stack.enter_context(DataDirLock(s.data_dir))
         if not s.redis_url:
@@ -118,7 +123,9 @@ class Runtime:
 
     async def _start_embedded_valkey(self) -> str:
         valkey = EmbeddedValkey(self.settings.data_dir / "valkey")
-        url = await asyncio.to_thread(valkey.start)
+        # Started on the main thread on purpose: valkey's parent-death signal is tied to the
+        # thread that spawned it, and an executor thread may exit before serve does.
+        url = valkey.start()
         self._stack.callback(valkey.stop)
         log.info("embedded valkey started", extra={"url": url})
         return url
@@ -151,7 +158,8 @@ def _generated_admin_token(data_dir: Path) -> str:
         with os.fdopen(fd, "w") as handle:
             handle.write(token + "\n")
     log.warning(
-        "QUOTAPLANE_ADMIN_TOKEN is not set; using the generated token in %s", path,
+        "QUOTAPLANE_ADMIN_TOKEN is not set; using the generated token in %s",
+        path,
         extra={"admin_token_file": str(path)},
     )
     return token
@@ -167,12 +175,17 @@ async def serve(settings: Settings) -> None:
         assert runtime.grpc is not None
         log.info(
             "quotaplane serving",
-            extra={"grpc_addr": settings.grpc_addr, "redis": _safe(runtime.redis_url),
-                   "database": _safe(runtime.database_url or "")},
+            extra={
+                "grpc_addr": settings.grpc_addr,
+                "redis": _safe(runtime.redis_url),
+                "database": _safe(runtime.database_url or ""),
+            },
         )
         await stop.wait()
-        log.info("shutting down: draining in-flight calls",
-                 extra={"grace_s": settings.shutdown_grace.total_seconds()})
+        log.info(
+            "shutting down: draining in-flight calls",
+            extra={"grace_s": settings.shutdown_grace.total_seconds()},
+        )
     log.info("stopped")
 
 

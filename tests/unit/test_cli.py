@@ -38,15 +38,25 @@ def test_the_packaged_default_plans_validate() -> None:
 @pytest.mark.parametrize(
     ("text", "key"),
     [
-        ("plans:\n  starter: {price_per_1000_requests: -0.05, monthly_quota: 10000}\n",
-         "plans.starter.price_per_1000_requests"),
-        ("plans:\n  starter: {price_per_1000_requests: 0.050000000000000003, monthly_quota: 10000}\n",
-         "plans.starter.price_per_1000_requests"),
-        ("plans:\n  starter: {price_per_1000_requests: 0.05, monthly_quota: 10000, colour: red}\n",
-         "plans.starter.colour"),
-        ("plans:\n  starter: {price_per_1000_requests: 0.05, monthly_quota: 10000}\n"
-         "  starter: {price_per_1000_requests: 0.04, monthly_quota: 5000}\n",
-         "plans.starter"),
+        (
+            "plans:\n  starter: {price_per_1000_requests: -0.05, monthly_quota: 10000}\n",
+            "plans.starter.price_per_1000_requests",
+        ),
+        (
+            "plans:\n  starter: {price_per_1000_requests: 0.050000000000000003, "
+            "monthly_quota: 10000}\n",
+            "plans.starter.price_per_1000_requests",
+        ),
+        (
+            "plans:\n  starter: {price_per_1000_requests: 0.05, monthly_quota: 10000, "
+            "colour: red}\n",
+            "plans.starter.colour",
+        ),
+        (
+            "plans:\n  starter: {price_per_1000_requests: 0.05, monthly_quota: 10000}\n"
+            "  starter: {price_per_1000_requests: 0.04, monthly_quota: 5000}\n",
+            "plans.starter",
+        ),
         ("plans:\n  starter: {price_per_1000_requests: 0.05}\n", "plans.starter.monthly_quota"),
     ],
     ids=["negative-price", "too-many-places", "unknown-key", "duplicate-plan", "missing-quota"],
@@ -60,7 +70,9 @@ def test_a_bad_file_exits_1_naming_the_key(
     assert f"{path}:{key}:" in err
 
 
-def test_all_problems_of_a_file_are_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_all_problems_of_a_file_are_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     text = (
         "plans:\n"
         "  a: {price_per_1000_requests: -1, monthly_quota: 10}\n"

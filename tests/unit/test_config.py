@@ -40,7 +40,9 @@ def test_environment_values_are_parsed() -> None:
 
 
 def test_flags_override_the_environment() -> None:
-    settings = load_settings({"QUOTAPLANE_GRPC_ADDR": "0.0.0.0:6000"}, {"grpc_addr": "127.0.0.1:7000"})
+    settings = load_settings(
+        {"QUOTAPLANE_GRPC_ADDR": "0.0.0.0:6000"}, {"grpc_addr": "127.0.0.1:7000"}
+    )
     assert settings.grpc_addr == "127.0.0.1:7000"
 
 
@@ -67,7 +69,9 @@ def test_a_malformed_value_is_one_line_naming_the_variable(env: str, value: str)
 
 
 def test_secrets_are_not_echoed_in_errors_or_logs() -> None:
-    settings = load_settings({"QUOTAPLANE_ADMIN_TOKEN": "s3cret", "QUOTAPLANE_SERVICE_TOKEN": "svc-secret"})
+    settings = load_settings(
+        {"QUOTAPLANE_ADMIN_TOKEN": "s3cret", "QUOTAPLANE_SERVICE_TOKEN": "svc-secret"}
+    )
     shown = settings.redacted()
     assert shown["admin_token"] == "***"
     assert shown["service_token"] == "***"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from quotaplane.domain.errors import InvalidArgument
 from quotaplane.storage.sql.engine import (
     dialect_of,

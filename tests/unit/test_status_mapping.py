@@ -17,7 +17,9 @@ def _all_subclasses(cls: type) -> list[type]:
     return found
 
 
-@pytest.mark.parametrize("error_class", _all_subclasses(errors.QuotaplaneError), ids=lambda c: c.__name__)
+@pytest.mark.parametrize(
+    "error_class", _all_subclasses(errors.QuotaplaneError), ids=lambda c: c.__name__
+)
 def test_every_domain_error_has_a_status(error_class: type[errors.QuotaplaneError]) -> None:
     instance = error_class.__new__(error_class)
     Exception.__init__(instance, "x")

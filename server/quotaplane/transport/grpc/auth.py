@@ -1,4 +1,4 @@
-"""Bearer-token interceptor: AdminService needs the admin token; QuotaService may need a service token.
+"""Bearer-token interceptor: AdminService needs the admin token, QuotaService optionally one.
 
 Tokens are compared in constant time. A tenant's API key presented to AdminService is refused
 with PERMISSION_DENIED (it is a credential, just not one for this service).
@@ -63,7 +63,9 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method: str = details.method
         refusal = None
         if method.startswith(ADMIN_PREFIX):
-            refusal = check_token(bearer_token(details.invocation_metadata), self._admin_token, "AdminService")
+            refusal = check_token(
+                bearer_token(details.invocation_metadata), self._admin_token, "AdminService"
+            )
         elif self._service_token and method.startswith(QUOTA_PREFIX):
             refusal = check_token(
                 bearer_token(details.invocation_metadata), self._service_token, "QuotaService"

@@ -18,7 +18,9 @@ def pending(full_method: str, arrives_with: str) -> Any:
     """A servicer method that always answers UNIMPLEMENTED for ``full_method``."""
 
     @rpc
-    async def handler(self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> NoReturn:
+    async def handler(
+        self: Any, request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> NoReturn:
         raise Unimplemented(f"{full_method} is not served by this build yet ({arrives_with})")
 
     handler.__name__ = full_method.rsplit("/", 1)[-1]

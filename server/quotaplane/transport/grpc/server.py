@@ -68,7 +68,9 @@ async def start_server(
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
     reflection.enable_server_reflection((*SERVED, health_name, reflection.SERVICE_NAME), server)
-    port = server.add_secure_port(addr, credentials) if credentials else server.add_insecure_port(addr)
+    port = (
+        server.add_secure_port(addr, credentials) if credentials else server.add_insecure_port(addr)
+    )
     if port == 0:
         raise OSError(f"cannot listen on {addr}: address in use or not available")
     await server.start()

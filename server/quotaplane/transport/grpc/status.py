@@ -61,7 +61,9 @@ def rpc(
         except Exception:
             ref = uuid.uuid4().hex[:12]
             log.exception("unhandled error in %s (ref %s)", handler.__qualname__, ref)
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error (ref {ref}); see server log")
+            await context.abort(
+                grpc.StatusCode.INTERNAL, f"internal error (ref {ref}); see server log"
+            )
         raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
     return wrapper

@@ -10,9 +10,10 @@ On Postgres an advisory lock serializes replicas that migrate at the same moment
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy.engine import Connection
+
 from quotaplane.storage.sql.migrate import MIGRATION_LOCK_KEY
 from quotaplane.storage.sql.tables import metadata
-from sqlalchemy.engine import Connection
 
 
 def run_migrations(connection: Connection) -> None:
