@@ -36,6 +36,7 @@ from quotaplane.domain.windows import Window
 
 PLAN_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 METRIC_NAME_RE = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
+_DIGITS_RE = re.compile(r"[0-9]+")
 
 _TOP_KEYS = ("currency", "plans")
 _SEED_KEYS = ("price_per_1000_requests", "monthly_quota")
@@ -219,28 +220,44 @@ def _tiers(value: Tree, path: KeyPath, places: int, problems: Problems) -> tuple
         problems.add(path, "must be a list with at least one tier")
         return None
     tiers = [_tier(raw, (*path, index), places, problems) for index, raw in enumerate(value)]
-    ordered = _check_tier_order(tiers, path, problems)
+    ordered = _check_tier_order(value, path, problems)
     built = tuple(tier for tier in tiers if tier is not None)
     return built if ordered and len(built) == len(tiers) else None
 
 
-def _check_tier_order(tiers: list[Tier | None], path: KeyPath, problems: Problems) -> bool:
-    """up_to strictly increasing and only the last open-ended (checked where tiers parsed)."""
+def _check_tier_order(raw_tiers: list[Tree], path: KeyPath, problems: Problems) -> bool:
+    """up_to strictly increasing and only the last one open-ended.
+
+    Works on the written values so the order is checked even when a tier has other
+    problems; unusable up_to values are skipped (``_tier`` reports them).
+    """
+    bounds = [(i, _written_up_to(raw)) for i, raw in enumerate(raw_tiers)]
+    usable = [(i, bound) for i, (ok, bound) in bounds if ok]
     ok = True
-    for index, (lower, upper) in enumerate(itertools.pairwise(tiers)):
-        if lower is None or upper is None:
-            continue  # already reported
-        if lower.up_to is None:
+    for (index, lower), (next_index, upper) in itertools.pairwise(usable):
+        if lower is None:
             problems.add((*path, index, "up_to"), "only the last tier may have up_to: null")
             ok = False
-        elif upper.up_to is not None and upper.up_to <= lower.up_to:
-            message = f"must be strictly increasing: greater than the previous {lower.up_to}"
-            problems.add((*path, index + 1, "up_to"), message)
+        elif upper is not None and upper <= lower:
+            message = f"must be strictly increasing: greater than the previous {lower}"
+            problems.add((*path, next_index, "up_to"), message)
             ok = False
-    if tiers[-1] is not None and tiers[-1].up_to is not None:
-        problems.add((*path, len(tiers) - 1, "up_to"), "the last tier must have up_to: null")
-        ok = False
-    return ok
+    last_ok, last = bounds[-1][1]
+    if last_ok and last is not None:
+        problems.add((*path, len(bounds) - 1, "up_to"), "the last tier must have up_to: null")
+    return ok and last_ok and last is None
+
+
+def _written_up_to(value: Tree) -> tuple[bool, int | None]:
+    """(usable, up_to) as written: a whole number, or None for open-ended."""
+    if not isinstance(value, dict) or "up_to" not in value:
+        return False, None
+    up_to = value["up_to"]
+    if up_to is None:
+        return True, None
+    if isinstance(up_to, str) and _DIGITS_RE.fullmatch(up_to):
+        return True, int(up_to)
+    return False, None
 
 
 def _tier(value: Tree, path: KeyPath, places: int, problems: Problems) -> Tier | None:
