@@ -98,7 +98,11 @@ class StripeEmulator:
             raise RuntimeError("StripeEmulator already started")
         self._server = _Server(self)
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="stripe-emulator", daemon=True
+            # A short poll interval makes stop() quick: tests start one emulator each.
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name="stripe-emulator",
+            daemon=True,
         )
         self._thread.start()
         return self.api_base
