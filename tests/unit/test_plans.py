@@ -383,3 +383,8 @@ def test_alias_bombs_are_refused() -> None:
     lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
     problems = problems_of("\n".join(lines) + "\nplans: {}\n")
     assert any("expands to more than" in problem for problem in problems)
+
+
+def test_an_unknown_plan_currency_is_the_only_problem_reported() -> None:
+    text = one_plan('currency: XYZ\nbase_fee: "49.00"\nmetrics: {r: {limits: {day: 1}}}')
+    assert len(problems_of(text)) == 1

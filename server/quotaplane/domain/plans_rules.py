@@ -81,9 +81,9 @@ def _catalog(tree: Tree, source: str, problems: Problems) -> PlanCatalog | None:
     currency = DEFAULT_CURRENCY
     if "currency" in top:
         currency = _currency(top["currency"], ("currency",), problems) or DEFAULT_CURRENCY
-    raw_plans = top.get("plans")
     if "plans" not in top:
-        return None
+        return None  # reported as required
+    raw_plans = top["plans"]
     if not isinstance(raw_plans, dict) or not raw_plans:
         problems.add(("plans",), "must be a mapping with at least one plan")
         return None
@@ -112,7 +112,8 @@ def _plan(name: str, value: Tree, default_currency: str, problems: Problems) -> 
     currency = default_currency
     if "currency" in raw:
         currency = _currency(raw["currency"], (*path, "currency"), problems) or ""
-    places = CURRENCY_MINOR_UNITS.get(currency, 0)
+    # With an unknown currency, check amounts leniently rather than report them too.
+    places = CURRENCY_MINOR_UNITS.get(currency, UNIT_PRICE_PLACES)
     base_fee: Decimal | None = Decimal(0)
     if "base_fee" in raw:
         base_fee = problems.money(raw["base_fee"], (*path, "base_fee"), max_places=places)
