@@ -1,7 +1,8 @@
 """A stateful local Stripe API (v1) server for tests, driven by the real `stripe` SDK.
 
-Owns the HTTP side: a ThreadingHTTPServer on 127.0.0.1, bearer-key auth, request logging,
-fault injection and the idempotency layer; the objects live in `tests.fakes.stripe.store`.
+Owns the request pipeline: bearer-key auth, the request log, fault injection and the
+idempotency layer. Sockets live in `tests.fakes.stripe.http_server` (a ThreadingHTTPServer
+on 127.0.0.1), the objects in `tests.fakes.stripe.store`.
 Point the SDK at it with
 `stripe.StripeClient(emu.api_key, base_addresses={"api": emu.start()})`.
 
@@ -16,19 +17,17 @@ Scope: one test-mode account; idempotency keys are scoped per API key, objects a
 from __future__ import annotations
 
 import base64
-import contextlib
 import copy
 import sys
 import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from socket import SHUT_RDWR, socket
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 from tests.fakes.stripe.faults import FaultPlan, Hold, InjectedError
+from tests.fakes.stripe.http_server import EmulatorHTTPServer, Headers
 from tests.fakes.stripe.idempotency import IdempotencyCache, StoredResponse
 from tests.fakes.stripe.routes import Handler, resolve
 from tests.fakes.stripe.shapes import public
@@ -37,12 +36,6 @@ from tests.fakes.stripe.webhooks import event_payload, sign_webhook
 from tests.fakes.stripe.wire import JSON, StripeError, encode_json, new_id, parse_form
 
 __all__ = ["Hold", "RequestRecord", "StripeEmulator", "event_payload", "sign_webhook"]
-
-
-class _Headers(Protocol):
-    """Case-insensitive header lookup (an http.server `Message`)."""
-
-    def get(self, name: str, /) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -87,7 +80,7 @@ class StripeEmulator:
         self._faults = FaultPlan()
         self._log_lock = threading.Lock()
         self._log: list[RequestRecord] = []
-        self._server: _Server | None = None
+        self._server: EmulatorHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -96,7 +89,7 @@ class StripeEmulator:
         """Listen on a free port of 127.0.0.1 and return the api_base for the SDK."""
         if self._server is not None:
             raise RuntimeError("StripeEmulator already started")
-        self._server = _Server(self)
+        self._server = EmulatorHTTPServer(self._dispatch)
         self._thread = threading.Thread(
             # A short poll interval makes stop() quick: tests start one emulator each.
             target=self._server.serve_forever,
@@ -203,7 +196,7 @@ class StripeEmulator:
     # -- request pipeline ----------------------------------------------------------------
 
     def _dispatch(
-        self, method: str, target: str, headers: _Headers, body: bytes
+        self, method: str, target: str, headers: Headers, body: bytes
     ) -> tuple[_Reply, bool]:
         """The reply for one request and whether to drop it instead of answering."""
         path, _, query = target.partition("?")
@@ -231,7 +224,7 @@ class StripeEmulator:
         method: str,
         path: str,
         query: str,
-        headers: _Headers,
+        headers: Headers,
         body: bytes,
         key: str | None,
     ) -> tuple[_Reply, bool]:
@@ -328,7 +321,7 @@ def _auth_error(authorization: str) -> StripeError:
     return StripeError(401, message)
 
 
-def _standard_headers(reply: _Reply, headers: _Headers, key: str | None) -> dict[str, str]:
+def _standard_headers(reply: _Reply, headers: Headers, key: str | None) -> dict[str, str]:
     standard = {"Content-Type": "application/json", "Request-Id": reply.request_id}
     version = headers.get("Stripe-Version")
     if version:
@@ -336,65 +329,3 @@ def _standard_headers(reply: _Reply, headers: _Headers, key: str | None) -> dict
     if key is not None:
         standard["Idempotency-Key"] = key
     return standard
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, emulator: StripeEmulator) -> None:
-        self.emulator = emulator
-        self._connections: set[socket] = set()
-        self._connections_lock = threading.Lock()
-        super().__init__(("127.0.0.1", 0), _RequestHandler)
-
-    def track(self, connection: socket, open_: bool) -> None:
-        with self._connections_lock:
-            (self._connections.add if open_ else self._connections.discard)(connection)
-
-    def close_connections(self) -> None:
-        # A stopped emulator must not keep answering on the SDK's keep-alive connections.
-        with self._connections_lock:
-            connections, self._connections = self._connections, set()
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(SHUT_RDWR)
-
-
-class _RequestHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as the SDK's requests session expects
-    timeout = 60  # idle keep-alive connections give their thread back
-    server: _Server
-
-    def setup(self) -> None:
-        super().setup()
-        self.server.track(self.connection, True)
-
-    def finish(self) -> None:
-        self.server.track(self.connection, False)
-        super().finish()
-
-    def do_GET(self) -> None:
-        self._serve()
-
-    def do_POST(self) -> None:
-        self._serve()
-
-    def do_DELETE(self) -> None:
-        self._serve()
-
-    def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        reply, dropped = self.server.emulator._dispatch(self.command, self.path, self.headers, body)
-        if dropped:
-            self.close_connection = True
-            return
-        self.send_response(reply.status)
-        for name, value in reply.headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(reply.body)))
-        self.end_headers()
-        self.wfile.write(reply.body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # the request log on the emulator replaces stderr chatter
