@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 from envoy.service.auth.v3 import external_auth_pb2
-from google.protobuf import descriptor_pool, symbol_database
+from google.protobuf import descriptor_pool, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from quotaplane.app import Runtime
@@ -92,7 +92,7 @@ def _request_class(method: str) -> type:
     service_name, method_name = method.strip("/").split("/")
     pool = descriptor_pool.Default()
     input_type = pool.FindServiceByName(service_name).FindMethodByName(method_name).input_type
-    return symbol_database.Default().GetPrototype(input_type)  # type: ignore[no-any-return]
+    return message_factory.GetMessageClass(input_type)
 
 
 @pytest.mark.timeout(60)
