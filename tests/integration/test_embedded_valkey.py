@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import redis
-from quotaplane.storage.redis.embedded import EmbeddedValkey, EmbeddedValkeyError
 
+from quotaplane.storage.redis.embedded import EmbeddedValkey, EmbeddedValkeyError
 from tests.harness.net import free_port
 
 pytestmark = pytest.mark.timeout(60)
