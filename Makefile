@@ -31,7 +31,8 @@ run: $(STAMP) generate
 	$(BIN)/quotaplane serve
 
 lint: $(STAMP)
-	$(BIN)/ruff check server clients/quotaplane_client scripts tests bench envoy
+	$(BIN)/ruff check server clients/quotaplane_client scripts tests envoy $(wildcard bench)
+	$(BIN)/ruff format --check server clients/quotaplane_client scripts tests envoy $(wildcard bench)
 	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
