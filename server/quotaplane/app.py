@@ -23,7 +23,7 @@ from quotaplane.datadir import DataDirLock
 from quotaplane.domain.directory import TenantDirectory
 from quotaplane.domain.plans import PlanCatalog, load_plans
 from quotaplane.domain.quota import QuotaEngine
-from quotaplane.storage.redis.client import redis_client
+from quotaplane.storage.redis.client import command_pipe
 from quotaplane.storage.redis.counters import RedisCounterStore
 from quotaplane.storage.redis.embedded import EmbeddedValkey
 from quotaplane.storage.sql import migrate
@@ -103,7 +103,7 @@ class Runtime:
     async def _start_quota_engine(self) -> QuotaEngine:
         """Redis counters, the SQL tenant store and its in-memory directory with its poller."""
         s = self.settings
-        redis = redis_client(self.redis_url, timeout=s.redis_timeout.total_seconds())
+        redis = command_pipe(self.redis_url, timeout=s.redis_timeout.total_seconds())
         self._stack.push_async_callback(redis.aclose)
         database = create_async_engine_for(self.database_url)
         self._stack.push_async_callback(database.dispose)

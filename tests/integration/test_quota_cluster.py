@@ -25,7 +25,7 @@ from quotaplane.domain.plans import parse_plans
 from quotaplane.domain.quota import QuotaEngine
 from quotaplane.domain.windows import Window, window_start
 from quotaplane.storage.redis import keys
-from quotaplane.storage.redis.client import redis_client
+from quotaplane.storage.redis.client import command_pipe
 from quotaplane.storage.redis.counters import RedisCounterStore
 from quotaplane.storage.sql import migrate
 from quotaplane.storage.sql.engine import create_async_engine_for
@@ -139,7 +139,7 @@ async def engine_and_store(
     database_url = f"sqlite:///{tmp_path / 'ledger.db'}"
     await asyncio.to_thread(migrate.upgrade, database_url)
     database = create_async_engine_for(database_url)
-    client = redis_client(cluster_url, timeout=2.0)
+    client = command_pipe(cluster_url, timeout=2.0)
     catalog = parse_plans(PLANS, "cluster-plans.yaml")
     try:
         store = SqlTenantStore(database)

@@ -14,6 +14,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis.asyncio as aioredis
+
 from quotaplane.domain.directory import TenantDirectory
 from quotaplane.domain.errors import FailedPrecondition, InvalidArgument, NotFound
 from quotaplane.domain.model import Decision, DecisionCode, QuotaRequest
@@ -21,7 +22,7 @@ from quotaplane.domain.plans import PlanCatalog, parse_plans
 from quotaplane.domain.quota import QuotaEngine
 from quotaplane.domain.windows import Window, window_start
 from quotaplane.storage.redis import keys
-from quotaplane.storage.redis.client import redis_client
+from quotaplane.storage.redis.client import command_pipe, redis_client
 from quotaplane.storage.redis.counters import RedisCounterStore
 from quotaplane.storage.sql import migrate
 from quotaplane.storage.sql.engine import create_async_engine_for
@@ -100,13 +101,15 @@ async def quota(
 ) -> AsyncIterator[Quota]:
     database = create_async_engine_for(sqlite_ledger)
     client = redis_client(redis_url, timeout=1.0)
+    pipe = command_pipe(redis_url, timeout=1.0)
     try:
         store = SqlTenantStore(database)
         directory = TenantDirectory(store)
-        counters = RedisCounterStore(client, key_prefix=redis_key_prefix, timeout=1.0)
+        counters = RedisCounterStore(pipe, key_prefix=redis_key_prefix, timeout=1.0)
         engine = QuotaEngine(tenants=directory, plans=lambda: catalog, counters=counters)
         yield Quota(engine, store, directory, client, redis_key_prefix)
     finally:
+        await pipe.aclose()
         await client.aclose()
         await database.dispose()
 

@@ -21,10 +21,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import NoScriptError
 
-Arg = str | int
+from quotaplane.storage.redis.client import Arg, CommandPipe
 
 
 @dataclass
@@ -39,13 +38,13 @@ class ScriptBatcher:
 
     def __init__(
         self,
-        client: Redis | RedisCluster,
+        pipe: CommandPipe,
         source: str,
         *,
         timeout: float,
-        max_in_flight: int = 2,
+        max_in_flight: int = 1,
     ) -> None:
-        self._client = client
+        self._pipe = pipe
         self._source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
         self._timeout = timeout
@@ -65,7 +64,7 @@ class ScriptBatcher:
 
     async def load(self) -> None:
         """Load the script now (optional: a NOSCRIPT reply loads it on demand)."""
-        await self._client.script_load(self._source)
+        await self._pipe.load_script(self._source)
 
     async def drain(self) -> None:
         """Wait for the batches on the wire (used at shutdown)."""
@@ -100,7 +99,7 @@ class ScriptBatcher:
                 replies = await self._execute(batch)
                 missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
                 if missing:
-                    await self._client.script_load(self._source)
+                    await self._pipe.load_script(self._source)
                     retried = await self._execute([batch[i] for i in missing])
                     for i, reply in zip(missing, retried, strict=True):
                         replies[i] = reply
@@ -112,12 +111,9 @@ class ScriptBatcher:
             _settle(call.future, reply)
 
     async def _execute(self, batch: list[_Call]) -> list[Any]:
-        pipe = self._client.pipeline(transaction=False)
-        for call in batch:
-            # execute_command, not Script objects: a pipeline holding Script objects sends
-            # SCRIPT EXISTS before every batch, which doubles the round trips.
-            pipe.execute_command("EVALSHA", self.sha, len(call.keys), *call.keys, *call.args)
-        return list(await pipe.execute(raise_on_error=False))
+        return await self._pipe.execute(
+            [("EVALSHA", self.sha, len(call.keys), *call.keys, *call.args) for call in batch]
+        )
 
 
 def _settle(future: asyncio.Future[Any], reply: Any) -> None:

@@ -16,13 +16,13 @@ import asyncio
 from collections.abc import Sequence
 from importlib import resources
 
-from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
 from quotaplane.domain.errors import Unavailable
 from quotaplane.domain.ports import ConsumeCall, ConsumeResult
 from quotaplane.storage.redis import keys
-from quotaplane.storage.redis.batching import Arg, ScriptBatcher
+from quotaplane.storage.redis.batching import ScriptBatcher
+from quotaplane.storage.redis.client import Arg, CommandPipe
 
 
 def consume_script_source() -> str:
@@ -34,16 +34,16 @@ class RedisCounterStore:
 
     def __init__(
         self,
-        client: Redis | RedisCluster,
+        pipe: CommandPipe,
         *,
         key_prefix: str,
         timeout: float,
-        max_in_flight: int = 2,
+        max_in_flight: int = 1,
     ) -> None:
         self._prefix = key_prefix
         self._timeout = timeout
         self._batcher = ScriptBatcher(
-            client, consume_script_source(), timeout=timeout, max_in_flight=max_in_flight
+            pipe, consume_script_source(), timeout=timeout, max_in_flight=max_in_flight
         )
 
     async def consume(self, call: ConsumeCall) -> ConsumeResult:
