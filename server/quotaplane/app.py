@@ -18,8 +18,12 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit, urlunsplit
 
+from sqlalchemy.ext.asyncio import AsyncEngine
+
 from quotaplane.config import Settings
 from quotaplane.datadir import DataDirLock
+from quotaplane.domain.admin import PlanAdmin, PlanRegistry, TenantAdmin
+from quotaplane.domain.api_keys import ApiKeyAdmin, ApiKeyCache
 from quotaplane.domain.directory import TenantDirectory
 from quotaplane.domain.plans import PlanCatalog, load_plans
 from quotaplane.domain.quota import QuotaEngine
@@ -27,7 +31,9 @@ from quotaplane.storage.redis.client import command_pipe
 from quotaplane.storage.redis.counters import RedisCounterStore
 from quotaplane.storage.redis.embedded import EmbeddedValkey
 from quotaplane.storage.sql import migrate
+from quotaplane.storage.sql.api_keys import SqlApiKeyStore
 from quotaplane.storage.sql.engine import create_async_engine_for
+from quotaplane.storage.sql.tenant_queries import SqlTenantQueries
 from quotaplane.storage.sql.tenants import SqlTenantStore
 from quotaplane.transport.grpc.admin import AdminServicer
 from quotaplane.transport.grpc.ext_authz import AuthorizationServicer
@@ -53,10 +59,17 @@ class Runtime:
         self.redis_url = settings.redis_url
         self.database_url = settings.database_url
         self.admin_token = settings.admin_token
-        self.plans: PlanCatalog | None = None
+        self.plan_registry: PlanRegistry | None = None
+        self.database: AsyncEngine | None = None
+        self.api_keys: ApiKeyCache | None = None
         self.tenants: SqlTenantStore | None = None
         self.grpc: RunningServer | None = None
         self._stack = contextlib.AsyncExitStack()
+
+    @property
+    def plans(self) -> PlanCatalog | None:
+        """The plans in force (ReloadPlans swaps them in the registry)."""
+        return self.plan_registry.current if self.plan_registry is not None else None
 
     async def __aenter__(self) -> Runtime:
         try:
@@ -76,10 +89,10 @@ class Runtime:
 
     async def _start(self) -> None:
         s = self.settings
-        self.plans = load_plans(s.plans_path or default_plans_path())
-        log.info(
-            "plans loaded", extra={"source": self.plans.source, "plans": sorted(self.plans.plans)}
-        )
+        plans_path = s.plans_path or default_plans_path()
+        plans = load_plans(plans_path)
+        self.plan_registry = PlanRegistry(plans, path=plans_path)
+        log.info("plans loaded", extra={"source": plans.source, "plans": sorted(plans.plans)})
         if not (s.redis_url and s.database_url):
             self._stack.enter_context(DataDirLock(s.data_dir))
         if not s.redis_url:
@@ -93,7 +106,7 @@ class Runtime:
         quota = QuotaServicer(await self._start_quota_engine())
         self.grpc = await start_server(
             s.grpc_addr,
-            Servicers(quota=quota, admin=AdminServicer(), authz=AuthorizationServicer()),
+            Servicers(quota=quota, admin=await self._start_admin(), authz=AuthorizationServicer()),
             admin_token=self.admin_token,
             service_token=s.service_token,
             max_concurrent_streams=s.max_concurrent_streams,
@@ -107,6 +120,7 @@ class Runtime:
         self._stack.push_async_callback(redis.aclose)
         database = create_async_engine_for(self.database_url)
         self._stack.push_async_callback(database.dispose)
+        self.database = database
         self.tenants = SqlTenantStore(database)
         directory = TenantDirectory(self.tenants, ttl=s.cache_ttl)
         await directory.refresh()
@@ -118,8 +132,24 @@ class Runtime:
         return QuotaEngine(tenants=directory, plans=self._current_plans, counters=counters)
 
     def _current_plans(self) -> PlanCatalog:
-        assert self.plans is not None, "plans are loaded before the engine starts"
-        return self.plans
+        assert self.plan_registry is not None, "plans are loaded before the engine starts"
+        return self.plan_registry.current
+
+    async def _start_admin(self) -> AdminServicer:
+        """Tenant, API key and plan administration; the API key cache and its poller."""
+        assert self.database is not None and self.tenants is not None
+        assert self.plan_registry is not None
+        keys = SqlApiKeyStore(self.database)
+        self.api_keys = ApiKeyCache(keys, ttl=self.settings.cache_ttl)
+        await self.api_keys.refresh()
+        poller = asyncio.create_task(self.api_keys.run(), name="api-key-cache")
+        self._stack.push_async_callback(_cancel, poller)
+        queries = SqlTenantQueries(self.database)
+        return AdminServicer(
+            tenants=TenantAdmin(self.tenants, queries, self.plan_registry),
+            keys=ApiKeyAdmin(keys, self.tenants),
+            plans=PlanAdmin(self.plan_registry, queries),
+        )
 
     async def _start_embedded_valkey(self) -> str:
         valkey = EmbeddedValkey(self.settings.data_dir / "valkey")

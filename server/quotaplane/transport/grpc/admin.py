@@ -2,31 +2,122 @@
 
 from __future__ import annotations
 
+from typing import Any, TypeAlias
+
+import grpc
+
+from quotaplane.domain.admin import PlanAdmin, TenantAdmin
+from quotaplane.domain.api_keys import ApiKeyAdmin
+from quotaplane.transport.grpc import admin_convert as convert
 from quotaplane.transport.grpc.pending import pending
-from quotaplane_client.v1 import admin_pb2_grpc
+from quotaplane.transport.grpc.status import rpc
+from quotaplane_client.v1 import admin_pb2, admin_pb2_grpc, types_pb2
 
 _SVC = "quotaplane.v1.AdminService"
-_TENANTS = "tenant administration: issue #7"
-_KEYS = "API key administration: issue #7"
-_PLANS = "plan administration: issue #7"
 _USAGE = "usage reporting: issue #7"
 _INVOICES = "invoice administration: issue #7"
+
+Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     """Operators' RPCs. Authentication is enforced by the admin-token interceptor."""
 
-    CreateTenant = pending(f"{_SVC}/CreateTenant", _TENANTS)
-    GetTenant = pending(f"{_SVC}/GetTenant", _TENANTS)
-    ListTenants = pending(f"{_SVC}/ListTenants", _TENANTS)
-    UpdateTenantPlan = pending(f"{_SVC}/UpdateTenantPlan", _TENANTS)
-    SuspendTenant = pending(f"{_SVC}/SuspendTenant", _TENANTS)
-    ResumeTenant = pending(f"{_SVC}/ResumeTenant", _TENANTS)
-    CreateApiKey = pending(f"{_SVC}/CreateApiKey", _KEYS)
-    ListApiKeys = pending(f"{_SVC}/ListApiKeys", _KEYS)
-    RevokeApiKey = pending(f"{_SVC}/RevokeApiKey", _KEYS)
-    ListPlans = pending(f"{_SVC}/ListPlans", _PLANS)
-    ReloadPlans = pending(f"{_SVC}/ReloadPlans", _PLANS)
+    def __init__(self, *, tenants: TenantAdmin, keys: ApiKeyAdmin, plans: PlanAdmin) -> None:
+        self._tenants = tenants
+        self._keys = keys
+        self._plans = plans
+
+    # --- tenants -------------------------------------------------------------------------------
+
+    @rpc
+    async def CreateTenant(
+        self, request: admin_pb2.CreateTenantRequest, context: Context
+    ) -> types_pb2.Tenant:
+        created = await self._tenants.create(
+            name=request.name, plan=request.plan, external_id=request.external_id
+        )
+        return convert.tenant(created)
+
+    @rpc
+    async def GetTenant(
+        self, request: admin_pb2.GetTenantRequest, context: Context
+    ) -> types_pb2.Tenant:
+        return convert.tenant(await self._tenants.get(request.tenant_id))
+
+    @rpc
+    async def ListTenants(
+        self, request: admin_pb2.ListTenantsRequest, context: Context
+    ) -> admin_pb2.ListTenantsResponse:
+        page = await self._tenants.list(
+            page_size=request.page_size,
+            page_token=request.page_token,
+            plan=request.plan,
+            status=convert.status_filter(request.status),
+        )
+        return admin_pb2.ListTenantsResponse(
+            tenants=[convert.tenant(t) for t in page.tenants],
+            next_page_token=page.next_page_token,
+        )
+
+    @rpc
+    async def UpdateTenantPlan(
+        self, request: admin_pb2.UpdateTenantPlanRequest, context: Context
+    ) -> types_pb2.Tenant:
+        updated = await self._tenants.update_plan(tenant_id=request.tenant_id, plan=request.plan)
+        return convert.tenant(updated)
+
+    @rpc
+    async def SuspendTenant(
+        self, request: admin_pb2.SuspendTenantRequest, context: Context
+    ) -> types_pb2.Tenant:
+        suspended = await self._tenants.suspend(tenant_id=request.tenant_id, reason=request.reason)
+        return convert.tenant(suspended)
+
+    @rpc
+    async def ResumeTenant(
+        self, request: admin_pb2.ResumeTenantRequest, context: Context
+    ) -> types_pb2.Tenant:
+        return convert.tenant(await self._tenants.resume(tenant_id=request.tenant_id))
+
+    # --- API keys ------------------------------------------------------------------------------
+
+    @rpc
+    async def CreateApiKey(
+        self, request: admin_pb2.CreateApiKeyRequest, context: Context
+    ) -> admin_pb2.CreateApiKeyResponse:
+        key, secret = await self._keys.create(tenant_id=request.tenant_id, name=request.name)
+        return admin_pb2.CreateApiKeyResponse(key=convert.api_key(key), secret=secret)
+
+    @rpc
+    async def ListApiKeys(
+        self, request: admin_pb2.ListApiKeysRequest, context: Context
+    ) -> admin_pb2.ListApiKeysResponse:
+        keys = await self._keys.list(
+            tenant_id=request.tenant_id, include_revoked=request.include_revoked
+        )
+        return admin_pb2.ListApiKeysResponse(keys=[convert.api_key(k) for k in keys])
+
+    @rpc
+    async def RevokeApiKey(
+        self, request: admin_pb2.RevokeApiKeyRequest, context: Context
+    ) -> types_pb2.ApiKey:
+        return convert.api_key(await self._keys.revoke(request.key_id))
+
+    # --- plans ---------------------------------------------------------------------------------
+
+    @rpc
+    async def ListPlans(
+        self, request: admin_pb2.ListPlansRequest, context: Context
+    ) -> admin_pb2.ListPlansResponse:
+        return convert.plans_response(self._plans.current())
+
+    @rpc
+    async def ReloadPlans(
+        self, request: admin_pb2.ReloadPlansRequest, context: Context
+    ) -> admin_pb2.ListPlansResponse:
+        return convert.plans_response(await self._plans.reload())
+
     GetUsage = pending(f"{_SVC}/GetUsage", _USAGE)
     ListInvoices = pending(f"{_SVC}/ListInvoices", _INVOICES)
     GetInvoice = pending(f"{_SVC}/GetInvoice", _INVOICES)

@@ -1,0 +1,200 @@
+"""API keys: secrets, their hashes, the admin use cases, and the in-process key cache.
+
+A secret is ``qp_live_`` + 32 random bytes (urlsafe base64, 43 characters). Only its SHA-256
+(hex) is stored, with the first ``PREFIX_LENGTH`` characters for display; the secret is in the
+CreateApiKey response once and nowhere else. A plain hash is enough (no HMAC, no slow KDF):
+the secret has 256 bits of entropy, so nothing can be guessed from the hash, and a fast hash
+keeps ext_authz lookups cheap.
+
+Revoking is idempotent: revoking a revoked key answers the key with its original
+``revoked_at`` (a retried revoke must not fail, and the first revocation time stays true).
+
+``ApiKeyCache`` answers "which tenant does this secret belong to" from memory, with the same
+mechanism as the tenant directory (``domain/directory.py``): a full load at start, then a poll
+every ``cache_ttl / 2`` for keys created or revoked since the newest change seen (minus
+``OVERLAP`` for clock skew between replicas and late commits). A revoked key therefore stops
+working on every replica within ``cache_ttl`` (1 s) of the revoke's commit. A miss (a key
+created a moment ago) does one lookup by hash; unknown hashes are remembered for one poll
+interval so a flood of made-up keys cannot hammer the database. If the database is down,
+polls log and retry; cached keys keep working (a ledger outage must not stop the API), and the
+revocations made meanwhile apply at the first successful poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import secrets
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from quotaplane.domain.admin_ports import ApiKeyStore, KeyGrant
+from quotaplane.domain.errors import InvalidArgument, NotFound, QuotaplaneError
+from quotaplane.domain.model import ApiKey, parse_tenant_id
+from quotaplane.domain.ports import TenantSource
+
+log = logging.getLogger(__name__)
+
+SECRET_PREFIX = "qp_live_"
+SECRET_BYTES = 32
+PREFIX_LENGTH = 12
+MAX_KEY_NAME = 100
+OVERLAP = timedelta(seconds=2)
+NEGATIVE_MAX = 10_000
+# qp_live_ + urlsafe base64 of 32 bytes without padding.
+_SECRET_RE = re.compile(r"qp_live_[A-Za-z0-9_-]{43}")
+
+
+def generate_secret() -> str:
+    return SECRET_PREFIX + secrets.token_urlsafe(SECRET_BYTES)
+
+
+def hash_api_key(secret: str) -> str:
+    """The stored form of a secret: SHA-256, lowercase hex."""
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+def display_prefix(secret: str) -> str:
+    """What operators see of a key: ``qp_live_Ab12``."""
+    return secret[:PREFIX_LENGTH]
+
+
+def looks_like_secret(secret: str) -> bool:
+    """True for strings shaped like our secrets; anything else needs no lookup."""
+    return _SECRET_RE.fullmatch(secret) is not None
+
+
+def parse_key_name(name: str) -> str:
+    name = name.strip()
+    if not name:
+        raise InvalidArgument("name is required (1-100 characters, e.g. 'production')")
+    if len(name) > MAX_KEY_NAME or not name.isprintable():
+        raise InvalidArgument(f"name must be 1-{MAX_KEY_NAME} printable characters")
+    return name
+
+
+class ApiKeyAdmin:
+    """CreateApiKey, ListApiKeys, RevokeApiKey."""
+
+    def __init__(self, keys: ApiKeyStore, tenants: TenantSource) -> None:
+        self._keys = keys
+        self._tenants = tenants
+
+    async def create(self, *, tenant_id: str, name: str) -> tuple[ApiKey, str]:
+        """The stored key and its secret; the secret is not kept anywhere."""
+        tenant_id = parse_tenant_id(tenant_id)
+        name = parse_key_name(name)
+        await self._require_tenant(tenant_id)
+        secret = generate_secret()
+        key = await self._keys.create(
+            tenant_id=tenant_id,
+            name=name,
+            prefix=display_prefix(secret),
+            key_hash=hash_api_key(secret),
+        )
+        return key, secret
+
+    async def list(self, *, tenant_id: str, include_revoked: bool) -> list[ApiKey]:
+        tenant_id = parse_tenant_id(tenant_id)
+        await self._require_tenant(tenant_id)
+        return await self._keys.list_for_tenant(tenant_id, include_revoked=include_revoked)
+
+    async def revoke(self, key_id: str) -> ApiKey:
+        return await self._keys.revoke(parse_tenant_id(key_id, field_name="key_id"))
+
+    async def _require_tenant(self, tenant_id: str) -> None:
+        if await self._tenants.get(tenant_id) is None:
+            raise NotFound(f"tenant {tenant_id} does not exist")
+
+
+class ApiKeyCache:
+    """Secret -> (tenant_id, key_id) from memory; see the module docstring for freshness."""
+
+    def __init__(
+        self,
+        store: ApiKeyStore,
+        *,
+        ttl: timedelta = timedelta(seconds=1),
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._ttl = ttl.total_seconds()
+        self._monotonic = monotonic
+        self._grants: dict[str, KeyGrant] = {}  # key hash -> valid (unrevoked) key
+        self._unknown: dict[str, float] = {}  # key hash -> monotonic time it is unknown until
+        # Revocations seen: a lookup that raced with a poll must not bring a revoked key back.
+        self._revoked: set[str] = set()
+        self._watermark: datetime | None = None
+        self.loaded = False
+
+    @property
+    def poll_interval(self) -> float:
+        return self._ttl / 2
+
+    def __len__(self) -> int:
+        return len(self._grants)
+
+    async def tenant_for_key(self, secret: str) -> tuple[str, str] | None:
+        """``(tenant_id, key_id)`` of a valid key, None for an unknown or revoked one."""
+        if not looks_like_secret(secret):
+            return None
+        key_hash = hash_api_key(secret)
+        grant = self._grants.get(key_hash)
+        if grant is None:
+            grant = await self._lookup(key_hash)
+        return None if grant is None else (grant.tenant_id, grant.key_id)
+
+    async def refresh(self) -> int:
+        """Apply every key created or revoked since the last poll; the number of rows read."""
+        since = None if self._watermark is None else self._watermark - OVERLAP
+        changed = await self._store.changed_since(since)
+        for grant in changed:
+            self._apply(grant)
+        self.loaded = True
+        return len(changed)
+
+    async def run(self) -> None:
+        """Poll forever (cancel the task to stop). Errors are logged, never fatal."""
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                await self.refresh()
+            except (QuotaplaneError, OSError) as error:
+                log.warning("API key refresh failed; serving cached keys: %s", error)
+            except Exception:
+                log.exception("API key refresh failed; serving cached keys")
+
+    def _apply(self, grant: KeyGrant) -> None:
+        if grant.revoked_at is None:
+            if grant.key_hash not in self._revoked:
+                self._grants[grant.key_hash] = grant
+                self._unknown.pop(grant.key_hash, None)
+        else:
+            self._revoked.add(grant.key_hash)
+            self._grants.pop(grant.key_hash, None)
+        if self._watermark is None or grant.changed_at > self._watermark:
+            self._watermark = grant.changed_at
+
+    async def _lookup(self, key_hash: str) -> KeyGrant | None:
+        if self._unknown.get(key_hash, 0.0) > self._monotonic():
+            return None
+        grant = await self._store.find_by_hash(key_hash)
+        if grant is None or grant.revoked_at is not None or key_hash in self._revoked:
+            self._remember_unknown(key_hash)
+            return None
+        # Not _apply: the watermark only moves with polls, or a poll could skip a revocation
+        # committed between the last poll and this key's creation.
+        self._grants[key_hash] = grant
+        self._unknown.pop(key_hash, None)
+        return grant
+
+    def _remember_unknown(self, key_hash: str) -> None:
+        if len(self._unknown) >= NEGATIVE_MAX:
+            now = self._monotonic()
+            self._unknown = {k: until for k, until in self._unknown.items() if until > now}
+            if len(self._unknown) >= NEGATIVE_MAX:
+                self._unknown.clear()
+        self._unknown[key_hash] = self._monotonic() + self.poll_interval
