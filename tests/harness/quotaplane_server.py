@@ -1,0 +1,71 @@
+"""`quotaplane serve` as a subprocess for tests: free port, own data dir, log file, readiness."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.harness.net import free_port
+from tests.harness.processes import ManagedProcess
+
+BIN = Path(sys.executable).parent
+ADMIN_TOKEN = "test-admin-token"
+
+
+@dataclass
+class ServeProcess:
+    process: ManagedProcess
+    port: int
+    admin_token: str
+
+    @property
+    def addr(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def admin_metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.admin_token}"),)
+
+
+def serve_process(
+    workdir: Path,
+    *,
+    redis_url: str,
+    database_url: str,
+    key_prefix: str,
+    plans_path: Path | None = None,
+    admin_token: str = ADMIN_TOKEN,
+    port: int | None = None,
+    env: Mapping[str, str] | None = None,
+    name: str = "serve",
+) -> ServeProcess:
+    """A configured, not yet started server; ``process.start()`` then wait on ``port``."""
+    port = port or free_port()
+    settings = {
+        "QUOTAPLANE_GRPC_ADDR": f"127.0.0.1:{port}",
+        "QUOTAPLANE_REDIS_URL": redis_url,
+        "QUOTAPLANE_DATABASE_URL": database_url,
+        "QUOTAPLANE_REDIS_KEY_PREFIX": key_prefix,
+        "QUOTAPLANE_ADMIN_TOKEN": admin_token,
+        "QUOTAPLANE_DATA_DIR": str(workdir / f"data-{name}"),
+        "QUOTAPLANE_LOG_FORMAT": "text",
+        "QUOTAPLANE_PLANS": str(plans_path) if plans_path else "",
+        **(env or {}),
+    }
+    process = ManagedProcess(
+        [BIN / "quotaplane", "serve"], env=settings, log_path=workdir / f"{name}.log", name=name
+    )
+    return ServeProcess(process, port, admin_token)
+
+
+def start_serve(workdir: Path, **kwargs: object) -> ServeProcess:
+    """Start a server and wait until it accepts connections (raises with its log otherwise)."""
+    server = serve_process(workdir, **kwargs)  # type: ignore[arg-type]
+    server.process.start()
+    try:
+        server.process.wait_for_port(server.port, timeout=60)
+    except BaseException:
+        server.process.close()
+        raise
+    return server
