@@ -54,7 +54,7 @@ def serve_process(
         **(env or {}),
     }
     process = ManagedProcess(
-        [BIN / "quotaplane", "serve"], env=settings, log_path=workdir / f"{name}.log", name=name
+        [str(BIN / "quotaplane"), "serve"], env=settings, log_path=workdir / f"{name}.log", name=name
     )
     return ServeProcess(process, port, admin_token)
 
