@@ -18,6 +18,7 @@ Semantics the callers rely on:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -87,10 +88,25 @@ class QuotaEngine:
             ) from None
 
 
+@functools.lru_cache(maxsize=256)
+def window_bounds(window: Window, second: int) -> tuple[int, datetime]:
+    """(start as unix seconds, reset) of the window holding the unix second ``second``.
+
+    Every window is a whole number of seconds aligned to UTC, so the bounds depend on the
+    second only; caching them keeps calendar arithmetic off the hot path.
+    """
+    at = datetime.fromtimestamp(second, UTC)
+    return int(window_start(window, at).timestamp()), window_reset(window, at)
+
+
+def _bounds(window: Window, now: datetime) -> tuple[int, datetime]:
+    return window_bounds(window, int(now.timestamp()))
+
+
 def consume_call(request: QuotaRequest, limits: Sequence[Limit], now: datetime) -> ConsumeCall:
     """The counter-store call for a request at ``now``."""
-    resets = [window_reset(limit.window, now) for limit in limits]
-    dedup_until = min([*resets, now + DEDUP_MAX_AGE])
+    bounds = [_bounds(limit.window, now) for limit in limits]
+    dedup_until = min([*(reset for _, reset in bounds), now + DEDUP_MAX_AGE])
     return ConsumeCall(
         tenant_id=request.tenant_id,
         metric=request.metric,
@@ -98,14 +114,14 @@ def consume_call(request: QuotaRequest, limits: Sequence[Limit], now: datetime) 
         limits=tuple(
             CounterLimit(
                 window=limit.window,
-                window_start=int(window_start(limit.window, now).timestamp()),
+                window_start=start,
                 limit=limit.limit,
                 bill=limit.overage is Overage.BILL,
                 expires_at_ms=_epoch_ms(reset + COUNTER_GRACE),
             )
-            for limit, reset in zip(limits, resets, strict=True)
+            for limit, (start, reset) in zip(limits, bounds, strict=True)
         ),
-        hour_start=int(window_start(Window.HOUR, now).timestamp()),
+        hour_start=_bounds(Window.HOUR, now)[0],
         dedup_expires_at_ms=_epoch_ms(dedup_until),
         request_id=request.request_id,
         dry_run=request.dry_run,
@@ -116,7 +132,7 @@ def decision_of(
     request: QuotaRequest, limits: Sequence[Limit], result: ConsumeResult, now: datetime
 ) -> Decision:
     """The Decision for the counter store's answer."""
-    resets = [window_reset(limit.window, now) for limit in limits]
+    resets = [_bounds(limit.window, now)[1] for limit in limits]
     states = tuple(
         _limit_state(limit, used, reset)
         for limit, used, reset in zip(limits, result.used, resets, strict=True)
