@@ -1,0 +1,150 @@
+"""Billing ports: the Protocols the ledger, the Redis drain and the counters implement.
+
+The usage and invoicing use cases (``usage.py``, ``invoicing.py``) call these; ``storage/``
+implements them (SQL for the ledger, Redis for unflushed usage and counters); ``app.py``
+plugs them together. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from quotaplane.domain.model import UsageEvent
+from quotaplane.domain.pricing import PricedInvoice, PricedLine
+from quotaplane.domain.windows import Period
+
+# --- usage -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HourlyUsage:
+    """Units of one metric in one UTC hour; ``overage`` is the part admitted past a limit."""
+
+    metric: str
+    hour_start: datetime
+    quantity: int
+    overage: int = 0
+
+
+@dataclass(frozen=True)
+class PendingFlush:
+    """Usage moved out of Redis's unflushed hash under a flush id, not yet known applied."""
+
+    flush_id: str
+    tenant_id: str
+    usage: tuple[HourlyUsage, ...]
+
+
+class UnflushedUsage(Protocol):
+    """Redis side of the flush: where admitted usage waits until the ledger has it."""
+
+    async def take(self, tenant_id: str) -> PendingFlush | None:
+        """Atomically move the tenant's unflushed usage into a new pending record."""
+        ...
+
+    async def pending(self, tenant_id: str) -> list[PendingFlush]:
+        """The tenant's pending records (left by a crash or a failed ledger write)."""
+        ...
+
+    async def complete(self, flush: PendingFlush) -> None:
+        """Forget a pending record the ledger has applied."""
+        ...
+
+    async def tenants_with_usage(self) -> set[str]:
+        """Every tenant with unflushed usage or pending records (a slow full sweep)."""
+        ...
+
+
+class UsageLedger(Protocol):
+    """The ledger's usage tables."""
+
+    async def apply_flush(self, flush: PendingFlush) -> bool:
+        """Add the flush to the hourly usage once; False if this flush id was applied before."""
+        ...
+
+    async def record_events(self, events: Sequence[UsageEvent]) -> list[bool]:
+        """Store new events and add them to hourly usage in one transaction.
+
+        One flag per event, in order: True if stored, False if ``(tenant_id, event_id)`` was
+        already recorded (also by an earlier event of the same batch).
+        """
+        ...
+
+    async def closed_periods(self, tenant_ids: Sequence[str]) -> set[tuple[str, str]]:
+        """``(tenant_id, "YYYY-MM")`` of every finalized or paid invoice of these tenants."""
+        ...
+
+    async def usage(self, tenant_id: str, start: datetime, end: datetime) -> list[HourlyUsage]:
+        """Hourly usage with ``start <= hour_start < end``."""
+        ...
+
+
+class QuotaCounters(Protocol):
+    """Charging usage recorded elsewhere to the tenant's quota counter."""
+
+    async def add(self, tenant_id: str, metric: str, month_start: datetime, units: int) -> None:
+        """Add ``units`` to the month counter of ``metric`` without any limit check."""
+        ...
+
+
+# --- invoices ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlanChange:
+    plan: str
+    effective_at: datetime
+
+
+@dataclass(frozen=True)
+class StoredInvoice:
+    """An invoice as the ledger holds it."""
+
+    id: str
+    tenant_id: str
+    period: str
+    version: int
+    status: str  # draft | finalized | paid | void
+    currency: str
+    lines: tuple[PricedLine, ...]
+    subtotal: str
+    total: str
+    total_minor: int
+    created_at: datetime
+    replaces_invoice_id: str | None = None
+    stripe_invoice_id: str | None = None
+    finalized_at: datetime | None = None
+    last_error: str | None = None
+
+    @property
+    def frozen(self) -> bool:
+        return self.status in ("finalized", "paid")
+
+
+class InvoiceLedger(Protocol):
+    """The ledger's invoice tables."""
+
+    async def plan_changes(self, tenant_id: str, until: datetime) -> list[PlanChange]:
+        """Plan changes of the tenant effective before ``until``, oldest first."""
+        ...
+
+    async def open_invoice(self, tenant_id: str, period: Period) -> StoredInvoice | None:
+        """The tenant's invoice for the period that is not void, if any."""
+        ...
+
+    async def save_invoice(
+        self, tenant_id: str, priced: PricedInvoice, *, finalize_at: datetime | None
+    ) -> StoredInvoice:
+        """Create the period's draft, or regenerate it in place; finalize it if asked.
+
+        Concurrent calls for one (tenant, period) end with one invoice (the database's UNIQUE
+        index decides); a frozen invoice is returned unchanged.
+        """
+        ...
+
+    async def enqueue_push(self, invoice_id: str) -> None:
+        """Queue the invoice for the Stripe outbox (once, whatever the number of calls)."""
+        ...

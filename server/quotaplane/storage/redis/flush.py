@@ -1,0 +1,155 @@
+"""Redis side of the ledger: draining unflushed usage, and charging recorded usage to counters.
+
+``RedisUnflushedUsage`` implements the crash-safe half of the usage flush
+(``domain/usage.py`` has the whole protocol). Its keys extend the layout of ``keys.py``
+under the tenant's hash tag:
+
+- ``<p>:{<tenant>}:unflushed:<flush_id>``: a pending record, the unflushed hash renamed by
+  ``scripts/flush_take.lua``; deleted by ``scripts/flush_complete.lua`` once the ledger has
+  the flush id.
+- ``<p>:{<tenant>}:unflushed:pending``: the set of the tenant's pending flush ids.
+
+Every name starts with ``<p>:{<tenant>}:unflushed``, so one ``SCAN MATCH <p>:{*}:unflushed*``
+(``tenants_with_usage``, the slow safety net) finds both usage never taken and records left
+by a crash.
+
+``RedisQuotaCounters`` adds RecordUsage events to the month counter ``consume.lua`` checks
+(``keys.counter_key``), without touching the unflushed hash: those events reach the ledger
+through their own transaction, never through a flush.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis, RedisCluster
+from redis.exceptions import RedisError
+
+from quotaplane.domain.billing_ports import HourlyUsage, PendingFlush
+from quotaplane.domain.errors import Unavailable
+from quotaplane.domain.windows import Period, Window
+from quotaplane.storage.redis import keys
+
+PENDING_SET = "pending"
+SCAN_COUNT = 1000
+# Same margin consume.lua's counters get past their window's end.
+COUNTER_GRACE = timedelta(seconds=10)
+
+
+def _script(name: str) -> str:
+    return resources.files(__package__).joinpath(f"scripts/{name}").read_text("utf-8")
+
+
+def pending_record_key(prefix: str, tenant_id: str, flush_id: str) -> str:
+    return f"{keys.unflushed_key(prefix, tenant_id)}:{flush_id}"
+
+
+def pending_set_key(prefix: str, tenant_id: str) -> str:
+    return f"{keys.unflushed_key(prefix, tenant_id)}:{PENDING_SET}"
+
+
+def parse_usage(fields: dict[str, str]) -> tuple[HourlyUsage, ...]:
+    """Unflushed hash fields (``metric|hour`` and ``metric|hour|overage``) -> hourly rows."""
+    units: dict[tuple[str, int], list[int]] = {}
+    for field, value in fields.items():
+        metric, hour, is_overage = keys.parse_unflushed_field(field)
+        slot = units.setdefault((metric, hour), [0, 0])
+        slot[1 if is_overage else 0] += int(value)
+    return tuple(
+        HourlyUsage(metric, datetime.fromtimestamp(hour, UTC), quantity, overage)
+        for (metric, hour), (quantity, overage) in sorted(units.items())
+    )
+
+
+class RedisUnflushedUsage:
+    """UnflushedUsage on Redis or Redis Cluster."""
+
+    def __init__(self, client: Redis | RedisCluster, *, key_prefix: str) -> None:
+        self._client = client
+        self._prefix = key_prefix
+        self._take = client.register_script(_script("flush_take.lua"))
+        self._complete = client.register_script(_script("flush_complete.lua"))
+
+    async def take(self, tenant_id: str) -> PendingFlush | None:
+        flush_id = uuid.uuid4().hex
+        p = self._prefix
+        script_keys = [
+            keys.unflushed_key(p, tenant_id),
+            pending_record_key(p, tenant_id, flush_id),
+            pending_set_key(p, tenant_id),
+        ]
+        reply = await self._call(self._take, script_keys, [flush_id])
+        if not reply:
+            return None
+        fields = dict(zip(reply[::2], reply[1::2], strict=True))
+        return PendingFlush(flush_id, tenant_id, parse_usage(fields))
+
+    async def pending(self, tenant_id: str) -> list[PendingFlush]:
+        flushes = []
+        with _redis_errors():
+            flush_ids = sorted(
+                await self._client.smembers(pending_set_key(self._prefix, tenant_id))
+            )
+            for member in flush_ids:
+                flush_id = str(member)
+                key = pending_record_key(self._prefix, tenant_id, flush_id)
+                fields = {str(k): str(v) for k, v in (await self._client.hgetall(key)).items()}
+                flush = PendingFlush(flush_id, tenant_id, parse_usage(fields))
+                if not fields:  # completed by another replica a moment ago
+                    await self.complete(flush)
+                    continue
+                flushes.append(flush)
+        return flushes
+
+    async def complete(self, flush: PendingFlush) -> None:
+        p, tenant = self._prefix, flush.tenant_id
+        script_keys = [pending_record_key(p, tenant, flush.flush_id), pending_set_key(p, tenant)]
+        await self._call(self._complete, script_keys, [flush.flush_id])
+
+    async def tenants_with_usage(self) -> set[str]:
+        match = keys.unflushed_key(self._prefix, "*") + "*"
+        start = len(self._prefix) + 2  # after "<p>:{"
+        found: set[str] = set()
+        with _redis_errors():
+            async for key in self._client.scan_iter(match=match, count=SCAN_COUNT):
+                name = str(key)
+                end = name.find("}", start)
+                if end > start:
+                    found.add(name[start:end])
+        return found
+
+    async def _call(self, script: Any, script_keys: Sequence[str], args: Sequence[str]) -> Any:
+        with _redis_errors():
+            return await script(keys=list(script_keys), args=list(args))
+
+
+class RedisQuotaCounters:
+    """QuotaCounters on Redis: INCRBY the month counter that CheckQuota checks."""
+
+    def __init__(self, client: Redis | RedisCluster, *, key_prefix: str) -> None:
+        self._client = client
+        self._prefix = key_prefix
+
+    async def add(self, tenant_id: str, metric: str, month_start: datetime, units: int) -> None:
+        start = int(month_start.timestamp())
+        key = keys.counter_key(self._prefix, tenant_id, metric, Window.MONTH.value, start)
+        expires = Period.of(month_start).end + COUNTER_GRACE
+        with _redis_errors():
+            pipe = self._client.pipeline(transaction=False)
+            pipe.incrby(key, units)
+            pipe.pexpireat(key, int(expires.timestamp() * 1000))
+            await pipe.execute()
+
+
+@contextlib.contextmanager
+def _redis_errors() -> Iterator[None]:
+    """Redis failures -> Unavailable."""
+    try:
+        yield
+    except (RedisError, OSError) as error:
+        raise Unavailable(f"Redis is unavailable: {type(error).__name__}: {error}") from None

@@ -1,0 +1,181 @@
+"""SQL usage ledger: hourly usage aggregates, applied flushes and raw RecordUsage events.
+
+Exactly-once is kept by primary keys, inside one transaction each:
+
+- ``apply_flush``: INSERT the flush id into ``usage_flushes`` (ON CONFLICT DO NOTHING) and,
+  only if that inserted a row, add the flush's units to ``usage_hourly``. A replayed flush id
+  inserts nothing and adds nothing. On Postgres a concurrent insert of the same id waits for
+  the first transaction and then does nothing; on SQLite writers are serialized (BEGIN
+  IMMEDIATE, see ``engine.py``).
+- ``record_events``: INSERT each event into ``usage_events`` (ON CONFLICT DO NOTHING on
+  ``(tenant_id, event_id)``) and add only the inserted ones to ``usage_hourly``.
+
+``usage_flushes`` rows are kept: a pending flush may be replayed long after it was applied.
+Database failures become ``Unavailable``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from quotaplane.domain.billing_ports import HourlyUsage, PendingFlush
+from quotaplane.domain.errors import FailedPrecondition, Unavailable
+from quotaplane.domain.model import UsageEvent
+from quotaplane.domain.windows import Window, window_start
+from quotaplane.storage.sql.tables import invoices, usage_events, usage_flushes, usage_hourly
+
+CLOSED_STATUSES = ("finalized", "paid")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def dialect_insert(conn: AsyncConnection, table: sa.Table) -> Any:
+    """INSERT with ON CONFLICT support for the connection's dialect (Postgres or SQLite)."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    return sqlite.insert(table)
+
+
+@contextlib.contextmanager
+def database_errors(what: str) -> Iterator[None]:
+    """Connection and driver failures -> Unavailable (constraint bugs propagate)."""
+    try:
+        yield
+    except sa.exc.IntegrityError:
+        raise
+    except (DBAPIError, SQLAlchemyError, OSError) as error:
+        raise Unavailable(f"{what} is unavailable: {type(error).__name__}") from None
+
+
+@contextlib.contextmanager
+def _refused(what: str) -> Iterator[None]:
+    # A constraint refusing the rows (a tenant the ledger does not know) is not an outage:
+    # retrying will not help, and the caller must not stop flushing other tenants for it.
+    try:
+        yield
+    except sa.exc.IntegrityError as error:
+        raise FailedPrecondition(f"{what} refused by the ledger: {error.orig}") from None
+
+
+class SqlUsageLedger:
+    """UsageLedger on Postgres or SQLite."""
+
+    def __init__(self, engine: AsyncEngine, *, clock: Callable[[], datetime] = utc_now) -> None:
+        self._engine = engine
+        self._clock = clock
+
+    async def apply_flush(self, flush: PendingFlush) -> bool:
+        with _refused(f"flush {flush.flush_id} of tenant {flush.tenant_id}"):
+            return await self._apply_flush(flush)
+
+    async def _apply_flush(self, flush: PendingFlush) -> bool:
+        async with self._transaction() as conn:
+            marker = (
+                dialect_insert(conn, usage_flushes)
+                .values(flush_id=flush.flush_id, applied_at=self._clock())
+                .on_conflict_do_nothing(index_elements=["flush_id"])
+                .returning(usage_flushes.c.flush_id)
+            )
+            # RETURNING, not rowcount: psycopg's async cursor reports -1 for this statement.
+            if (await conn.execute(marker)).first() is None:
+                return False
+            for row in flush.usage:
+                await _add_hourly(conn, flush.tenant_id, row)
+        return True
+
+    async def record_events(self, events: Sequence[UsageEvent]) -> list[bool]:
+        received = self._clock()
+        stored: list[bool] = []
+        async with self._transaction() as conn:
+            for event in events:
+                stored.append(await _insert_event(conn, event, received))
+                if stored[-1]:
+                    hour = window_start(Window.HOUR, event.occurred_at)
+                    await _add_hourly(
+                        conn, event.tenant_id, HourlyUsage(event.metric, hour, event.quantity)
+                    )
+        return stored
+
+    async def closed_periods(self, tenant_ids: Sequence[str]) -> set[tuple[str, str]]:
+        if not tenant_ids:
+            return set()
+        query = sa.select(invoices.c.tenant_id, invoices.c.period).where(
+            invoices.c.tenant_id.in_(sorted(set(tenant_ids))),
+            invoices.c.status.in_(CLOSED_STATUSES),
+        )
+        async with self._connection() as conn:
+            return {(row.tenant_id, row.period) for row in await conn.execute(query)}
+
+    async def usage(self, tenant_id: str, start: datetime, end: datetime) -> list[HourlyUsage]:
+        query = (
+            sa.select(usage_hourly)
+            .where(
+                usage_hourly.c.tenant_id == tenant_id,
+                usage_hourly.c.hour_start >= start,
+                usage_hourly.c.hour_start < end,
+            )
+            .order_by(usage_hourly.c.hour_start, usage_hourly.c.metric)
+        )
+        async with self._connection() as conn:
+            rows = (await conn.execute(query)).mappings()
+            return [
+                HourlyUsage(row["metric"], row["hour_start"], row["quantity"], row["overage"])
+                for row in rows
+            ]
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection]:
+        with database_errors("usage ledger"):
+            async with self._engine.connect() as conn:
+                yield conn
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        with database_errors("usage ledger"):
+            async with self._engine.begin() as conn:
+                yield conn
+
+
+async def _insert_event(conn: AsyncConnection, event: UsageEvent, received: datetime) -> bool:
+    statement = (
+        dialect_insert(conn, usage_events)
+        .values(
+            tenant_id=event.tenant_id,
+            event_id=event.event_id,
+            metric=event.metric,
+            quantity=event.quantity,
+            occurred_at=event.occurred_at,
+            received_at=received,
+        )
+        .on_conflict_do_nothing(index_elements=["tenant_id", "event_id"])
+        .returning(usage_events.c.event_id)
+    )
+    return (await conn.execute(statement)).first() is not None
+
+
+async def _add_hourly(conn: AsyncConnection, tenant_id: str, row: HourlyUsage) -> None:
+    insert = dialect_insert(conn, usage_hourly).values(
+        tenant_id=tenant_id,
+        metric=row.metric,
+        hour_start=row.hour_start,
+        quantity=row.quantity,
+        overage=row.overage,
+    )
+    upsert = insert.on_conflict_do_update(
+        index_elements=["tenant_id", "metric", "hour_start"],
+        set_={
+            "quantity": usage_hourly.c.quantity + insert.excluded.quantity,
+            "overage": usage_hourly.c.overage + insert.excluded.overage,
+        },
+    )
+    await conn.execute(upsert)
