@@ -13,21 +13,14 @@ import pytest
 
 from tests.harness.net import free_port
 from tests.harness.processes import ManagedProcess
+from tests.harness.quotaplane_server import serve_process
 
 BIN = Path(sys.executable).parent
 
 
 def _serve(tmp_path: Path, data_dir: Path, port: int, name: str) -> ManagedProcess:
-    env = {
-        "QUOTAPLANE_GRPC_ADDR": f"127.0.0.1:{port}",
-        "QUOTAPLANE_DATA_DIR": str(data_dir),
-        "QUOTAPLANE_LOG_FORMAT": "json",
-    }
-    for var in ("QUOTAPLANE_REDIS_URL", "QUOTAPLANE_DATABASE_URL", "QUOTAPLANE_ADMIN_TOKEN"):
-        env[var] = ""
-    return ManagedProcess(
-        [BIN / "quotaplane", "serve"], env=env, log_path=tmp_path / f"{name}.log", name=name
-    )
+    env = {"QUOTAPLANE_DATA_DIR": str(data_dir), "QUOTAPLANE_ADMIN_TOKEN": ""}
+    return serve_process(tmp_path, port=port, env=env, name=name).process
 
 
 def _grpcurl(*args: str) -> subprocess.CompletedProcess[str]:

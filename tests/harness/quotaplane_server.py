@@ -31,16 +31,20 @@ class ServeProcess:
 def serve_process(
     workdir: Path,
     *,
-    redis_url: str,
-    database_url: str,
-    key_prefix: str,
+    redis_url: str = "",
+    database_url: str = "",
+    key_prefix: str = "qp",
     plans_path: Path | None = None,
     admin_token: str = ADMIN_TOKEN,
     port: int | None = None,
     env: Mapping[str, str] | None = None,
     name: str = "serve",
 ) -> ServeProcess:
-    """A configured, not yet started server; ``process.start()`` then wait on ``port``."""
+    """A configured, not yet started server; ``process.start()`` then wait on ``port``.
+
+    Empty ``redis_url``/``database_url`` mean the embedded default (private valkey, SQLite) in
+    ``<workdir>/data-<name>`` unless ``env`` names another QUOTAPLANE_DATA_DIR.
+    """
     port = port or free_port()
     settings = {
         "QUOTAPLANE_GRPC_ADDR": f"127.0.0.1:{port}",
@@ -54,7 +58,10 @@ def serve_process(
         **(env or {}),
     }
     process = ManagedProcess(
-        [str(BIN / "quotaplane"), "serve"], env=settings, log_path=workdir / f"{name}.log", name=name
+        [str(BIN / "quotaplane"), "serve"],
+        env=settings,
+        log_path=workdir / f"{name}.log",
+        name=name,
     )
     return ServeProcess(process, port, admin_token)
 
