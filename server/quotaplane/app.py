@@ -27,12 +27,15 @@ from quotaplane.domain.api_keys import ApiKeyAdmin, ApiKeyCache
 from quotaplane.domain.directory import TenantDirectory
 from quotaplane.domain.plans import PlanCatalog, load_plans
 from quotaplane.domain.quota import QuotaEngine
-from quotaplane.storage.redis.client import command_pipe
+from quotaplane.domain.usage import UsageFlusher, UsageTrackingCounters
+from quotaplane.storage.redis.client import command_pipe, redis_client
 from quotaplane.storage.redis.counters import RedisCounterStore
 from quotaplane.storage.redis.embedded import EmbeddedValkey
+from quotaplane.storage.redis.flush import RedisUnflushedUsage
 from quotaplane.storage.sql import migrate
 from quotaplane.storage.sql.api_keys import SqlApiKeyStore
 from quotaplane.storage.sql.engine import create_async_engine_for
+from quotaplane.storage.sql.ledger import SqlUsageLedger
 from quotaplane.storage.sql.tenant_queries import SqlTenantQueries
 from quotaplane.storage.sql.tenants import SqlTenantStore
 from quotaplane.transport.grpc.admin import AdminServicer
@@ -41,6 +44,8 @@ from quotaplane.transport.grpc.quota import QuotaServicer
 from quotaplane.transport.grpc.server import RunningServer, Servicers, start_server
 
 log = logging.getLogger(__name__)
+
+FINAL_FLUSH_TIMEOUT_S = 5.0
 
 
 def default_plans_path() -> Path:
@@ -129,7 +134,21 @@ class Runtime:
         counters = RedisCounterStore(
             redis, key_prefix=s.redis_key_prefix, timeout=s.redis_timeout.total_seconds()
         )
-        return QuotaEngine(tenants=directory, plans=self._current_plans, counters=counters)
+        flusher = await self._start_flusher(database)
+        tracked = UsageTrackingCounters(counters, flusher.mark_dirty)
+        return QuotaEngine(tenants=directory, plans=self._current_plans, counters=tracked)
+
+    async def _start_flusher(self, database: AsyncEngine) -> UsageFlusher:
+        """Admitted usage: Redis unflushed hashes -> usage_hourly every flush interval."""
+        s = self.settings
+        # The flush is off the hot path: it may wait longer than a CheckQuota may.
+        client = redis_client(self.redis_url, timeout=max(1.0, s.redis_timeout.total_seconds()))
+        self._stack.push_async_callback(client.aclose)
+        unflushed = RedisUnflushedUsage(client, key_prefix=s.redis_key_prefix)
+        flusher = UsageFlusher(unflushed, SqlUsageLedger(database), interval=s.flush_interval)
+        task = asyncio.create_task(flusher.run(), name="usage-flush")
+        self._stack.push_async_callback(_stop_flusher, task, flusher)
+        return flusher
 
     def _current_plans(self) -> PlanCatalog:
         assert self.plan_registry is not None, "plans are loaded before the engine starts"
@@ -159,6 +178,16 @@ class Runtime:
         self._stack.callback(valkey.stop)
         log.info("embedded valkey started", extra={"url": url})
         return url
+
+
+async def _stop_flusher(task: asyncio.Task[None], flusher: UsageFlusher) -> None:
+    """Stop the periodic flush, then flush once more so a clean stop leaves nothing behind."""
+    await _cancel(task)
+    try:
+        async with asyncio.timeout(FINAL_FLUSH_TIMEOUT_S):
+            await flusher.tick()
+    except Exception as error:  # what is left waits in Redis for the next replica's sweep
+        log.warning("final usage flush incomplete: %s", error)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

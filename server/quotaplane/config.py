@@ -195,6 +195,13 @@ SETTINGS: tuple[Setting, ...] = (
         "On SIGTERM/SIGINT: how long in-flight calls may finish before they are cancelled.",
     ),
     Setting(
+        "flush_interval",
+        "QUOTAPLANE_FLUSH_INTERVAL",
+        parse_positive_duration,
+        "1s",
+        "How often each replica moves admitted usage from Redis into the ledger (usage_hourly).",
+    ),
+    Setting(
         "log_level",
         "QUOTAPLANE_LOG_LEVEL",
         parse_log_level,
@@ -233,6 +240,7 @@ class Settings:
     redis_timeout: timedelta = timedelta(milliseconds=100)
     cache_ttl: timedelta = timedelta(seconds=1)
     shutdown_grace: timedelta = timedelta(seconds=10)
+    flush_interval: timedelta = timedelta(seconds=1)
     log_level: str = "INFO"
     log_format: str = "json"
     max_concurrent_streams: int = 1000
