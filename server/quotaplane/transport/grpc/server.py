@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,10 +51,15 @@ async def start_server(
     service_token: str = "",
     max_concurrent_streams: int = 1000,
     credentials: grpc.ServerCredentials | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> RunningServer:
-    """Build, bind and start the server; returns once it accepts calls."""
+    """Build, bind and start the server; returns once it accepts calls.
+
+    ``interceptors`` run outside the token check (first = outermost), so what they observe
+    includes the calls the token check refuses.
+    """
     server = grpc.aio.server(
-        interceptors=[TokenInterceptor(admin_token, service_token)],
+        interceptors=[*interceptors, TokenInterceptor(admin_token, service_token)],
         options=[
             ("grpc.max_concurrent_streams", max_concurrent_streams),
             ("grpc.so_reuseport", 0),
