@@ -86,6 +86,31 @@ def parse_key_prefix(text: str) -> str:
     return text
 
 
+def parse_metrics_addr(text: str) -> str:
+    """host:port of the Prometheus endpoint, or 'off' (an empty value also means off)."""
+    if text.strip().lower() in ("off", ""):
+        return "off"
+    return parse_addr(text)
+
+
+def parse_tenant_labels(text: str) -> int:
+    """'off' -> 0 (one 'all' label); 'top-N' -> at most N tenant label values."""
+    value = text.strip().lower()
+    if value == "off":
+        return 0
+    match = re.fullmatch(r"top-(\d{1,5})", value)
+    if not match or int(match.group(1)) == 0:
+        raise ValueError("expected off or top-N with N from 1 to 99999, e.g. top-50")
+    return int(match.group(1))
+
+
+def parse_traces(text: str) -> str:
+    value = text.strip().lower()
+    if value not in ("off", "console"):
+        raise ValueError("expected off or console")
+    return value
+
+
 def _text(value: str) -> str:
     return value
 
@@ -222,6 +247,29 @@ SETTINGS: tuple[Setting, ...] = (
         "1000",
         "HTTP/2 streams one client connection (e.g. Envoy) may have open at once.",
     ),
+    Setting(
+        "metrics_addr",
+        "QUOTAPLANE_METRICS_ADDR",
+        parse_metrics_addr,
+        "127.0.0.1:9464",
+        "Prometheus scrape endpoint (GET /metrics), host:port; port 0 picks a free port; 'off' "
+        "disables it. A port that cannot be bound is logged and the server runs without it.",
+    ),
+    Setting(
+        "metrics_tenant_labels",
+        "QUOTAPLANE_METRICS_TENANT_LABELS",
+        parse_tenant_labels,
+        "off",
+        "Tenant label on decision metrics: 'off' (every tenant is 'all') or 'top-N' (the first "
+        "N tenants seen keep their id, the rest are 'other'), so label cardinality stays bounded.",
+    ),
+    Setting(
+        "traces",
+        "QUOTAPLANE_TRACES",
+        parse_traces,
+        "off",
+        "OpenTelemetry span per RPC: 'off' (not sampled, not exported) or 'console' (stdout).",
+    ),
 )
 
 
@@ -244,6 +292,9 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "json"
     max_concurrent_streams: int = 1000
+    metrics_addr: str = "127.0.0.1:9464"
+    metrics_tenant_labels: int = 0
+    traces: str = "off"
 
     def redacted(self) -> dict[str, str]:
         """The settings as strings for the start-up log, with secrets masked."""
