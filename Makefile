@@ -31,12 +31,12 @@ run: $(STAMP) generate
 	$(BIN)/quotaplane serve
 
 lint: $(STAMP)
-	$(BIN)/ruff check server clients/quotaplane_client scripts tests envoy $(wildcard bench)
-	$(BIN)/ruff format --check server clients/quotaplane_client scripts tests envoy $(wildcard bench)
+	$(BIN)/ruff check server clients scripts tests envoy $(wildcard bench)
+	$(BIN)/ruff format --check server clients scripts tests envoy $(wildcard bench)
 	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
-	$(BIN)/mypy server/quotaplane clients/quotaplane_client
+	$(BIN)/mypy server/quotaplane clients/quotaplane_client clients/examples scripts
 
 test: $(STAMP) check-generated lint typecheck
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest $(PYTEST_ARGS)

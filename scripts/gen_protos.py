@@ -33,7 +33,7 @@ _PYI_NAME = re.compile(r"\bquotaplane\.v1\b")
 
 
 def _protoc_include() -> str:
-    import grpc_tools  # type: ignore[import-untyped]
+    import grpc_tools
 
     return str(Path(grpc_tools.__file__).parent / "_proto")
 
