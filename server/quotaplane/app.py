@@ -38,8 +38,10 @@ from quotaplane.storage.sql.engine import create_async_engine_for
 from quotaplane.storage.sql.ledger import SqlUsageLedger
 from quotaplane.storage.sql.tenant_queries import SqlTenantQueries
 from quotaplane.storage.sql.tenants import SqlTenantStore
+from quotaplane.telemetry import Telemetry
 from quotaplane.transport.grpc.admin import AdminServicer
 from quotaplane.transport.grpc.ext_authz import AuthorizationServicer
+from quotaplane.transport.grpc.observability import ObservabilityInterceptor
 from quotaplane.transport.grpc.quota import QuotaServicer
 from quotaplane.transport.grpc.server import RunningServer, Servicers, start_server
 
@@ -69,6 +71,8 @@ class Runtime:
         self.api_keys: ApiKeyCache | None = None
         self.tenants: SqlTenantStore | None = None
         self.grpc: RunningServer | None = None
+        self.telemetry: Telemetry | None = None
+        self.metrics_port: int | None = None
         self._stack = contextlib.AsyncExitStack()
 
     @property
@@ -98,6 +102,7 @@ class Runtime:
         plans = load_plans(plans_path)
         self.plan_registry = PlanRegistry(plans, path=plans_path)
         log.info("plans loaded", extra={"source": plans.source, "plans": sorted(plans.plans)})
+        telemetry = await self._start_telemetry()
         if not (s.redis_url and s.database_url):
             self._stack.enter_context(DataDirLock(s.data_dir))
         if not s.redis_url:
@@ -115,8 +120,21 @@ class Runtime:
             admin_token=self.admin_token,
             service_token=s.service_token,
             max_concurrent_streams=s.max_concurrent_streams,
+            interceptors=[ObservabilityInterceptor(telemetry)],
         )
         self._stack.push_async_callback(self.grpc.stop, s.shutdown_grace.total_seconds())
+
+    async def _start_telemetry(self) -> Telemetry:
+        """Metric instruments and tracer first, so every later part can record; the scrape
+        endpoint stops last (after the gRPC server has drained)."""
+        s = self.settings
+        telemetry = Telemetry(tenant_labels=s.metrics_tenant_labels, traces=s.traces)
+        # Off the event loop: stopping the HTTP thread waits for its poll interval.
+        self._stack.push_async_callback(asyncio.to_thread, telemetry.shutdown)
+        if s.metrics_addr != "off":
+            self.metrics_port = await asyncio.to_thread(telemetry.start_http, s.metrics_addr)
+        self.telemetry = telemetry
+        return telemetry
 
     async def _start_quota_engine(self) -> QuotaEngine:
         """Redis counters, the SQL tenant store and its in-memory directory with its poller."""

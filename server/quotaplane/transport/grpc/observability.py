@@ -1,0 +1,166 @@
+"""gRPC server interceptor: one span, one RPC count and one latency sample per unary call, and
+the quota decision counters read off the decision RPCs' responses.
+
+It runs outermost, so calls refused by the token interceptor are counted too. Decisions are
+read from what the servicers answer, so no servicer needs to know about telemetry:
+- ``QuotaService/CheckQuota``: the response ``code`` (dry runs and replays are not new
+  decisions and are not counted); the response's limits feed the quota-used gauge.
+- ``Authorization/Check`` (Envoy): the ``google.rpc`` status code (0 allowed, 7 suspended,
+  8 over limit, 16 unauthenticated); the tenant from the ``x-tenant-id`` header of an allowed
+  answer, or from ``set_call_tenant`` when the servicer names it for a denial.
+Streaming RPCs (health Watch, reflection) pass through unobserved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from envoy.service.auth.v3 import external_auth_pb2
+from opentelemetry.trace import SpanKind
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from quotaplane.domain.model import DEFAULT_METRIC
+from quotaplane.telemetry import Telemetry
+from quotaplane_client.v1 import quota_pb2
+
+CHECK_QUOTA = "quotaplane.v1.QuotaService/CheckQuota"
+AUTHZ_CHECK = "envoy.service.auth.v3.Authorization/Check"
+_CHECK_QUOTA_OUTCOMES = {
+    quota_pb2.CheckQuotaResponse.OK: "ok",
+    quota_pb2.CheckQuotaResponse.OVER_LIMIT: "over_limit",
+    quota_pb2.CheckQuotaResponse.SUSPENDED: "suspended",
+}
+_AUTHZ_OUTCOMES = {0: "ok", 7: "suspended", 8: "over_limit", 16: "unauthenticated"}
+_PROPAGATOR = TraceContextTextMapPropagator()
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+
+
+@dataclass
+class CallInfo:
+    """What the interceptor knows about the running call; servicers may add the tenant."""
+
+    method: str
+    tenant_id: str = ""
+    metric: str = ""
+
+
+_CURRENT_CALL: contextvars.ContextVar[CallInfo | None] = contextvars.ContextVar(
+    "quotaplane_current_call", default=None
+)
+
+
+def set_call_tenant(tenant_id: str) -> None:
+    """Name the tenant of the running RPC (for its span and decision labels); else a no-op."""
+    call = _CURRENT_CALL.get()
+    if call is not None and tenant_id:
+        call.tenant_id = tenant_id
+
+
+class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    def __init__(self, telemetry: Telemetry) -> None:
+        self._telemetry = telemetry
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        return grpc.unary_unary_rpc_method_handler(
+            self._observed(details.method.lstrip("/"), details, handler.unary_unary),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _observed(
+        self, method: str, details: grpc.HandlerCallDetails, behavior: Behavior
+    ) -> Behavior:
+        telemetry = self._telemetry
+        parent = _PROPAGATOR.extract(_text_metadata(details.invocation_metadata))
+
+        async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            call = _call_info(method, request)
+            token = _CURRENT_CALL.set(call)
+            started = time.perf_counter()
+            code, response = grpc.StatusCode.UNKNOWN, None
+            with telemetry.tracer.start_as_current_span(
+                method, context=parent, kind=SpanKind.SERVER, attributes=_span_start(method)
+            ) as span:
+                try:
+                    response = await behavior(request, context)
+                    code = _status_of(context) or grpc.StatusCode.OK
+                    return response
+                except asyncio.CancelledError:
+                    code = grpc.StatusCode.CANCELLED
+                    raise
+                except BaseException:
+                    code = _status_of(context) or grpc.StatusCode.UNKNOWN
+                    raise
+                finally:
+                    _CURRENT_CALL.reset(token)
+                    telemetry.record_rpc(method, code.name, time.perf_counter() - started)
+                    if code is grpc.StatusCode.OK:
+                        _record_decision(telemetry, call, request, response)
+                    span.set_attribute("rpc.grpc.status_code", code.value[0])
+                    if call.tenant_id:
+                        span.set_attribute("quotaplane.tenant_id", call.tenant_id)
+                    if call.metric:
+                        span.set_attribute("quotaplane.metric", call.metric)
+
+        return observed
+
+
+def _text_metadata(metadata: Any) -> dict[str, str]:
+    return {k: v for k, v in metadata or () if isinstance(v, str)}
+
+
+def _span_start(method: str) -> dict[str, str]:
+    service, _, name = method.partition("/")
+    return {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name}
+
+
+def _status_of(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode | None:
+    """The code the handler set or aborted with (grpc.aio keeps it on the context)."""
+    code = context.code()
+    if code is None or isinstance(code, grpc.StatusCode):
+        return code
+    return next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
+
+
+def _call_info(method: str, request: Any) -> CallInfo:
+    """Tenant and metric straight from the request, for any message that carries them."""
+    if isinstance(request, external_auth_pb2.CheckRequest):
+        metric = request.attributes.context_extensions.get("metric", DEFAULT_METRIC)
+        return CallInfo(method, metric=metric)
+    fields = getattr(getattr(request, "DESCRIPTOR", None), "fields_by_name", {})
+    tenant_id = request.tenant_id if "tenant_id" in fields else ""
+    metric = (request.metric or DEFAULT_METRIC) if "metric" in fields else ""
+    return CallInfo(method, tenant_id=tenant_id, metric=metric)
+
+
+def _record_decision(telemetry: Telemetry, call: CallInfo, request: Any, response: Any) -> None:
+    if call.method == CHECK_QUOTA and isinstance(response, quota_pb2.CheckQuotaResponse):
+        if request.dry_run or response.replayed:
+            return
+        outcome = _CHECK_QUOTA_OUTCOMES.get(response.code)
+        if outcome is not None:
+            telemetry.record_decision(call.metric, outcome, call.tenant_id, "check_quota")
+        for limit in response.limits:
+            telemetry.observe_quota_usage(call.tenant_id, limit.name, limit.limit, limit.remaining)
+    elif call.method == AUTHZ_CHECK and isinstance(response, external_auth_pb2.CheckResponse):
+        outcome = _AUTHZ_OUTCOMES.get(response.status.code)
+        if outcome is None:
+            return
+        for header in response.ok_response.headers:
+            if header.header.key == "x-tenant-id":
+                call.tenant_id = header.header.value
+        telemetry.record_decision(call.metric, outcome, call.tenant_id, "ext_authz")
