@@ -270,6 +270,23 @@ SETTINGS: tuple[Setting, ...] = (
         "off",
         "OpenTelemetry span per RPC: 'off' (not sampled, not exported) or 'console' (stdout).",
     ),
+    Setting(
+        "tls_cert",
+        "QUOTAPLANE_TLS_CERT",
+        _optional_path,
+        "",
+        "PEM certificate chain for the gRPC port. Set with QUOTAPLANE_TLS_KEY to serve TLS only.",
+    ),
+    Setting(
+        "tls_key", "QUOTAPLANE_TLS_KEY", _optional_path, "", "PEM private key of that certificate."
+    ),
+    Setting(
+        "tls_client_ca",
+        "QUOTAPLANE_TLS_CLIENT_CA",
+        _optional_path,
+        "",
+        "PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS).",
+    ),
 )
 
 
@@ -295,6 +312,9 @@ class Settings:
     metrics_addr: str = "127.0.0.1:9464"
     metrics_tenant_labels: int = 0
     traces: str = "off"
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
 
     def redacted(self) -> dict[str, str]:
         """The settings as strings for the start-up log, with secrets masked."""
