@@ -44,6 +44,7 @@ from quotaplane.transport.grpc.ext_authz import AuthorizationServicer
 from quotaplane.transport.grpc.observability import ObservabilityInterceptor
 from quotaplane.transport.grpc.quota import QuotaServicer
 from quotaplane.transport.grpc.server import RunningServer, Servicers, start_server
+from quotaplane.transport.grpc.tls import server_credentials
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,7 @@ class Runtime:
             admin_token=self.admin_token,
             service_token=s.service_token,
             max_concurrent_streams=s.max_concurrent_streams,
+            credentials=server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca),
             interceptors=[ObservabilityInterceptor(telemetry)],
         )
         self._stack.push_async_callback(self.grpc.stop, s.shutdown_grace.total_seconds())

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import grpc
 
+from quotaplane.config import ConfigError
 
-class TlsConfigError(ValueError):
+
+class TlsConfigError(ConfigError):
     """The TLS settings are incomplete or a file cannot be read."""
 
 
