@@ -6,9 +6,9 @@ from datetime import datetime, timedelta
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
-from quotaplane_client.v1 import quota_pb2, types_pb2
 
 from quotaplane.domain.model import Decision, DecisionCode, LimitState, QuotaRequest
+from quotaplane_client.v1 import quota_pb2, types_pb2
 
 WINDOWS: dict[str, types_pb2.Window.ValueType] = {
     "second": types_pb2.WINDOW_SECOND,
