@@ -140,8 +140,8 @@ async def test_two_replicas_admit_exactly_the_monthly_quota(cluster: Cluster) ->
     costs = [rng.randint(1, 5) for _ in range(3000)]
     assert await _run(cluster, tenant.id, costs) == 1000
     assert list((await cluster.keys_of(tenant.id, "c:requests:month:*")).values()) == [1000]
-    unflushed = await cluster.redis.hgetall(keys.unflushed_key(cluster.prefix, tenant.id))
-    assert sum(int(units) for units in unflushed.values()) == 1000
+    # The unflushed hash is not checked here: the replicas' ledger flush drains it while the
+    # test runs (tests/integration/test_quota_engine.py checks it with no flusher running).
 
 
 async def test_two_replicas_admit_exactly_the_per_second_limit_within_one_second(
