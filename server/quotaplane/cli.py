@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from quotaplane import cli_admin
 from quotaplane.config import SETTINGS, ConfigError, Settings, load_settings
 from quotaplane.domain.errors import PlanFileError
 
@@ -137,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("files", nargs="+", metavar="FILE")
     validate.set_defaults(func=_cmd_plans_validate)
+
+    cli_admin.register(commands, plans_commands)
 
     db = commands.add_parser("db", help="ledger schema migrations (Alembic)")
     db.add_argument(
