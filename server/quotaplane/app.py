@@ -25,16 +25,18 @@ from quotaplane.datadir import DataDirLock
 from quotaplane.domain.admin import PlanAdmin, PlanRegistry, TenantAdmin
 from quotaplane.domain.api_keys import ApiKeyAdmin, ApiKeyCache
 from quotaplane.domain.directory import TenantDirectory
+from quotaplane.domain.invoicing import InvoiceService
 from quotaplane.domain.plans import PlanCatalog, load_plans
 from quotaplane.domain.quota import QuotaEngine
-from quotaplane.domain.usage import UsageFlusher, UsageTrackingCounters
+from quotaplane.domain.usage import UsageFlusher, UsageRecorder, UsageTrackingCounters
 from quotaplane.storage.redis.client import command_pipe, redis_client
 from quotaplane.storage.redis.counters import RedisCounterStore
 from quotaplane.storage.redis.embedded import EmbeddedValkey
-from quotaplane.storage.redis.flush import RedisUnflushedUsage
+from quotaplane.storage.redis.flush import RedisQuotaCounters, RedisUnflushedUsage
 from quotaplane.storage.sql import migrate
 from quotaplane.storage.sql.api_keys import SqlApiKeyStore
 from quotaplane.storage.sql.engine import create_async_engine_for
+from quotaplane.storage.sql.invoices import SqlInvoiceLedger
 from quotaplane.storage.sql.ledger import SqlUsageLedger
 from quotaplane.storage.sql.tenant_queries import SqlTenantQueries
 from quotaplane.storage.sql.tenants import SqlTenantStore
@@ -71,6 +73,8 @@ class Runtime:
         self.database: AsyncEngine | None = None
         self.api_keys: ApiKeyCache | None = None
         self.tenants: SqlTenantStore | None = None
+        self.usage_recorder: UsageRecorder | None = None
+        self.invoice_service: InvoiceService | None = None
         self.grpc: RunningServer | None = None
         self.telemetry: Telemetry | None = None
         self.metrics_port: int | None = None
@@ -114,7 +118,8 @@ class Runtime:
         else:
             await asyncio.to_thread(_require_current_schema, s.database_url)
         self.admin_token = s.admin_token or _generated_admin_token(s.data_dir)
-        quota = QuotaServicer(await self._start_quota_engine())
+        engine = await self._start_quota_engine()
+        quota = QuotaServicer(engine, usage=self.usage_recorder, invoices=self.invoice_service)
         self.grpc = await start_server(
             s.grpc_addr,
             Servicers(quota=quota, admin=await self._start_admin(), authz=AuthorizationServicer()),
@@ -155,6 +160,7 @@ class Runtime:
             redis, key_prefix=s.redis_key_prefix, timeout=s.redis_timeout.total_seconds()
         )
         flusher = await self._start_flusher(database)
+        self._start_billing(database, directory, flusher)
         tracked = UsageTrackingCounters(counters, flusher.mark_dirty)
         return QuotaEngine(tenants=directory, plans=self._current_plans, counters=tracked)
 
@@ -168,7 +174,25 @@ class Runtime:
         flusher = UsageFlusher(unflushed, SqlUsageLedger(database), interval=s.flush_interval)
         task = asyncio.create_task(flusher.run(), name="usage-flush")
         self._stack.push_async_callback(_stop_flusher, task, flusher)
+        self._flush_redis = client
         return flusher
+
+    def _start_billing(
+        self, database: AsyncEngine, directory: TenantDirectory, flusher: UsageFlusher
+    ) -> None:
+        """RecordUsage and GenerateInvoice on the ledger (and the flush, for invoices)."""
+        usage = SqlUsageLedger(database)
+        counters = RedisQuotaCounters(self._flush_redis, key_prefix=self.settings.redis_key_prefix)
+        self.usage_recorder = UsageRecorder(
+            tenants=directory, plans=self._current_plans, ledger=usage, counters=counters
+        )
+        self.invoice_service = InvoiceService(
+            tenants=directory,
+            plans=self._current_plans,
+            invoices=SqlInvoiceLedger(database),
+            usage=usage,
+            flush=flusher.flush_tenant,
+        )
 
     def _current_plans(self) -> PlanCatalog:
         assert self.plan_registry is not None, "plans are loaded before the engine starts"

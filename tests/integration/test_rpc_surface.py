@@ -31,8 +31,8 @@ UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED
 # method -> status answered to an empty request
 EXPECTED: dict[str, grpc.StatusCode] = {
     "/quotaplane.v1.QuotaService/CheckQuota": INVALID,
-    "/quotaplane.v1.QuotaService/RecordUsage": UNIMPLEMENTED,
-    "/quotaplane.v1.QuotaService/GenerateInvoice": UNIMPLEMENTED,
+    "/quotaplane.v1.QuotaService/RecordUsage": INVALID,
+    "/quotaplane.v1.QuotaService/GenerateInvoice": INVALID,
     "/envoy.service.auth.v3.Authorization/Check": UNIMPLEMENTED,
     "/quotaplane.v1.AdminService/CreateTenant": INVALID,
     "/quotaplane.v1.AdminService/GetTenant": INVALID,

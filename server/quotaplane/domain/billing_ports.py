@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Protocol
 
 from quotaplane.domain.model import UsageEvent
@@ -110,8 +111,8 @@ class StoredInvoice:
     status: str  # draft | finalized | paid | void
     currency: str
     lines: tuple[PricedLine, ...]
-    subtotal: str
-    total: str
+    subtotal: Decimal  # at the currency's minor unit
+    total: Decimal
     total_minor: int
     created_at: datetime
     replaces_invoice_id: str | None = None
@@ -127,8 +128,8 @@ class StoredInvoice:
 class InvoiceLedger(Protocol):
     """The ledger's invoice tables."""
 
-    async def plan_changes(self, tenant_id: str, until: datetime) -> list[PlanChange]:
-        """Plan changes of the tenant effective before ``until``, oldest first."""
+    async def plan_changes(self, tenant_id: str) -> list[PlanChange]:
+        """Every plan change of the tenant (its first plan included), oldest first."""
         ...
 
     async def open_invoice(self, tenant_id: str, period: Period) -> StoredInvoice | None:

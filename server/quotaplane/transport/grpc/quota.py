@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from quotaplane_client.v1 import quota_pb2, quota_pb2_grpc
 
+from quotaplane.domain.errors import Unimplemented
+from quotaplane.domain.invoicing import InvoiceService
 from quotaplane.domain.quota import QuotaEngine
-from quotaplane.transport.grpc import convert
-from quotaplane.transport.grpc.pending import pending
+from quotaplane.domain.usage import UsageRecorder
+from quotaplane.transport.grpc import billing_convert, convert
 from quotaplane.transport.grpc.status import rpc
+from quotaplane_client.v1 import quota_pb2, quota_pb2_grpc, types_pb2
 
 _SVC = "quotaplane.v1.QuotaService"
 
@@ -18,8 +20,16 @@ _SVC = "quotaplane.v1.QuotaService"
 class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
     """Hot-path and billing RPCs for internal services."""
 
-    def __init__(self, engine: QuotaEngine) -> None:
+    def __init__(
+        self,
+        engine: QuotaEngine,
+        *,
+        usage: UsageRecorder | None = None,
+        invoices: InvoiceService | None = None,
+    ) -> None:
         self._engine = engine
+        self._usage = usage
+        self._invoices = invoices
 
     @rpc
     async def CheckQuota(
@@ -28,5 +38,22 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
         decision = await self._engine.check(convert.quota_request(request))
         return convert.check_quota_response(decision)
 
-    RecordUsage = pending(f"{_SVC}/RecordUsage", "the billing ledger: issue #5")
-    GenerateInvoice = pending(f"{_SVC}/GenerateInvoice", "the billing ledger: issue #5")
+    @rpc
+    async def RecordUsage(
+        self, request: quota_pb2.RecordUsageRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> quota_pb2.RecordUsageResponse:
+        if self._usage is None:
+            raise Unimplemented(f"{_SVC}/RecordUsage: no usage ledger is configured")
+        results = await self._usage.record(billing_convert.usage_events(request))
+        return billing_convert.record_usage_response(results)
+
+    @rpc
+    async def GenerateInvoice(
+        self,
+        request: quota_pb2.GenerateInvoiceRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> types_pb2.Invoice:
+        if self._invoices is None:
+            raise Unimplemented(f"{_SVC}/GenerateInvoice: no invoice ledger is configured")
+        stored = await self._invoices.generate(billing_convert.invoice_request(request))
+        return billing_convert.invoice(stored)

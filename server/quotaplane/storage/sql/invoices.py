@@ -1,0 +1,285 @@
+"""SQL invoice ledger: invoices, their lines, plan history for billing and the Stripe outbox.
+
+One invoice per (tenant, period) that is not void is the partial UNIQUE index
+``uq_invoices_tenant_id_period_open``. ``save_invoice`` runs in one transaction: it locks the
+open invoice (``FOR UPDATE`` on Postgres; SQLite serializes writers), regenerates a draft in
+place (lines replaced) or inserts the first one. Two concurrent first inserts collide on the
+index; the loser retries once and then finds the winner's row, so both calls return one id.
+A finalized or paid invoice is returned untouched.
+
+Amounts are Decimal (``Money`` columns) plus integer minor units; line details (tiers,
+proration, span) are JSON with decimals written as strings, never floats.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from quotaplane.domain.billing_ports import PlanChange, StoredInvoice
+from quotaplane.domain.money import round_money
+from quotaplane.domain.pricing import PricedInvoice, PricedLine, TierLine
+from quotaplane.domain.windows import Period
+from quotaplane.storage.sql.ledger import database_errors, dialect_insert, utc_now
+from quotaplane.storage.sql.tables import invoice_lines, invoices, plan_changes, stripe_outbox
+
+FROZEN = ("finalized", "paid")
+PUSH = "push"
+
+
+class SqlInvoiceLedger:
+    """InvoiceLedger on Postgres or SQLite."""
+
+    def __init__(self, engine: AsyncEngine, *, clock: Callable[[], datetime] = utc_now) -> None:
+        self._engine = engine
+        self._clock = clock
+
+    async def plan_changes(self, tenant_id: str) -> list[PlanChange]:
+        query = (
+            sa.select(plan_changes.c.plan, plan_changes.c.effective_at)
+            .where(plan_changes.c.tenant_id == tenant_id)
+            .order_by(plan_changes.c.effective_at, plan_changes.c.id)
+        )
+        async with self._connection() as conn:
+            return [PlanChange(row.plan, row.effective_at) for row in await conn.execute(query)]
+
+    async def open_invoice(self, tenant_id: str, period: Period) -> StoredInvoice | None:
+        async with self._connection() as conn:
+            row = await _open_row(conn, tenant_id, str(period), lock=False)
+            return None if row is None else await _load(conn, row)
+
+    async def save_invoice(
+        self, tenant_id: str, priced: PricedInvoice, *, finalize_at: datetime | None
+    ) -> StoredInvoice:
+        try:
+            return await self._save(tenant_id, priced, finalize_at)
+        except IntegrityError:
+            # A concurrent call inserted the period's invoice first: regenerate that one.
+            return await self._save(tenant_id, priced, finalize_at)
+
+    async def enqueue_push(self, invoice_id: str) -> None:
+        now = self._clock()
+        async with self._transaction() as conn:
+            statement = (
+                dialect_insert(conn, stripe_outbox)
+                .values(
+                    id=str(uuid.uuid4()),
+                    invoice_id=invoice_id,
+                    action=PUSH,
+                    idempotency_base=f"qp-invoice-{invoice_id}",
+                    state="pending",
+                    attempts=0,
+                    next_attempt_at=now,
+                    created_at=now,
+                    updated_at=now,
+                )
+                .on_conflict_do_nothing(index_elements=["invoice_id", "action"])
+            )
+            await conn.execute(statement)
+
+    async def _save(
+        self, tenant_id: str, priced: PricedInvoice, finalize_at: datetime | None
+    ) -> StoredInvoice:
+        now = self._clock()
+        period = str(priced.period)
+        async with self._transaction() as conn:
+            row = await _open_row(conn, tenant_id, period, lock=True)
+            if row is not None and row["status"] in FROZEN:
+                return await _load(conn, row)
+            values = _totals(priced, now, finalize_at)
+            if row is not None:
+                invoice_id = row["id"]
+                await conn.execute(
+                    invoices.update().where(invoices.c.id == invoice_id).values(values)
+                )
+                await conn.execute(
+                    invoice_lines.delete().where(invoice_lines.c.invoice_id == invoice_id)
+                )
+            else:
+                invoice_id = await _insert_invoice(conn, tenant_id, period, values, now)
+            await _insert_lines(conn, invoice_id, priced)
+            saved = await _open_row(conn, tenant_id, period, lock=False)
+            assert saved is not None
+            return await _load(conn, saved)
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection]:
+        with database_errors("invoice ledger"):
+            async with self._engine.connect() as conn:
+                yield conn
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        with database_errors("invoice ledger"):
+            async with self._engine.begin() as conn:
+                yield conn
+
+
+async def _open_row(
+    conn: AsyncConnection, tenant_id: str, period: str, *, lock: bool
+) -> Mapping[Any, Any] | None:
+    query = sa.select(invoices).where(
+        invoices.c.tenant_id == tenant_id, invoices.c.period == period, invoices.c.status != "void"
+    )
+    if lock:
+        query = query.with_for_update()
+    return (await conn.execute(query)).mappings().first()
+
+
+async def _insert_invoice(
+    conn: AsyncConnection, tenant_id: str, period: str, values: dict[str, Any], now: datetime
+) -> str:
+    """Version 1, or one more than the newest voided invoice of the period, linked to it."""
+    last_void = (
+        (
+            await conn.execute(
+                sa.select(invoices.c.id, invoices.c.version)
+                .where(invoices.c.tenant_id == tenant_id, invoices.c.period == period)
+                .order_by(invoices.c.version.desc())
+                .limit(1)
+            )
+        )
+        .mappings()
+        .first()
+    )
+    invoice_id = str(uuid.uuid4())
+    await conn.execute(
+        invoices.insert().values(
+            id=invoice_id,
+            tenant_id=tenant_id,
+            period=period,
+            version=1 if last_void is None else last_void["version"] + 1,
+            replaces_invoice_id=None if last_void is None else last_void["id"],
+            created_at=now,
+            **values,
+        )
+    )
+    return invoice_id
+
+
+def _totals(priced: PricedInvoice, now: datetime, finalize_at: datetime | None) -> dict[str, Any]:
+    return {
+        "status": "draft" if finalize_at is None else "finalized",
+        "currency": priced.currency,
+        "subtotal": priced.subtotal,
+        "total": priced.total,
+        "total_minor": priced.total_minor,
+        "updated_at": now,
+        "finalized_at": finalize_at,
+    }
+
+
+async def _insert_lines(conn: AsyncConnection, invoice_id: str, priced: PricedInvoice) -> None:
+    rows = [
+        {
+            "id": str(uuid.uuid4()),
+            "invoice_id": invoice_id,
+            "position": position,
+            "metric": line.metric,
+            "description": line.description,
+            "quantity": line.quantity,
+            "unit_price": line.unit_price,
+            "amount": line.amount,
+            "amount_minor": line.amount_minor,
+            "details": _details(line),
+        }
+        for position, line in enumerate(priced.lines)
+    ]
+    if rows:
+        await conn.execute(invoice_lines.insert(), rows)
+
+
+def _details(line: PricedLine) -> dict[str, Any]:
+    return {
+        "plan": line.plan,
+        "included": line.included,
+        "fraction": str(line.fraction),
+        "span_start": None if line.span_start is None else line.span_start.isoformat(),
+        "span_end": None if line.span_end is None else line.span_end.isoformat(),
+        "tiers": [
+            {
+                "first_unit": tier.first_unit,
+                "last_unit": tier.last_unit,
+                "quantity": tier.quantity,
+                "unit_price": str(tier.unit_price),
+                "flat_fee": str(tier.flat_fee),
+                "amount": str(tier.amount),
+            }
+            for tier in line.tiers
+        ],
+    }
+
+
+async def _load(conn: AsyncConnection, row: Mapping[Any, Any]) -> StoredInvoice:
+    query = (
+        sa.select(invoice_lines)
+        .where(invoice_lines.c.invoice_id == row["id"])
+        .order_by(invoice_lines.c.position)
+    )
+    currency = row["currency"]
+    lines = tuple(_line(line, currency) for line in (await conn.execute(query)).mappings())
+    return StoredInvoice(
+        id=row["id"],
+        tenant_id=row["tenant_id"],
+        period=row["period"],
+        version=row["version"],
+        status=row["status"],
+        currency=currency,
+        lines=lines,
+        subtotal=round_money(row["subtotal"], currency),
+        total=round_money(row["total"], currency),
+        total_minor=row["total_minor"],
+        created_at=row["created_at"],
+        replaces_invoice_id=row["replaces_invoice_id"],
+        stripe_invoice_id=row["stripe_invoice_id"],
+        finalized_at=row["finalized_at"],
+        last_error=row["last_error"],
+    )
+
+
+def _line(row: Mapping[Any, Any], currency: str) -> PricedLine:
+    details = row["details"] or {}
+    unit_price = row["unit_price"]
+    return PricedLine(
+        metric=row["metric"],
+        plan=details.get("plan", ""),
+        description=row["description"],
+        quantity=row["quantity"],
+        included=details.get("included", 0),
+        unit_price=None if unit_price is None else _trimmed(unit_price),
+        tiers=tuple(_tier(tier) for tier in details.get("tiers", [])),
+        amount=round_money(row["amount"], currency),
+        amount_minor=row["amount_minor"],
+        fraction=Decimal(details.get("fraction", "1")),
+        span_start=_time(details.get("span_start")),
+        span_end=_time(details.get("span_end")),
+    )
+
+
+def _tier(tier: Mapping[Any, Any]) -> TierLine:
+    return TierLine(
+        first_unit=tier["first_unit"],
+        last_unit=tier["last_unit"],
+        quantity=tier["quantity"],
+        unit_price=Decimal(tier["unit_price"]),
+        flat_fee=Decimal(tier["flat_fee"]),
+        amount=Decimal(tier["amount"]),
+    )
+
+
+def _trimmed(value: Decimal) -> Decimal:
+    """0.040000 -> 0.04 (the column pads to 6 places), but 40.000000 -> 40, not 4E+1."""
+    trimmed = value.normalize()
+    return trimmed if trimmed.as_tuple().exponent <= 0 else trimmed.quantize(Decimal(1))  # type: ignore[operator]
+
+
+def _time(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
