@@ -16,22 +16,25 @@ from it).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from quotaplane.domain.admin_ports import TenantFilter, TenantQueries
+from quotaplane.domain.admin_ports import TenantFilter, TenantQueries, UsageReader
+from quotaplane.domain.billing_ports import HourlyUsage
 from quotaplane.domain.errors import FailedPrecondition, InvalidArgument, NotFound
-from quotaplane.domain.model import Tenant, TenantStatus, parse_tenant_id
+from quotaplane.domain.model import Tenant, TenantStatus, parse_metric, parse_tenant_id
 from quotaplane.domain.money import format_money
 from quotaplane.domain.paging import Cursor, decode_page_token, parse_page_size
 from quotaplane.domain.plans import Charge, Package, PerUnit, PlanCatalog, Tier, load_plans
-from quotaplane.domain.ports import TenantStore
+from quotaplane.domain.ports import TenantSource, TenantStore
+from quotaplane.domain.windows import Window, as_utc, window_reset, window_start
 
 MAX_TENANT_NAME = 200
 MAX_EXTERNAL_ID = 128
 MAX_REASON = 500
+MAX_USAGE_RANGE = timedelta(days=400)
 
 
 def _utc_now() -> datetime:
@@ -205,3 +208,94 @@ def _tier_summary(tier: Tier, currency: str) -> str:
     bound = "the rest" if tier.up_to is None else f"up to {tier.up_to:,}"
     fee = f" + {format_money(tier.flat_fee, currency)} flat" if tier.flat_fee else ""
     return f"{bound} at {format_money(tier.unit_price, currency)} each{fee}"
+
+
+@dataclass(frozen=True)
+class UsageTotal:
+    start: datetime
+    end: datetime
+    quantity: int
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    tenant_id: str
+    metric: str
+    buckets: list[UsageTotal]
+    total: int
+    unflushed: int = 0
+
+
+class UsageReports:
+    """GetUsage: a tenant's usage of a metric over a time range, in hour/day/month buckets.
+
+    The ledger counts usage per UTC hour, so an hour counts when it overlaps the range (the
+    range is widened to whole hours). Before reading, the tenant's usage still waiting in Redis
+    is flushed (the same crash-safe flush the background task runs), so the report is current
+    to the request and ``unflushed`` is always 0: nothing reported lives outside the ledger.
+    """
+
+    def __init__(
+        self,
+        tenants: TenantSource,
+        ledger: UsageReader,
+        *,
+        flush: Callable[[str], Awaitable[int]] | None = None,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self._tenants = tenants
+        self._ledger = ledger
+        self._flush = flush
+        self._clock = clock
+
+    async def usage(
+        self,
+        *,
+        tenant_id: str,
+        metric: str,
+        start: datetime | None,
+        end: datetime | None,
+        bucket: Window,
+    ) -> UsageReport:
+        tenant_id = parse_tenant_id(tenant_id)
+        metric = parse_metric(metric)
+        start, end = self._range(start, end)
+        if await self._tenants.get(tenant_id) is None:
+            raise NotFound(f"tenant {tenant_id} does not exist")
+        if self._flush is not None:
+            await self._flush(tenant_id)
+        rows = await self._ledger.usage(tenant_id, window_start(Window.HOUR, start), end)
+        buckets = bucket_totals((r for r in rows if r.metric == metric), bucket)
+        return UsageReport(tenant_id, metric, buckets, sum(b.quantity for b in buckets))
+
+    def _range(self, start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
+        now = self._clock()
+        start = (
+            as_utc(start, field_name="start")
+            if start is not None
+            else window_start(Window.MONTH, now)
+        )
+        end = as_utc(end, field_name="end") if end is not None else now
+        if end <= start:
+            raise InvalidArgument(
+                f"end ({end.isoformat()}) must be after start ({start.isoformat()})"
+            )
+        if end - start > MAX_USAGE_RANGE:
+            raise InvalidArgument(
+                f"the range from start to end must be at most {MAX_USAGE_RANGE.days} days, "
+                f"got {(end - start).days} days"
+            )
+        return start, end
+
+
+def bucket_totals(rows: Iterable[HourlyUsage], bucket: Window) -> list[UsageTotal]:
+    """Hourly rows summed per bucket; only buckets with usage, in time order."""
+    sums: dict[datetime, int] = {}
+    for row in rows:
+        key = window_start(bucket, row.hour_start)
+        sums[key] = sums.get(key, 0) + row.quantity
+    return [
+        UsageTotal(start=at, end=window_reset(bucket, at), quantity=quantity)
+        for at, quantity in sorted(sums.items())
+        if quantity
+    ]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+from quotaplane.domain.billing_ports import HourlyUsage
 from quotaplane.domain.model import ApiKey, Tenant, TenantStatus
 from quotaplane.domain.paging import Cursor
 
@@ -79,4 +80,12 @@ class TenantQueries(Protocol):
 
     async def plans_in_use(self) -> set[str]:
         """Names of the plans at least one tenant is on."""
+        ...
+
+
+class UsageReader(Protocol):
+    """The ledger's hourly usage (``billing_ports.UsageLedger`` implements it)."""
+
+    async def usage(self, tenant_id: str, start: datetime, end: datetime) -> list[HourlyUsage]:
+        """Hourly usage of every metric with ``start <= hour_start < end``."""
         ...

@@ -6,8 +6,9 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from quotaplane.domain.admin import PlanAdmin, TenantAdmin
+from quotaplane.domain.admin import PlanAdmin, TenantAdmin, UsageReports
 from quotaplane.domain.api_keys import ApiKeyAdmin
+from quotaplane.domain.errors import Unimplemented
 from quotaplane.transport.grpc import admin_convert as convert
 from quotaplane.transport.grpc.pending import pending
 from quotaplane.transport.grpc.status import rpc
@@ -23,10 +24,18 @@ Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     """Operators' RPCs. Authentication is enforced by the admin-token interceptor."""
 
-    def __init__(self, *, tenants: TenantAdmin, keys: ApiKeyAdmin, plans: PlanAdmin) -> None:
+    def __init__(
+        self,
+        *,
+        tenants: TenantAdmin,
+        keys: ApiKeyAdmin,
+        plans: PlanAdmin,
+        usage: UsageReports | None = None,
+    ) -> None:
         self._tenants = tenants
         self._keys = keys
         self._plans = plans
+        self._usage = usage
 
     # --- tenants -------------------------------------------------------------------------------
 
@@ -118,7 +127,23 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     ) -> admin_pb2.ListPlansResponse:
         return convert.plans_response(await self._plans.reload())
 
-    GetUsage = pending(f"{_SVC}/GetUsage", _USAGE)
+    # --- usage ---------------------------------------------------------------------------------
+
+    @rpc
+    async def GetUsage(
+        self, request: admin_pb2.GetUsageRequest, context: Context
+    ) -> admin_pb2.GetUsageResponse:
+        if self._usage is None:
+            raise Unimplemented(f"{_SVC}/GetUsage is not served by this build yet ({_USAGE})")
+        report = await self._usage.usage(
+            tenant_id=request.tenant_id,
+            metric=request.metric,
+            start=convert.optional_time(request.start, request.HasField("start"), "start"),
+            end=convert.optional_time(request.end, request.HasField("end"), "end"),
+            bucket=convert.usage_bucket(request.bucket),
+        )
+        return convert.usage_response(report)
+
     ListInvoices = pending(f"{_SVC}/ListInvoices", _INVOICES)
     GetInvoice = pending(f"{_SVC}/GetInvoice", _INVOICES)
     VoidInvoice = pending(f"{_SVC}/VoidInvoice", _INVOICES)

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from quotaplane.domain.admin import PlanRegistry, price_summary
+from datetime import UTC, datetime
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from quotaplane.domain.admin import PlanRegistry, UsageReport, price_summary
 from quotaplane.domain.errors import InvalidArgument
 from quotaplane.domain.model import ApiKey, Tenant, TenantStatus
 from quotaplane.domain.plans import MetricPlan, Plan
+from quotaplane.domain.windows import Window
 from quotaplane.transport.grpc.convert import OVERAGE_POLICIES, WINDOWS, timestamp
 from quotaplane_client.v1 import admin_pb2, types_pb2
 
@@ -88,4 +93,44 @@ def plan_metric(value: MetricPlan, currency: str) -> admin_pb2.PlanMetric:
             for limit in value.limits
         ],
         price=price_summary(value.charge, currency),
+    )
+
+
+USAGE_BUCKETS: dict[int, Window] = {
+    admin_pb2.USAGE_BUCKET_UNSPECIFIED: Window.HOUR,
+    admin_pb2.USAGE_BUCKET_HOUR: Window.HOUR,
+    admin_pb2.USAGE_BUCKET_DAY: Window.DAY,
+    admin_pb2.USAGE_BUCKET_MONTH: Window.MONTH,
+}
+
+
+def usage_bucket(value: int) -> Window:
+    try:
+        return USAGE_BUCKETS[value]
+    except KeyError:
+        raise InvalidArgument(f"bucket must be HOUR, DAY or MONTH, got {value}") from None
+
+
+def optional_time(message: Timestamp, present: bool, field_name: str) -> datetime | None:
+    """An aware UTC datetime for a set Timestamp field, None for an unset one."""
+    if not present:
+        return None
+    try:
+        return message.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(f"{field_name} is not a valid timestamp") from None
+
+
+def usage_response(report: UsageReport) -> admin_pb2.GetUsageResponse:
+    return admin_pb2.GetUsageResponse(
+        tenant_id=report.tenant_id,
+        metric=report.metric,
+        buckets=[
+            admin_pb2.UsageBucketTotal(
+                start=timestamp(b.start), end=timestamp(b.end), quantity=b.quantity
+            )
+            for b in report.buckets
+        ],
+        total=report.total,
+        unflushed=report.unflushed,
     )
