@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from quotaplane.config import Settings
 from quotaplane.datadir import DataDirLock
-from quotaplane.domain.admin import PlanAdmin, PlanRegistry, TenantAdmin
+from quotaplane.domain.admin import PlanAdmin, PlanRegistry, TenantAdmin, UsageReports
 from quotaplane.domain.api_keys import ApiKeyAdmin, ApiKeyCache
 from quotaplane.domain.directory import TenantDirectory
 from quotaplane.domain.invoicing import InvoiceService
@@ -72,6 +72,7 @@ class Runtime:
         self.plan_registry: PlanRegistry | None = None
         self.database: AsyncEngine | None = None
         self.api_keys: ApiKeyCache | None = None
+        self.flusher: UsageFlusher | None = None
         self.tenants: SqlTenantStore | None = None
         self.usage_recorder: UsageRecorder | None = None
         self.invoice_service: InvoiceService | None = None
@@ -159,7 +160,7 @@ class Runtime:
         counters = RedisCounterStore(
             redis, key_prefix=s.redis_key_prefix, timeout=s.redis_timeout.total_seconds()
         )
-        flusher = await self._start_flusher(database)
+        flusher = self.flusher = await self._start_flusher(database)
         self._start_billing(database, directory, flusher)
         tracked = UsageTrackingCounters(counters, flusher.mark_dirty)
         return QuotaEngine(tenants=directory, plans=self._current_plans, counters=tracked)
@@ -201,7 +202,7 @@ class Runtime:
     async def _start_admin(self) -> AdminServicer:
         """Tenant, API key and plan administration; the API key cache and its poller."""
         assert self.database is not None and self.tenants is not None
-        assert self.plan_registry is not None
+        assert self.plan_registry is not None and self.flusher is not None
         keys = SqlApiKeyStore(self.database)
         self.api_keys = ApiKeyCache(keys, ttl=self.settings.cache_ttl)
         await self.api_keys.refresh()
@@ -212,6 +213,9 @@ class Runtime:
             tenants=TenantAdmin(self.tenants, queries, self.plan_registry),
             keys=ApiKeyAdmin(keys, self.tenants),
             plans=PlanAdmin(self.plan_registry, queries),
+            usage=UsageReports(
+                self.tenants, SqlUsageLedger(self.database), flush=self.flusher.flush_tenant
+            ),
         )
 
     async def _start_embedded_valkey(self) -> str:

@@ -45,10 +45,10 @@ EXPECTED: dict[str, grpc.StatusCode] = {
     "/quotaplane.v1.AdminService/RevokeApiKey": INVALID,
     "/quotaplane.v1.AdminService/ListPlans": OK,
     "/quotaplane.v1.AdminService/ReloadPlans": OK,
+    "/quotaplane.v1.AdminService/GetUsage": INVALID,
     **{
         f"/quotaplane.v1.AdminService/{name}": UNIMPLEMENTED
         for name in (
-            "GetUsage",
             "ListInvoices",
             "GetInvoice",
             "VoidInvoice",
