@@ -2,9 +2,10 @@
 
 The server runs as a subprocess on the run's Redis and a SQLite ledger migrated with
 `quotaplane db upgrade`, exactly as an operator would set it up. The commands below are the
-README's: create tenant -> create key -> list keys -> get tenant -> CheckQuota -> update plan
--> suspend -> resume -> list tenants page by page -> list plans -> revoke key; and bad input to
-every admin RPC is refused with a clear message while the tenants stay as they were.
+README's: create tenant -> create key -> list keys -> get tenant -> CheckQuota -> RecordUsage ->
+GetUsage -> GenerateInvoice -> update plan -> suspend -> resume -> revoke key -> list tenants page
+by page -> list plans; and bad input to every admin RPC is refused with a clear message while the
+tenants stay as they were.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -108,6 +110,18 @@ def test_the_operator_story(server: ServeProcess) -> None:
 
     check = grpcurl(server, f"{QUOTA}/CheckQuota", {"tenant_id": tenant["id"], "cost": 3})
     assert check["allowed"] is True and check["limits"][0]["remaining"] == "9997"
+    event = {"event_id": "batch-1", "tenant_id": tenant["id"], "quantity": 5}
+    recorded = grpcurl(server, f"{QUOTA}/RecordUsage", {"events": [event]})
+    assert recorded["accepted"] == 1, recorded
+    usage = grpcurl(
+        server, f"{ADMIN}/GetUsage", {"tenant_id": tenant["id"], "bucket": "USAGE_BUCKET_DAY"}
+    )
+    assert usage["total"] == "8" and usage["metric"] == "requests", usage
+    period = datetime.now(UTC).strftime("%Y-%m")
+    invoice = grpcurl(
+        server, f"{QUOTA}/GenerateInvoice", {"tenant_id": tenant["id"], "period": period}
+    )
+    assert (invoice["status"], invoice["total"]) == ("DRAFT", "0.05"), invoice
 
     moved = grpcurl(
         server, f"{ADMIN}/UpdateTenantPlan", {"tenant_id": tenant["id"], "plan": "growth"}
@@ -188,6 +202,21 @@ BAD_INPUT: list[tuple[str, dict[str, Any], str, str]] = [
     ("ListApiKeys", {"tenant_id": "bad"}, "INVALID_ARGUMENT", "UUID"),
     ("RevokeApiKey", {"key_id": UNKNOWN}, "NOT_FOUND", "API key"),
     ("RevokeApiKey", {"key_id": ""}, "INVALID_ARGUMENT", "key_id is required"),
+    ("GetUsage", {"tenant_id": UNKNOWN}, "NOT_FOUND", "tenant"),
+    ("GetUsage", {"tenant_id": "x"}, "INVALID_ARGUMENT", "UUID"),
+    (
+        "GetUsage",
+        {"tenant_id": UNKNOWN, "start": "2026-11-02T00:00:00Z", "end": "2026-11-01T00:00:00Z"},
+        "INVALID_ARGUMENT",
+        "must be after start",
+    ),
+    (
+        "GetUsage",
+        {"tenant_id": UNKNOWN, "start": "2024-01-01T00:00:00Z", "end": "2026-01-01T00:00:00Z"},
+        "INVALID_ARGUMENT",
+        "at most 400 days",
+    ),
+    ("GetUsage", {"tenant_id": UNKNOWN, "metric": "Bad Metric"}, "INVALID_ARGUMENT", "metric"),
 ]
 
 
