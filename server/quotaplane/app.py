@@ -25,6 +25,7 @@ from quotaplane.datadir import DataDirLock
 from quotaplane.domain.admin import PlanAdmin, PlanRegistry, TenantAdmin, UsageReports
 from quotaplane.domain.api_keys import ApiKeyAdmin, ApiKeyCache
 from quotaplane.domain.directory import TenantDirectory
+from quotaplane.domain.gateway import Gateway
 from quotaplane.domain.invoicing import InvoiceService
 from quotaplane.domain.plans import PlanCatalog, load_plans
 from quotaplane.domain.quota import QuotaEngine
@@ -121,9 +122,12 @@ class Runtime:
         self.admin_token = s.admin_token or _generated_admin_token(s.data_dir)
         engine = await self._start_quota_engine()
         quota = QuotaServicer(engine, usage=self.usage_recorder, invoices=self.invoice_service)
+        admin = await self._start_admin()
+        assert self.api_keys is not None
+        authz = AuthorizationServicer(Gateway(self.api_keys, engine))
         self.grpc = await start_server(
             s.grpc_addr,
-            Servicers(quota=quota, admin=await self._start_admin(), authz=AuthorizationServicer()),
+            Servicers(quota=quota, admin=admin, authz=authz),
             admin_token=self.admin_token,
             service_token=s.service_token,
             max_concurrent_streams=s.max_concurrent_streams,

@@ -30,7 +30,6 @@ from google.rpc import code_pb2, status_pb2
 from quotaplane.domain.errors import InvalidArgument
 from quotaplane.domain.gateway import Gateway, GatewayDecision, GatewayRequest, Verdict
 from quotaplane.domain.model import DEFAULT_METRIC, Decision, LimitState
-from quotaplane.transport.grpc.pending import pending
 from quotaplane.transport.grpc.status import rpc
 
 KEY_HEADERS = ("x-api-key", "authorization")
@@ -135,17 +134,12 @@ def check_response(outcome: GatewayDecision, now: datetime) -> external_auth_pb2
 class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
     """Answers Envoy's Check for every request to the OpenClaw API."""
 
-    def __init__(self, gateway: Gateway | None = None) -> None:
+    def __init__(self, gateway: Gateway) -> None:
         self._gateway = gateway
 
     @rpc
     async def Check(
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> external_auth_pb2.CheckResponse:
-        if self._gateway is None:
-            return await _not_wired(self, request, context)
         outcome = await self._gateway.authorize(gateway_request(request))
         return check_response(outcome, datetime.now(UTC))
-
-
-_not_wired = pending("envoy.service.auth.v3.Authorization/Check", "the Envoy gateway: issue #6")
