@@ -28,7 +28,7 @@ check-generated: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py --check
 
 run: $(STAMP) generate
-	$(BIN)/quotaplane serve
+	$(BIN)/python scripts/run_stack.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check server clients scripts tests envoy $(wildcard bench)

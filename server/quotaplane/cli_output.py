@@ -63,14 +63,11 @@ BUCKET: Columns = [
 
 
 def print_table(rows: Iterable[Any], columns: Columns, out: TextIO = sys.stdout) -> None:
+    header = [name.upper() for name, _ in columns]
     cells = [[str(get(row)) for _, get in columns] for row in rows]
-    widths = [max([len(name), *(len(r[i]) for r in cells)]) for i, (name, _) in enumerate(columns)]
-    print(
-        "  ".join(name.upper().ljust(w) for (name, _), w in zip(columns, widths, strict=True)),
-        file=out,
-    )
-    for row in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip(), file=out)
+    widths = [max(len(cell) for cell in column) for column in zip(header, *cells, strict=True)]
+    for line in (header, *cells):
+        print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip(), file=out)
 
 
 def emit(args: argparse.Namespace, message: Message, rows: Sequence[Any], columns: Columns) -> None:
