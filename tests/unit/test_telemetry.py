@@ -134,7 +134,10 @@ def test_the_endpoint_serves_metrics_over_http_and_frees_its_port() -> None:
     finally:
         t.shutdown()
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", port))  # would raise if the endpoint still held it
+        # SO_REUSEADDR tolerates the closed connection's TIME_WAIT, not a live listener.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("127.0.0.1", port))
+        probe.listen()  # would raise if the endpoint still listened
 
 
 @pytest.mark.timeout(20)
