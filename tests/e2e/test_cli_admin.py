@@ -37,12 +37,13 @@ def cli(server: ServeProcess) -> Cli:
     def run(
         *args: str, token: str | None = None, target: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        command, rest = args[0], list(args[1:])
-        argv = [str(BIN / "quotaplane"), command, *rest[:1], "--target", target or server.addr,
-                "--admin-token", token or server.admin_token, *rest[1:]]  # fmt: skip
-        if command in ("usage",):
-            argv = [str(BIN / "quotaplane"), command, "--target", target or server.addr,
-                    "--admin-token", token or server.admin_token, *rest]  # fmt: skip
+        connection = [
+            "--target",
+            target or server.addr,
+            "--admin-token",
+            token or server.admin_token,
+        ]
+        argv = [str(BIN / "quotaplane"), *args, *connection]
         return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
 
     return run
