@@ -30,6 +30,7 @@ from google.rpc import code_pb2, status_pb2
 from quotaplane.domain.errors import InvalidArgument
 from quotaplane.domain.gateway import Gateway, GatewayDecision, GatewayRequest, Verdict
 from quotaplane.domain.model import DEFAULT_METRIC, Decision, LimitState
+from quotaplane.transport.grpc.observability import set_call_tenant
 from quotaplane.transport.grpc.status import rpc
 
 KEY_HEADERS = ("x-api-key", "authorization")
@@ -142,4 +143,6 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> external_auth_pb2.CheckResponse:
         outcome = await self._gateway.authorize(gateway_request(request))
+        if outcome.tenant_id:
+            set_call_tenant(outcome.tenant_id)
         return check_response(outcome, datetime.now(UTC))
