@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,8 +44,10 @@ class ScriptBatcher:
         *,
         timeout: float,
         max_in_flight: int = 1,
+        observe: Callable[[float], None] | None = None,
     ) -> None:
         self._pipe = pipe
+        self._observe = observe
         self._source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
         self._timeout = timeout
@@ -111,9 +114,13 @@ class ScriptBatcher:
             _settle(call.future, reply)
 
     async def _execute(self, batch: list[_Call]) -> list[Any]:
-        return await self._pipe.execute(
+        started = time.perf_counter()
+        replies = await self._pipe.execute(
             [("EVALSHA", self.sha, len(call.keys), *call.keys, *call.args) for call in batch]
         )
+        if self._observe is not None:  # one sample per round trip, not per call
+            self._observe(time.perf_counter() - started)
+        return replies
 
 
 def _settle(future: asyncio.Future[Any], reply: Any) -> None:

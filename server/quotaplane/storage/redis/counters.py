@@ -13,7 +13,7 @@ that timed out may still have been applied by Redis; a caller that retries with 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 
 from redis.exceptions import RedisError
@@ -39,11 +39,16 @@ class RedisCounterStore:
         key_prefix: str,
         timeout: float,
         max_in_flight: int = 1,
+        observe: Callable[[float], None] | None = None,
     ) -> None:
         self._prefix = key_prefix
         self._timeout = timeout
         self._batcher = ScriptBatcher(
-            pipe, consume_script_source(), timeout=timeout, max_in_flight=max_in_flight
+            pipe,
+            consume_script_source(),
+            timeout=timeout,
+            max_in_flight=max_in_flight,
+            observe=observe,
         )
 
     async def consume(self, call: ConsumeCall) -> ConsumeResult:
