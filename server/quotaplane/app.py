@@ -24,6 +24,7 @@ from quotaplane.config import Settings
 from quotaplane.datadir import DataDirLock
 from quotaplane.domain.admin import PlanAdmin, PlanRegistry, TenantAdmin, UsageReports
 from quotaplane.domain.api_keys import ApiKeyAdmin, ApiKeyCache
+from quotaplane.domain.counter_rebuild import LedgerSeededCounters
 from quotaplane.domain.directory import TenantDirectory
 from quotaplane.domain.gateway import Gateway
 from quotaplane.domain.invoicing import InvoiceService
@@ -165,8 +166,10 @@ class Runtime:
             redis, key_prefix=s.redis_key_prefix, timeout=s.redis_timeout.total_seconds()
         )
         flusher = self.flusher = await self._start_flusher(database)
-        self._start_billing(database, directory, flusher)
-        tracked = UsageTrackingCounters(counters, flusher.mark_dirty)
+        month_counters = self._start_billing(database, directory, flusher)
+        # Month counters lost by Redis are rebuilt from the ledger before they are used.
+        seeded = LedgerSeededCounters(counters, month_counters, SqlUsageLedger(database))
+        tracked = UsageTrackingCounters(seeded, flusher.mark_dirty)
         return QuotaEngine(tenants=directory, plans=self._current_plans, counters=tracked)
 
     async def _start_flusher(self, database: AsyncEngine) -> UsageFlusher:
@@ -184,7 +187,7 @@ class Runtime:
 
     def _start_billing(
         self, database: AsyncEngine, directory: TenantDirectory, flusher: UsageFlusher
-    ) -> None:
+    ) -> RedisQuotaCounters:
         """RecordUsage and GenerateInvoice on the ledger (and the flush, for invoices)."""
         usage = SqlUsageLedger(database)
         counters = RedisQuotaCounters(self._flush_redis, key_prefix=self.settings.redis_key_prefix)
@@ -198,6 +201,7 @@ class Runtime:
             usage=usage,
             flush=flusher.flush_tenant,
         )
+        return counters
 
     def _current_plans(self) -> PlanCatalog:
         assert self.plan_registry is not None, "plans are loaded before the engine starts"

@@ -87,7 +87,23 @@ class QuotaCounters(Protocol):
     """Charging usage recorded elsewhere to the tenant's quota counter."""
 
     async def add(self, tenant_id: str, metric: str, month_start: datetime, units: int) -> None:
-        """Add ``units`` to the month counter of ``metric`` without any limit check."""
+        """Add ``units`` to the month counter of ``metric`` without any limit check.
+
+        Only once the counter is seeded (see ``CounterSeeds``): before that, the seed reads
+        these units from the ledger, which already holds them.
+        """
+        ...
+
+
+class CounterSeeds(Protocol):
+    """Month counters rebuilt from the ledger after Redis lost them."""
+
+    async def is_seeded(self, tenant_id: str, metric: str, month_start: datetime) -> bool:
+        """Whether the month counter of ``metric`` was seeded since Redis last lost it."""
+        ...
+
+    async def seed(self, tenant_id: str, metric: str, month_start: datetime, units: int) -> bool:
+        """Add the ledger's ``units`` to the counter and mark it seeded, unless already seeded."""
         ...
 
 

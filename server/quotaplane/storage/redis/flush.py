@@ -15,7 +15,9 @@ by a crash.
 
 ``RedisQuotaCounters`` adds RecordUsage events to the month counter ``consume.lua`` checks
 (``keys.counter_key``), without touching the unflushed hash: those events reach the ledger
-through their own transaction, never through a flush.
+through their own transaction, never through a flush. It also seeds that counter from the
+ledger after Redis lost its data (``scripts/flush_seed.lua``), marked by
+``<p>:{<tenant>}:seeded:<metric>:<month_start>``, which expires with the counter.
 """
 
 from __future__ import annotations
@@ -129,21 +131,44 @@ class RedisUnflushedUsage:
 
 
 class RedisQuotaCounters:
-    """QuotaCounters on Redis: INCRBY the month counter that CheckQuota checks."""
+    """QuotaCounters and CounterSeeds on Redis: the month counter that CheckQuota checks."""
 
     def __init__(self, client: Redis | RedisCluster, *, key_prefix: str) -> None:
         self._client = client
         self._prefix = key_prefix
+        self._add = client.register_script(_script("flush_add.lua"))
+        self._seed = client.register_script(_script("flush_seed.lua"))
 
     async def add(self, tenant_id: str, metric: str, month_start: datetime, units: int) -> None:
-        start = int(month_start.timestamp())
-        key = keys.counter_key(self._prefix, tenant_id, metric, Window.MONTH.value, start)
+        await self._run(self._add, tenant_id, metric, month_start, units)
+
+    async def is_seeded(self, tenant_id: str, metric: str, month_start: datetime) -> bool:
+        marker = seed_marker_key(self._prefix, tenant_id, metric, _epoch(month_start))
+        with _redis_errors():
+            return bool(await self._client.exists(marker))
+
+    async def seed(self, tenant_id: str, metric: str, month_start: datetime, units: int) -> bool:
+        return bool(await self._run(self._seed, tenant_id, metric, month_start, units))
+
+    async def _run(
+        self, script: Any, tenant_id: str, metric: str, month_start: datetime, units: int
+    ) -> Any:
+        start = _epoch(month_start)
+        script_keys = [
+            seed_marker_key(self._prefix, tenant_id, metric, start),
+            keys.counter_key(self._prefix, tenant_id, metric, Window.MONTH.value, start),
+        ]
         expires = Period.of(month_start).end + COUNTER_GRACE
         with _redis_errors():
-            pipe = self._client.pipeline(transaction=False)
-            pipe.incrby(key, units)
-            pipe.pexpireat(key, int(expires.timestamp() * 1000))
-            await pipe.execute()
+            return await script(keys=script_keys, args=[units, int(expires.timestamp() * 1000)])
+
+
+def seed_marker_key(prefix: str, tenant_id: str, metric: str, month_start: int) -> str:
+    return f"{keys.tenant_tag(prefix, tenant_id)}:seeded:{metric}:{month_start}"
+
+
+def _epoch(at: datetime) -> int:
+    return int(at.timestamp())
 
 
 @contextlib.contextmanager

@@ -1,0 +1,161 @@
+"""Month counters rebuilt from the ledger: a Redis that lost its data gives no free quota.
+
+Real Redis, real ledger (SQLite and Postgres), the real quota engine and counter store. Data
+loss is the deletion of every key of the tenant (what a restart without persistence does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import timedelta
+
+import pytest
+import redis.asyncio as aioredis
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from quotaplane.domain.counter_rebuild import LedgerSeededCounters
+from quotaplane.domain.directory import TenantDirectory
+from quotaplane.domain.model import QuotaRequest
+from quotaplane.domain.plans import parse_plans
+from quotaplane.domain.quota import QuotaEngine
+from quotaplane.domain.usage import RawUsageEvent, UsageFlusher, UsageRecorder
+from quotaplane.storage.redis import keys
+from quotaplane.storage.redis.client import command_pipe
+from quotaplane.storage.redis.counters import RedisCounterStore
+from quotaplane.storage.redis.flush import RedisQuotaCounters, RedisUnflushedUsage
+from quotaplane.storage.sql import migrate
+from quotaplane.storage.sql.engine import create_async_engine_for
+from quotaplane.storage.sql.ledger import SqlUsageLedger
+from quotaplane.storage.sql.tenants import SqlTenantStore
+
+pytestmark = pytest.mark.timeout(60)
+
+PLANS = parse_plans("plans:\n  tiny: {price_per_1000_requests: 0.05, monthly_quota: 10}\n", "t")
+
+
+@pytest.fixture(scope="module")
+def migrated_postgres(postgres_url: str) -> str:
+    migrate.upgrade(postgres_url)
+    return postgres_url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[AsyncEngine]:
+    if request.param == "postgres":
+        url = request.getfixturevalue("migrated_postgres")
+    else:
+        url = f"sqlite:///{tmp_path_factory.mktemp('rebuild') / 'ledger.db'}"
+        await asyncio.to_thread(migrate.upgrade, url)
+    engine = create_async_engine_for(url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@dataclass
+class Stack:
+    engine: QuotaEngine
+    recorder: UsageRecorder
+    flusher: UsageFlusher
+    store: SqlTenantStore
+    redis: aioredis.Redis
+    prefix: str
+    counters: RedisCounterStore
+    directory: TenantDirectory
+
+    async def allowed(self, tenant_id: str, cost: int) -> bool:
+        request = QuotaRequest.parse(tenant_id=tenant_id, metric="", cost=cost)
+        return (await self.engine.check(request)).allowed
+
+    async def lose_redis_data(self, tenant_id: str) -> None:
+        pattern = keys.tenant_tag(self.prefix, tenant_id) + "*"
+        doomed = [key async for key in self.redis.scan_iter(match=pattern)]
+        if doomed:
+            await self.redis.delete(*doomed)
+
+
+@pytest.fixture
+async def stack(
+    redis_url: str, redis_key_prefix: str, database: AsyncEngine
+) -> AsyncIterator[Stack]:
+    prefix = f"{redis_key_prefix}:rb{uuid.uuid4().hex[:8]}"
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    pipe = command_pipe(redis_url, timeout=2.0)
+    store = SqlTenantStore(database)
+    directory = TenantDirectory(store)
+    ledger = SqlUsageLedger(database)
+    month = RedisQuotaCounters(client, key_prefix=prefix)
+    counters = RedisCounterStore(pipe, key_prefix=prefix, timeout=2.0)
+    seeded = LedgerSeededCounters(counters, month, ledger, recheck=timedelta(0))
+    try:
+        yield Stack(
+            engine=QuotaEngine(tenants=directory, plans=lambda: PLANS, counters=seeded),
+            recorder=UsageRecorder(
+                tenants=directory, plans=lambda: PLANS, ledger=ledger, counters=month
+            ),
+            flusher=UsageFlusher(RedisUnflushedUsage(client, key_prefix=prefix), ledger),
+            store=store,
+            redis=client,
+            prefix=prefix,
+            counters=counters,
+            directory=directory,
+        )
+    finally:
+        await pipe.aclose()
+        await client.aclose()
+
+
+async def test_after_redis_loses_its_data_the_ledger_still_counts(stack: Stack) -> None:
+    tenant = (await stack.store.create(name="t", plan="tiny")).id
+    assert await stack.allowed(tenant, 6)
+    await stack.flusher.flush_tenant(tenant)
+    await stack.lose_redis_data(tenant)
+    assert not await stack.allowed(tenant, 5)  # 6 + 5 > 10: no fresh quota
+    assert await stack.allowed(tenant, 4)
+    assert not await stack.allowed(tenant, 1)
+
+
+async def test_recorded_usage_before_the_first_check_is_counted_once(stack: Stack) -> None:
+    tenant = (await stack.store.create(name="t", plan="tiny")).id
+    results = await stack.recorder.record([RawUsageEvent("e1", tenant, "", 8)])
+    assert results[0].outcome.value == "accepted"
+    assert await stack.allowed(tenant, 2)  # seeded with the ledger's 8, not 8 + 8
+    assert not await stack.allowed(tenant, 1)
+
+
+async def test_recorded_usage_after_the_seed_is_added_to_the_counter(stack: Stack) -> None:
+    tenant = (await stack.store.create(name="t", plan="tiny")).id
+    assert await stack.allowed(tenant, 1)  # seeds the counter
+    await stack.recorder.record([RawUsageEvent("e1", tenant, "", 8)])
+    assert not await stack.allowed(tenant, 2)
+    assert await stack.allowed(tenant, 1)
+
+
+async def test_a_ledger_outage_does_not_stop_checkquota(stack: Stack, unused_port: int) -> None:
+    tenant = (await stack.store.create(name="t", plan="tiny")).id
+    broken = create_async_engine_for(f"postgresql://nobody@127.0.0.1:{unused_port}/none")
+    try:
+        month = RedisQuotaCounters(stack.redis, key_prefix=stack.prefix)
+        seeded = LedgerSeededCounters(
+            stack.counters, month, SqlUsageLedger(broken), recheck=timedelta(0)
+        )
+        engine = QuotaEngine(tenants=stack.directory, plans=lambda: PLANS, counters=seeded)
+        request = QuotaRequest.parse(tenant_id=tenant, metric="", cost=3)
+        assert (await engine.check(request)).allowed
+    finally:
+        await broken.dispose()
+
+
+@pytest.fixture
+def unused_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
