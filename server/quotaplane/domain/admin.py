@@ -16,20 +16,29 @@ from it).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from quotaplane.domain.admin_ports import TenantFilter, TenantQueries, UsageReader
-from quotaplane.domain.billing_ports import HourlyUsage
+from quotaplane.domain.admin_ports import (
+    InvoiceFilter,
+    InvoiceQueries,
+    TenantFilter,
+    TenantQueries,
+    UsageReader,
+)
+from quotaplane.domain.billing_ports import HourlyUsage, StoredInvoice
 from quotaplane.domain.errors import FailedPrecondition, InvalidArgument, NotFound
 from quotaplane.domain.model import Tenant, TenantStatus, parse_metric, parse_tenant_id
 from quotaplane.domain.money import format_money
 from quotaplane.domain.paging import Cursor, decode_page_token, parse_page_size
 from quotaplane.domain.plans import Charge, Package, PerUnit, PlanCatalog, Tier, load_plans
 from quotaplane.domain.ports import TenantSource, TenantStore
-from quotaplane.domain.windows import Window, as_utc, window_reset, window_start
+from quotaplane.domain.windows import Period, Window, as_utc, window_reset, window_start
+
+log = logging.getLogger(__name__)
 
 MAX_TENANT_NAME = 200
 MAX_EXTERNAL_ID = 128
@@ -299,3 +308,72 @@ def bucket_totals(rows: Iterable[HourlyUsage], bucket: Window) -> list[UsageTota
         for at, quantity in sorted(sums.items())
         if quantity
     ]
+
+
+@dataclass(frozen=True)
+class InvoicePage:
+    invoices: list[StoredInvoice]
+    next_page_token: str
+
+
+class InvoiceAdmin:
+    """ListInvoices, GetInvoice, VoidInvoice.
+
+    Voiding is allowed for drafts and finalized invoices not yet paid; a paid invoice is
+    FAILED_PRECONDITION (refund it in Stripe instead), and voiding a void invoice answers it
+    unchanged (a retried void must not fail). After a void, GenerateInvoice may create the
+    period's next version. The reason is logged; the ledger has no column for it.
+    """
+
+    def __init__(self, tenants: TenantSource, invoices: InvoiceQueries) -> None:
+        self._tenants = tenants
+        self._invoices = invoices
+
+    async def list(
+        self, *, tenant_id: str, period: str, page_size: int, page_token: str
+    ) -> InvoicePage:
+        size = parse_page_size(page_size)
+        filters = InvoiceFilter(
+            tenant_id=await self._known_tenant(tenant_id) if tenant_id else None,
+            period=str(Period.parse(period)) if period else None,
+        )
+        token_fields = filters.as_token_fields()
+        after = decode_page_token(page_token, token_fields)
+        rows = await self._invoices.list_page(after=after, size=size + 1, filters=filters)
+        page, token = rows[:size], ""
+        if len(rows) > size:
+            last = page[-1]
+            token = Cursor(last.created_at, last.id, token_fields, sort=last.period).encode()
+        return InvoicePage(invoices=page, next_page_token=token)
+
+    async def get(self, invoice_id: str) -> StoredInvoice:
+        invoice_id = parse_tenant_id(invoice_id, field_name="invoice_id")
+        invoice = await self._invoices.get(invoice_id)
+        if invoice is None:
+            raise NotFound(f"invoice {invoice_id} does not exist")
+        return invoice
+
+    async def void(self, *, invoice_id: str, reason: str = "") -> StoredInvoice:
+        reason = reason.strip()
+        if len(reason) > MAX_REASON:
+            raise InvalidArgument(f"reason must be at most {MAX_REASON} characters")
+        invoice = await self.get(invoice_id)
+        if invoice.status == "void":
+            return invoice
+        if invoice.status == "paid":
+            raise FailedPrecondition(
+                f"invoice {invoice.id} is paid and cannot be voided; refund it in Stripe instead"
+            )
+        voided = await self._invoices.void(invoice.id, from_status=invoice.status)
+        if voided is None:
+            raise FailedPrecondition(
+                f"invoice {invoice.id} changed while it was being voided; read it and retry"
+            )
+        log.info("invoice voided", extra={"invoice_id": invoice.id, "reason": reason})
+        return voided
+
+    async def _known_tenant(self, tenant_id: str) -> str:
+        tenant_id = parse_tenant_id(tenant_id)
+        if await self._tenants.get(tenant_id) is None:
+            raise NotFound(f"tenant {tenant_id} does not exist")
+        return tenant_id

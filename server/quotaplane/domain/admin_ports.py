@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from quotaplane.domain.billing_ports import HourlyUsage
+from quotaplane.domain.billing_ports import HourlyUsage, StoredInvoice
 from quotaplane.domain.model import ApiKey, Tenant, TenantStatus
 from quotaplane.domain.paging import Cursor
 
@@ -88,4 +88,38 @@ class UsageReader(Protocol):
 
     async def usage(self, tenant_id: str, start: datetime, end: datetime) -> list[HourlyUsage]:
         """Hourly usage of every metric with ``start <= hour_start < end``."""
+        ...
+
+
+@dataclass(frozen=True)
+class InvoiceFilter:
+    tenant_id: str | None = None
+    period: str | None = None
+
+    def as_token_fields(self) -> dict[str, str]:
+        fields = {}
+        if self.tenant_id is not None:
+            fields["tenant_id"] = self.tenant_id
+        if self.period is not None:
+            fields["period"] = self.period
+        return fields
+
+
+class InvoiceQueries(Protocol):
+    """Invoice reads and the void transition for the admin RPCs."""
+
+    async def list_page(
+        self, *, after: Cursor | None, size: int, filters: InvoiceFilter
+    ) -> list[StoredInvoice]:
+        """Up to ``size`` invoices, newest period first (then newest created), after ``after``."""
+        ...
+
+    async def get(self, invoice_id: str) -> StoredInvoice | None: ...
+
+    async def void(self, invoice_id: str, *, from_status: str) -> StoredInvoice | None:
+        """Set status ``void`` if it is still ``from_status``; None if it changed meanwhile.
+
+        Queues a Stripe ``void`` in the outbox, in the same transaction, when the invoice was
+        queued for Stripe.
+        """
         ...

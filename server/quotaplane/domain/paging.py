@@ -1,7 +1,8 @@
 """Keyset paging for admin listings: page sizes and opaque page tokens.
 
-A listing is ordered by ``(created_at, id)``; a page token is the base64url of the last row's
-``(created_at, id)`` plus the filters the listing ran with. Keyset paging (not offsets) means
+A listing is ordered by ``(created_at, id)``, optionally after a leading text key (``sort``:
+invoices list by period first); a page token is the base64url of the last row's
+``(sort, created_at, id)`` plus the filters the listing ran with. Keyset paging (not offsets) means
 a row inserted or changed while an operator pages never shifts, duplicates or hides another
 row. Tokens carry the filters so that a token reused with other filters is refused instead of
 silently continuing a different listing. Tokens are not secret and not signed: forging one can
@@ -40,6 +41,7 @@ class Cursor:
     created_at: datetime
     id: str
     filters: dict[str, str] = field(default_factory=dict)
+    sort: str = ""  # a leading sort key, for listings that order by something before time
 
     def encode(self) -> str:
         body = {
@@ -47,6 +49,7 @@ class Cursor:
             "c": self.created_at.astimezone(UTC).isoformat(),
             "i": self.id,
             "f": self.filters,
+            "s": self.sort,
         }
         raw = json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
         return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -76,16 +79,17 @@ def _decode(token: str) -> Cursor:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         body = json.loads(raw)
         created_at = datetime.fromisoformat(body["c"])
-        row_id, filters = body["i"], body["f"]
+        row_id, filters, sort = body["i"], body["f"], body.get("s", "")
         version = body["v"]
-    except (binascii.Error, ValueError, TypeError, KeyError, UnicodeDecodeError):
+    except (binascii.Error, ValueError, TypeError, KeyError, AttributeError):
         raise bad from None
     if (
         version != _TOKEN_VERSION
         or created_at.tzinfo is None
         or not isinstance(row_id, str)
+        or not isinstance(sort, str)
         or not isinstance(filters, dict)
         or not all(isinstance(k, str) and isinstance(v, str) for k, v in filters.items())
     ):
         raise bad
-    return Cursor(created_at=created_at.astimezone(UTC), id=row_id, filters=filters)
+    return Cursor(created_at=created_at.astimezone(UTC), id=row_id, filters=filters, sort=sort)

@@ -6,11 +6,11 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from quotaplane.domain.admin import PlanAdmin, TenantAdmin, UsageReports
+from quotaplane.domain.admin import InvoiceAdmin, PlanAdmin, TenantAdmin, UsageReports
 from quotaplane.domain.api_keys import ApiKeyAdmin
 from quotaplane.domain.errors import Unimplemented
 from quotaplane.transport.grpc import admin_convert as convert
-from quotaplane.transport.grpc.pending import pending
+from quotaplane.transport.grpc.billing_convert import invoice as invoice_message
 from quotaplane.transport.grpc.status import rpc
 from quotaplane_client.v1 import admin_pb2, admin_pb2_grpc, types_pb2
 
@@ -31,11 +31,13 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         keys: ApiKeyAdmin,
         plans: PlanAdmin,
         usage: UsageReports | None = None,
+        invoices: InvoiceAdmin | None = None,
     ) -> None:
         self._tenants = tenants
         self._keys = keys
         self._plans = plans
         self._usage = usage
+        self._invoices = invoices
 
     # --- tenants -------------------------------------------------------------------------------
 
@@ -144,6 +146,39 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         )
         return convert.usage_response(report)
 
-    ListInvoices = pending(f"{_SVC}/ListInvoices", _INVOICES)
-    GetInvoice = pending(f"{_SVC}/GetInvoice", _INVOICES)
-    VoidInvoice = pending(f"{_SVC}/VoidInvoice", _INVOICES)
+    # --- invoices ------------------------------------------------------------------------------
+
+    @rpc
+    async def ListInvoices(
+        self, request: admin_pb2.ListInvoicesRequest, context: Context
+    ) -> admin_pb2.ListInvoicesResponse:
+        page = await self._invoice_admin().list(
+            tenant_id=request.tenant_id,
+            period=request.period,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return admin_pb2.ListInvoicesResponse(
+            invoices=[invoice_message(i) for i in page.invoices],
+            next_page_token=page.next_page_token,
+        )
+
+    @rpc
+    async def GetInvoice(
+        self, request: admin_pb2.GetInvoiceRequest, context: Context
+    ) -> types_pb2.Invoice:
+        return invoice_message(await self._invoice_admin().get(request.invoice_id))
+
+    @rpc
+    async def VoidInvoice(
+        self, request: admin_pb2.VoidInvoiceRequest, context: Context
+    ) -> types_pb2.Invoice:
+        voided = await self._invoice_admin().void(
+            invoice_id=request.invoice_id, reason=request.reason
+        )
+        return invoice_message(voided)
+
+    def _invoice_admin(self) -> InvoiceAdmin:
+        if self._invoices is None:
+            raise Unimplemented(f"invoice RPCs are not served by this build yet ({_INVOICES})")
+        return self._invoices
