@@ -22,7 +22,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from quotaplane.config import Settings
 from quotaplane.datadir import DataDirLock
-from quotaplane.domain.admin import PlanAdmin, PlanRegistry, TenantAdmin, UsageReports
+from quotaplane.domain.admin import (
+    InvoiceAdmin,
+    PlanAdmin,
+    PlanRegistry,
+    TenantAdmin,
+    UsageReports,
+)
 from quotaplane.domain.api_keys import ApiKeyAdmin, ApiKeyCache
 from quotaplane.domain.counter_rebuild import LedgerSeededCounters
 from quotaplane.domain.directory import TenantDirectory
@@ -38,6 +44,7 @@ from quotaplane.storage.redis.flush import RedisQuotaCounters, RedisUnflushedUsa
 from quotaplane.storage.sql import migrate
 from quotaplane.storage.sql.api_keys import SqlApiKeyStore
 from quotaplane.storage.sql.engine import create_async_engine_for
+from quotaplane.storage.sql.invoice_queries import SqlInvoiceQueries
 from quotaplane.storage.sql.invoices import SqlInvoiceLedger
 from quotaplane.storage.sql.ledger import SqlUsageLedger
 from quotaplane.storage.sql.tenant_queries import SqlTenantQueries
@@ -224,6 +231,7 @@ class Runtime:
             usage=UsageReports(
                 self.tenants, SqlUsageLedger(self.database), flush=self.flusher.flush_tenant
             ),
+            invoices=InvoiceAdmin(self.tenants, SqlInvoiceQueries(self.database)),
         )
 
     async def _start_embedded_valkey(self) -> str:

@@ -46,14 +46,9 @@ EXPECTED: dict[str, grpc.StatusCode] = {
     "/quotaplane.v1.AdminService/ListPlans": OK,
     "/quotaplane.v1.AdminService/ReloadPlans": OK,
     "/quotaplane.v1.AdminService/GetUsage": INVALID,
-    **{
-        f"/quotaplane.v1.AdminService/{name}": UNIMPLEMENTED
-        for name in (
-            "ListInvoices",
-            "GetInvoice",
-            "VoidInvoice",
-        )
-    },
+    "/quotaplane.v1.AdminService/ListInvoices": OK,
+    "/quotaplane.v1.AdminService/GetInvoice": INVALID,
+    "/quotaplane.v1.AdminService/VoidInvoice": INVALID,
 }
 
 SERVICES = [
