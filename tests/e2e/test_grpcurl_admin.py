@@ -2,10 +2,10 @@
 
 The server runs as a subprocess on the run's Redis and a SQLite ledger migrated with
 `quotaplane db upgrade`, exactly as an operator would set it up. The commands below are the
-README's: create tenant -> create key -> list keys -> get tenant -> CheckQuota -> RecordUsage ->
-GetUsage -> GenerateInvoice -> update plan -> suspend -> resume -> revoke key -> list tenants page
-by page -> list plans; and bad input to every admin RPC is refused with a clear message while the
-tenants stay as they were.
+README's: create tenant -> create key -> list keys -> get tenant -> CheckQuota -> RecordUsage
+-> GetUsage -> GenerateInvoice -> list, get and void invoices -> update plan -> suspend -> resume
+-> revoke key -> list tenants page by page -> list plans; and bad input to every admin RPC is
+refused with a clear message while the tenants stay as they were.
 """
 
 from __future__ import annotations
@@ -122,6 +122,13 @@ def test_the_operator_story(server: ServeProcess) -> None:
         server, f"{QUOTA}/GenerateInvoice", {"tenant_id": tenant["id"], "period": period}
     )
     assert (invoice["status"], invoice["total"]) == ("DRAFT", "0.05"), invoice
+    listed_invoices = grpcurl(server, f"{ADMIN}/ListInvoices", {"tenant_id": tenant["id"]})
+    assert listed_invoices["invoices"] == [invoice]
+    assert grpcurl(server, f"{ADMIN}/GetInvoice", {"invoice_id": invoice["id"]}) == invoice
+    voided = grpcurl(
+        server, f"{ADMIN}/VoidInvoice", {"invoice_id": invoice["id"], "reason": "test invoice"}
+    )
+    assert voided["status"] == "VOID"
 
     moved = grpcurl(
         server, f"{ADMIN}/UpdateTenantPlan", {"tenant_id": tenant["id"], "plan": "growth"}
@@ -217,6 +224,12 @@ BAD_INPUT: list[tuple[str, dict[str, Any], str, str]] = [
         "at most 400 days",
     ),
     ("GetUsage", {"tenant_id": UNKNOWN, "metric": "Bad Metric"}, "INVALID_ARGUMENT", "metric"),
+    ("ListInvoices", {"period": "2026-13"}, "INVALID_ARGUMENT", "period"),
+    ("ListInvoices", {"page_size": 1001}, "INVALID_ARGUMENT", "page_size"),
+    ("ListInvoices", {"page_token": "bm9wZQ"}, "INVALID_ARGUMENT", "page_token"),
+    ("GetInvoice", {"invoice_id": UNKNOWN}, "NOT_FOUND", "invoice"),
+    ("GetInvoice", {"invoice_id": "12"}, "INVALID_ARGUMENT", "UUID"),
+    ("VoidInvoice", {"invoice_id": UNKNOWN}, "NOT_FOUND", "invoice"),
 ]
 
 
