@@ -165,3 +165,83 @@ class InvoiceLedger(Protocol):
     async def enqueue_push(self, invoice_id: str) -> None:
         """Queue the invoice for the Stripe outbox (once, whatever the number of calls)."""
         ...
+
+
+# --- Stripe push -------------------------------------------------------------------------------
+
+
+class PaymentError(Exception):
+    """A payment provider call failed. ``retryable``: 429, 5xx, network; else permanent."""
+
+    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None):
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class RemoteInvoice:
+    """The provider's view of a pushed invoice."""
+
+    id: str
+    status: str  # draft | open | paid | void | uncollectible
+    total_minor: int
+    line_keys: frozenset[str]  # the ledger line keys its items carry
+
+
+@dataclass(frozen=True)
+class PushJob:
+    """One claimed outbox row: push this finalized invoice."""
+
+    outbox_id: str
+    invoice: StoredInvoice
+    tenant_name: str
+    stripe_customer_id: str | None
+    idempotency_base: str
+    attempts: int
+
+
+class PaymentGateway(Protocol):
+    """The payment provider (Stripe). Every write carries the caller's idempotency key."""
+
+    async def create_customer(self, tenant_id: str, name: str, *, idempotency_key: str) -> str: ...
+
+    async def create_invoice(
+        self, customer_id: str, invoice: StoredInvoice, *, idempotency_key: str
+    ) -> str:
+        """A draft invoice that leaves the customer's pending items out."""
+        ...
+
+    async def get_invoice(self, remote_id: str) -> RemoteInvoice: ...
+
+    async def add_line(
+        self,
+        remote_id: str,
+        invoice: StoredInvoice,
+        position: int,
+        *,
+        idempotency_key: str,
+    ) -> None: ...
+
+    async def finalize(self, remote_id: str, *, idempotency_key: str) -> None: ...
+
+
+class PushOutbox(Protocol):
+    """The ``stripe_outbox`` table and the Stripe ids the ledger keeps."""
+
+    async def claim_due(self, *, limit: int, lease_seconds: float) -> list[PushJob]:
+        """Due rows, each leased to this caller for ``lease_seconds`` (other workers skip it)."""
+        ...
+
+    async def set_customer(self, tenant_id: str, customer_id: str) -> None: ...
+
+    async def set_remote_invoice(self, invoice_id: str, remote_id: str) -> None: ...
+
+    async def done(self, job: PushJob) -> None: ...
+
+    async def retry_later(self, job: PushJob, *, delay_seconds: float, error: str) -> None: ...
+
+    async def fail(self, job: PushJob, error: str) -> None:
+        """Give up: the row is failed and the error is shown on the invoice."""
+        ...

@@ -54,7 +54,7 @@ class SqlInvoiceLedger:
     async def open_invoice(self, tenant_id: str, period: Period) -> StoredInvoice | None:
         async with self._connection() as conn:
             row = await _open_row(conn, tenant_id, str(period), lock=False)
-            return None if row is None else await _load(conn, row)
+            return None if row is None else await load_invoice(conn, row)
 
     async def save_invoice(
         self, tenant_id: str, priced: PricedInvoice, *, finalize_at: datetime | None
@@ -93,7 +93,7 @@ class SqlInvoiceLedger:
         async with self._transaction() as conn:
             row = await _open_row(conn, tenant_id, period, lock=True)
             if row is not None and row["status"] in FROZEN:
-                return await _load(conn, row)
+                return await load_invoice(conn, row)
             values = _totals(priced, now, finalize_at)
             if row is not None:
                 invoice_id = row["id"]
@@ -108,7 +108,7 @@ class SqlInvoiceLedger:
             await _insert_lines(conn, invoice_id, priced)
             saved = await _open_row(conn, tenant_id, period, lock=False)
             assert saved is not None
-            return await _load(conn, saved)
+            return await load_invoice(conn, saved)
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[AsyncConnection]:
@@ -218,7 +218,7 @@ def _details(line: PricedLine) -> dict[str, Any]:
     }
 
 
-async def _load(conn: AsyncConnection, row: Mapping[Any, Any]) -> StoredInvoice:
+async def load_invoice(conn: AsyncConnection, row: Mapping[Any, Any]) -> StoredInvoice:
     query = (
         sa.select(invoice_lines)
         .where(invoice_lines.c.invoice_id == row["id"])

@@ -1,0 +1,156 @@
+"""SQL Stripe outbox: leasing due push jobs, and the Stripe ids and errors the ledger keeps.
+
+A worker leases a due row by moving its ``next_attempt_at`` forward by the lease in one
+conditional UPDATE (the row's old ``next_attempt_at`` must still be there): of several
+replicas, exactly one wins each row, and a worker that dies leaves the row to be leased again
+when the lease ends. Stripe ids are written as soon as they exist and never overwritten.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from quotaplane.domain.billing_ports import PushJob
+from quotaplane.storage.sql.invoices import load_invoice
+from quotaplane.storage.sql.ledger import database_errors, utc_now
+from quotaplane.storage.sql.tables import invoices, stripe_outbox, tenants
+
+
+class SqlPushOutbox:
+    """PushOutbox on Postgres or SQLite."""
+
+    def __init__(self, engine: AsyncEngine, *, clock: Callable[[], datetime] = utc_now) -> None:
+        self._engine = engine
+        self._clock = clock
+
+    async def claim_due(self, *, limit: int, lease_seconds: float) -> list[PushJob]:
+        now = self._clock()
+        due = (
+            sa.select(stripe_outbox.c.id, stripe_outbox.c.next_attempt_at)
+            .where(stripe_outbox.c.state == "pending", stripe_outbox.c.next_attempt_at <= now)
+            .order_by(stripe_outbox.c.next_attempt_at)
+            .limit(limit)
+        )
+        jobs = []
+        async with self._transaction() as conn:
+            rows = (await conn.execute(due)).all()
+        for row in rows:
+            job = await self._lease(row.id, row.next_attempt_at, now, lease_seconds)
+            if job is not None:
+                jobs.append(job)
+        return jobs
+
+    async def set_customer(self, tenant_id: str, customer_id: str) -> None:
+        async with self._transaction() as conn:
+            await conn.execute(
+                tenants.update()
+                .where(tenants.c.id == tenant_id, tenants.c.stripe_customer_id.is_(None))
+                .values(stripe_customer_id=customer_id)
+            )
+
+    async def set_remote_invoice(self, invoice_id: str, remote_id: str) -> None:
+        async with self._transaction() as conn:
+            await conn.execute(
+                invoices.update()
+                .where(invoices.c.id == invoice_id, invoices.c.stripe_invoice_id.is_(None))
+                .values(stripe_invoice_id=remote_id, updated_at=self._clock())
+            )
+
+    async def done(self, job: PushJob) -> None:
+        now = self._clock()
+        async with self._transaction() as conn:
+            await self._set_row(conn, job, state="done", last_error=None, updated_at=now)
+            await self._set_invoice_error(conn, job, None, now)
+
+    async def retry_later(self, job: PushJob, *, delay_seconds: float, error: str) -> None:
+        now = self._clock()
+        async with self._transaction() as conn:
+            await self._set_row(
+                conn,
+                job,
+                attempts=job.attempts + 1,
+                next_attempt_at=now + timedelta(seconds=delay_seconds),
+                last_error=error,
+                updated_at=now,
+            )
+
+    async def fail(self, job: PushJob, error: str) -> None:
+        now = self._clock()
+        async with self._transaction() as conn:
+            await self._set_row(
+                conn,
+                job,
+                state="failed",
+                attempts=job.attempts + 1,
+                last_error=error,
+                updated_at=now,
+            )
+            await self._set_invoice_error(conn, job, error, now)
+
+    async def _lease(
+        self, outbox_id: str, seen_at: datetime, now: datetime, lease_seconds: float
+    ) -> PushJob | None:
+        claim = (
+            stripe_outbox.update()
+            .where(
+                stripe_outbox.c.id == outbox_id,
+                stripe_outbox.c.state == "pending",
+                stripe_outbox.c.next_attempt_at == seen_at,
+            )
+            .values(next_attempt_at=now + timedelta(seconds=lease_seconds), updated_at=now)
+            .returning(
+                stripe_outbox.c.invoice_id,
+                stripe_outbox.c.idempotency_base,
+                stripe_outbox.c.attempts,
+            )
+        )
+        async with self._transaction() as conn:
+            won = (await conn.execute(claim)).first()
+            if won is None:
+                return None  # another worker leased it first
+            return await self._job(conn, outbox_id, won)
+
+    async def _job(self, conn: AsyncConnection, outbox_id: str, won: sa.Row[Any]) -> PushJob:
+        invoice_id, base, attempts = won.invoice_id, won.idempotency_base, won.attempts
+        row = (
+            (await conn.execute(sa.select(invoices).where(invoices.c.id == invoice_id)))
+            .mappings()
+            .one()
+        )
+        invoice = await load_invoice(conn, row)
+        tenant = (
+            await conn.execute(
+                sa.select(tenants.c.name, tenants.c.stripe_customer_id).where(
+                    tenants.c.id == invoice.tenant_id
+                )
+            )
+        ).one()
+        return PushJob(outbox_id, invoice, tenant.name, tenant.stripe_customer_id, base, attempts)
+
+    @staticmethod
+    async def _set_row(conn: AsyncConnection, job: PushJob, **values: object) -> None:
+        await conn.execute(
+            stripe_outbox.update().where(stripe_outbox.c.id == job.outbox_id).values(**values)
+        )
+
+    @staticmethod
+    async def _set_invoice_error(
+        conn: AsyncConnection, job: PushJob, error: str | None, now: datetime
+    ) -> None:
+        await conn.execute(
+            invoices.update()
+            .where(invoices.c.id == job.invoice.id)
+            .values(last_error=error, updated_at=now)
+        )
+
+    @contextlib.asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
+        with database_errors("stripe outbox"):
+            async with self._engine.begin() as conn:
+                yield conn

@@ -1,0 +1,215 @@
+"""Finalized invoices pushed to Stripe through the outbox, against the local Stripe emulator.
+
+The real ``stripe`` SDK talks HTTP to ``tests/fakes/stripe_emulator.py``; the ledger is real
+(SQLite and Postgres). Faults come from the emulator: responses dropped after Stripe committed,
+429 with Retry-After, 5xx, permanent 400s; and two workers racing for one invoice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from quotaplane.domain.billing_ports import StoredInvoice
+from quotaplane.domain.invoice_push import InvoicePusher
+from quotaplane.domain.plans import parse_plans
+from quotaplane.domain.pricing import price_period
+from quotaplane.domain.windows import Period
+from quotaplane.payments.stripe import StripeGateway
+from quotaplane.storage.sql import migrate
+from quotaplane.storage.sql.engine import create_async_engine_for
+from quotaplane.storage.sql.invoices import SqlInvoiceLedger
+from quotaplane.storage.sql.outbox import SqlPushOutbox
+from quotaplane.storage.sql.tables import invoices, stripe_outbox, tenants
+from quotaplane.storage.sql.tenants import SqlTenantStore
+from tests.fakes import StripeEmulator
+
+pytestmark = pytest.mark.timeout(60)
+
+PLANS = parse_plans(
+    """
+plans:
+  growth: {price_per_1000_requests: 0.04, monthly_quota: 50000}
+  pro:
+    base_fee: "49.00"
+    metrics:
+      requests: {charge: {model: per_unit, unit_price: "0.001"}}
+      rating.bulk: {charge: {model: per_unit, unit_price: "0.002"}}
+""",
+    "test",
+)
+PERIOD = Period(2026, 10)
+
+
+@pytest.fixture(scope="module")
+def migrated_postgres(postgres_url: str) -> str:
+    migrate.upgrade(postgres_url)
+    return postgres_url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[AsyncEngine]:
+    if request.param == "postgres":
+        url = request.getfixturevalue("migrated_postgres")
+    else:
+        url = f"sqlite:///{tmp_path_factory.mktemp('stripe') / 'ledger.db'}"
+        await asyncio.to_thread(migrate.upgrade, url)
+    engine = create_async_engine_for(url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture
+def emulator() -> Iterator[StripeEmulator]:
+    emu = StripeEmulator()
+    emu.start()
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+@dataclass
+class Billing:
+    engine: AsyncEngine
+    emu: StripeEmulator
+    ledger: SqlInvoiceLedger
+
+    def pusher(self) -> InvoicePusher:
+        """A worker that retries at once (zero backoff) unless Retry-After says otherwise."""
+        gateway = StripeGateway(self.emu.api_key, api_base=self.emu.api_base)
+        return InvoicePusher(SqlPushOutbox(self.engine), gateway, base_backoff=timedelta(0))
+
+    async def finalized(self, plan: str = "pro", usage: dict[str, int] | None = None) -> str:
+        store = SqlTenantStore(self.engine, clock=lambda: datetime(2026, 9, 1, tzinfo=UTC))
+        tenant = await store.create(name="Acme", plan=plan)
+        priced = price_period(
+            PERIOD, PLANS.get(plan), {"requests": 1234} if usage is None else usage
+        )
+        invoice = await self.ledger.save_invoice(tenant.id, priced, finalize_at=datetime.now(UTC))
+        await self.ledger.enqueue_push(invoice.id)
+        return invoice.id
+
+    async def invoice(self, invoice_id: str) -> StoredInvoice:
+        async with self.engine.connect() as conn:
+            row = (
+                (await conn.execute(sa.select(invoices).where(invoices.c.id == invoice_id)))
+                .mappings()
+                .one()
+            )
+        found = await self.ledger.open_invoice(row["tenant_id"], PERIOD)
+        assert found is not None
+        return found
+
+    async def outbox_row(self, invoice_id: str) -> sa.RowMapping:
+        query = sa.select(stripe_outbox).where(stripe_outbox.c.invoice_id == invoice_id)
+        async with self.engine.connect() as conn:
+            return (await conn.execute(query)).mappings().one()
+
+    def remote(self, invoice: StoredInvoice) -> dict[str, object]:
+        assert invoice.stripe_invoice_id is not None
+        return self.emu.invoice(invoice.stripe_invoice_id)
+
+
+@pytest.fixture
+def billing(database: AsyncEngine, emulator: StripeEmulator) -> Billing:
+    return Billing(database, emulator, SqlInvoiceLedger(database))
+
+
+async def test_a_finalized_invoice_is_pushed_with_one_item_per_line(billing: Billing) -> None:
+    invoice_id = await billing.finalized(usage={"requests": 1234, "rating.bulk": 10})
+    assert await billing.pusher().run_once() == 1
+    invoice = await billing.invoice(invoice_id)
+    remote = billing.remote(invoice)
+    assert remote["status"] == "open" and remote["total"] == invoice.total_minor == 4900 + 123 + 2
+    items = billing.emu.invoice_items_for(str(remote["id"]))
+    assert sorted(int(str(i["amount"])) for i in items) == [2, 123, 4900]
+    assert (await billing.outbox_row(invoice_id))["state"] == "done"
+    async with billing.engine.connect() as conn:
+        customer = (
+            await conn.execute(
+                sa.select(tenants.c.stripe_customer_id).where(tenants.c.id == invoice.tenant_id)
+            )
+        ).scalar_one()
+    assert customer == remote["customer"]
+
+
+async def test_a_second_run_pushes_nothing_again(billing: Billing) -> None:
+    await billing.finalized()
+    pusher = billing.pusher()
+    await pusher.run_once()
+    before = len(billing.emu.requests)
+    assert await pusher.run_once() == 0
+    assert len(billing.emu.requests) == before
+
+
+@pytest.mark.parametrize("path", ["/v1/customers", "/v1/invoices", "/v1/invoiceitems"])
+async def test_a_response_lost_after_stripe_committed_creates_nothing_twice(
+    billing: Billing, path: str
+) -> None:
+    invoice_id = await billing.finalized()
+    billing.emu.drop_response_after_commit_next(path_prefix=path)
+    pusher = billing.pusher()
+    await pusher.run_once()  # fails on the lost response, retried at once (zero backoff)
+    await pusher.run_once()
+    invoice = await billing.invoice(invoice_id)
+    remote = billing.remote(invoice)
+    assert len(billing.emu.customers) == 1
+    assert len(billing.emu.invoices_for(str(remote["customer"]))) == 1
+    assert len(billing.emu.invoice_items_for(str(remote["id"]))) == 2
+    assert remote["status"] == "open" and remote["total"] == invoice.total_minor
+
+
+async def test_a_429_is_retried_after_its_retry_after(billing: Billing) -> None:
+    invoice_id = await billing.finalized()
+    billing.emu.fail_next(status=429, retry_after=30, path_prefix="/v1/customers")
+    started = datetime.now(UTC)
+    await billing.pusher().run_once()
+    row = await billing.outbox_row(invoice_id)
+    assert row["state"] == "pending" and row["attempts"] == 1
+    assert row["next_attempt_at"] >= started + timedelta(seconds=29)
+    assert "429" in str(row["last_error"])
+
+
+async def test_server_errors_are_retried_until_the_push_succeeds(billing: Billing) -> None:
+    invoice_id = await billing.finalized()
+    billing.emu.fail_next(n=3, status=500)
+    pusher = billing.pusher()
+    for _ in range(4):
+        await pusher.run_once()
+    row = await billing.outbox_row(invoice_id)
+    assert (row["state"], row["attempts"]) == ("done", 3)
+
+
+async def test_a_permanent_error_fails_the_push_and_shows_on_the_invoice(billing: Billing) -> None:
+    invoice_id = await billing.finalized()
+    billing.emu.fail_next(status=400, path_prefix="/v1/invoices")
+    await billing.pusher().run_once()
+    assert (await billing.outbox_row(invoice_id))["state"] == "failed"
+    assert "400" in str((await billing.invoice(invoice_id)).last_error)
+
+
+async def test_two_workers_push_one_invoice_once(billing: Billing) -> None:
+    invoice_id = await billing.finalized()
+    handled = await asyncio.gather(billing.pusher().run_once(), billing.pusher().run_once())
+    assert sorted(handled) == [0, 1]
+    remote = billing.remote(await billing.invoice(invoice_id))
+    assert len(billing.emu.invoices_for(str(remote["customer"]))) == 1
+
+
+async def test_a_zero_invoice_is_finalized_without_items(billing: Billing) -> None:
+    invoice_id = await billing.finalized(plan="growth", usage={})
+    await billing.pusher().run_once()
+    remote = billing.remote(await billing.invoice(invoice_id))
+    assert remote["total"] == 0 and remote["status"] == "paid"
+    assert billing.emu.invoice_items_for(str(remote["id"])) == []
