@@ -33,10 +33,12 @@ from quotaplane.domain.api_keys import ApiKeyAdmin, ApiKeyCache
 from quotaplane.domain.counter_rebuild import LedgerSeededCounters
 from quotaplane.domain.directory import TenantDirectory
 from quotaplane.domain.gateway import Gateway
+from quotaplane.domain.invoice_push import InvoicePusher
 from quotaplane.domain.invoicing import InvoiceService
 from quotaplane.domain.plans import PlanCatalog, load_plans
 from quotaplane.domain.quota import QuotaEngine
 from quotaplane.domain.usage import UsageFlusher, UsageRecorder, UsageTrackingCounters
+from quotaplane.payments.stripe import StripeGateway
 from quotaplane.storage.redis.client import command_pipe, redis_client
 from quotaplane.storage.redis.counters import RedisCounterStore
 from quotaplane.storage.redis.embedded import EmbeddedValkey
@@ -47,6 +49,7 @@ from quotaplane.storage.sql.engine import create_async_engine_for
 from quotaplane.storage.sql.invoice_queries import SqlInvoiceQueries
 from quotaplane.storage.sql.invoices import SqlInvoiceLedger
 from quotaplane.storage.sql.ledger import SqlUsageLedger
+from quotaplane.storage.sql.outbox import SqlPushOutbox
 from quotaplane.storage.sql.tenant_queries import SqlTenantQueries
 from quotaplane.storage.sql.tenants import SqlTenantStore
 from quotaplane.telemetry import Telemetry
@@ -208,7 +211,17 @@ class Runtime:
             usage=usage,
             flush=flusher.flush_tenant,
         )
+        if self.settings.stripe_api_key:
+            self._start_stripe_push(database)
         return counters
+
+    def _start_stripe_push(self, database: AsyncEngine) -> None:
+        """The Stripe outbox worker: pushes finalized invoices queued by GenerateInvoice."""
+        s = self.settings
+        gateway = StripeGateway(s.stripe_api_key, api_base=s.stripe_api_base or None)
+        pusher = InvoicePusher(SqlPushOutbox(database), gateway)
+        task = asyncio.create_task(pusher.run(), name="stripe-outbox")
+        self._stack.push_async_callback(_cancel, task)
 
     def _current_plans(self) -> PlanCatalog:
         assert self.plan_registry is not None, "plans are loaded before the engine starts"

@@ -227,6 +227,22 @@ SETTINGS: tuple[Setting, ...] = (
         "How often each replica moves admitted usage from Redis into the ledger (usage_hourly).",
     ),
     Setting(
+        "stripe_api_key",
+        "STRIPE_API_KEY",
+        _text,
+        "",
+        "Stripe secret key. When set, each replica pushes invoices queued by GenerateInvoice "
+        "(push_to_stripe) through the outbox. Empty: queued invoices wait.",
+        secret=True,
+    ),
+    Setting(
+        "stripe_api_base",
+        "QUOTAPLANE_STRIPE_API_BASE",
+        _text,
+        "",
+        "Base URL of the Stripe API. Empty: Stripe itself (tests point it at a local emulator).",
+    ),
+    Setting(
         "log_level",
         "QUOTAPLANE_LOG_LEVEL",
         parse_log_level,
@@ -306,6 +322,8 @@ class Settings:
     cache_ttl: timedelta = timedelta(seconds=1)
     shutdown_grace: timedelta = timedelta(seconds=10)
     flush_interval: timedelta = timedelta(seconds=1)
+    stripe_api_key: str = ""
+    stripe_api_base: str = ""
     log_level: str = "INFO"
     log_format: str = "json"
     max_concurrent_streams: int = 1000

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -29,6 +30,7 @@ from quotaplane.storage.sql.outbox import SqlPushOutbox
 from quotaplane.storage.sql.tables import invoices, stripe_outbox, tenants
 from quotaplane.storage.sql.tenants import SqlTenantStore
 from tests.fakes import StripeEmulator
+from tests.integration.billing_server import billing_server, this_period
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -213,3 +215,32 @@ async def test_a_zero_invoice_is_finalized_without_items(billing: Billing) -> No
     remote = billing.remote(await billing.invoice(invoice_id))
     assert remote["total"] == 0 and remote["status"] == "paid"
     assert billing.emu.invoice_items_for(str(remote["id"])) == []
+
+
+async def test_generate_invoice_with_push_reaches_stripe_through_the_running_server(
+    tmp_path: Path, redis_url: str, redis_key_prefix: str, emulator: StripeEmulator
+) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    await asyncio.to_thread(migrate.upgrade, url)
+    async with billing_server(
+        tmp_path,
+        redis_url=redis_url,
+        key_prefix=redis_key_prefix,
+        database_url=url,
+        stripe_api_key=emulator.api_key,
+        stripe_api_base=emulator.api_base,
+    ) as server:
+        tenant = await server.tenant()
+        assert (await server.check(tenant, 12_345)).allowed
+        flags = {"finalize": True, "force": True, "push_to_stripe": True}
+        invoice = await server.invoice(tenant, this_period(), **flags)
+        for _ in range(100):
+            pushed = await server.invoice(tenant, this_period())
+            if (
+                pushed.stripe_invoice_id
+                and emulator.invoice(pushed.stripe_invoice_id)["status"] == "open"
+            ):
+                break
+            await asyncio.sleep(0.05)
+    remote = emulator.invoice(pushed.stripe_invoice_id)
+    assert (invoice.total_minor, remote["total"], remote["status"]) == (52, 52, "open")

@@ -121,6 +121,8 @@ async def billing_server(
     key_prefix: str,
     database_url: str,
     flush_interval: timedelta = timedelta(hours=1),
+    stripe_api_base: str = "",
+    stripe_api_key: str = "",
 ) -> AsyncIterator[BillingServer]:
     plans = tmp_path / "plans.yaml"
     plans.write_text(PLANS)
@@ -135,6 +137,8 @@ async def billing_server(
         redis_timeout=timedelta(seconds=2),
         flush_interval=flush_interval,
         metrics_addr="off",
+        stripe_api_key=stripe_api_key,
+        stripe_api_base=stripe_api_base,
     )
     async with Runtime(settings) as runtime:
         assert runtime.grpc is not None
