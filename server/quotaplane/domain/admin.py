@@ -319,10 +319,12 @@ class InvoicePage:
 class InvoiceAdmin:
     """ListInvoices, GetInvoice, VoidInvoice.
 
-    Voiding is allowed for drafts and finalized invoices not yet paid; a paid invoice is
-    FAILED_PRECONDITION (refund it in Stripe instead), and voiding a void invoice answers it
-    unchanged (a retried void must not fail). After a void, GenerateInvoice may create the
-    period's next version. The reason is logged; the ledger has no column for it.
+    Voiding is allowed for drafts and finalized invoices that were never queued for Stripe. A
+    paid invoice, or one queued for or pushed to Stripe, is FAILED_PRECONDITION: Stripe holds
+    it (or the outbox is about to push it), so it must be voided or refunded in Stripe.
+    Voiding a void invoice answers it unchanged (a retried void must not fail). After a void,
+    GenerateInvoice may create the period's next version. The reason is logged; the ledger has
+    no column for it.
     """
 
     def __init__(self, tenants: TenantSource, invoices: InvoiceQueries) -> None:
@@ -363,6 +365,11 @@ class InvoiceAdmin:
         if invoice.status == "paid":
             raise FailedPrecondition(
                 f"invoice {invoice.id} is paid and cannot be voided; refund it in Stripe instead"
+            )
+        if invoice.stripe_invoice_id or await self._invoices.queued_for_stripe(invoice.id):
+            raise FailedPrecondition(
+                f"invoice {invoice.id} is queued for or pushed to Stripe; "
+                "void or refund it in Stripe instead"
             )
         voided = await self._invoices.void(invoice.id, from_status=invoice.status)
         if voided is None:

@@ -116,10 +116,13 @@ class InvoiceQueries(Protocol):
 
     async def get(self, invoice_id: str) -> StoredInvoice | None: ...
 
-    async def void(self, invoice_id: str, *, from_status: str) -> StoredInvoice | None:
-        """Set status ``void`` if it is still ``from_status``; None if it changed meanwhile.
+    async def queued_for_stripe(self, invoice_id: str) -> bool:
+        """True once the invoice has a row in the Stripe outbox."""
+        ...
 
-        Queues a Stripe ``void`` in the outbox, in the same transaction, when the invoice was
-        queued for Stripe.
+    async def void(self, invoice_id: str, *, from_status: str) -> StoredInvoice | None:
+        """Set status ``void`` if it is still ``from_status`` and not queued for Stripe.
+
+        None if either changed meanwhile.
         """
         ...
