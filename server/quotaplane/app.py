@@ -35,6 +35,7 @@ from quotaplane.domain.directory import TenantDirectory
 from quotaplane.domain.gateway import Gateway
 from quotaplane.domain.invoice_push import InvoicePusher
 from quotaplane.domain.invoicing import InvoiceService
+from quotaplane.domain.notifications import Notifier
 from quotaplane.domain.plans import PlanCatalog, load_plans
 from quotaplane.domain.quota import QuotaEngine
 from quotaplane.domain.usage import UsageFlusher, UsageRecorder, UsageTrackingCounters
@@ -49,6 +50,7 @@ from quotaplane.storage.sql.engine import create_async_engine_for
 from quotaplane.storage.sql.invoice_queries import SqlInvoiceQueries
 from quotaplane.storage.sql.invoices import SqlInvoiceLedger
 from quotaplane.storage.sql.ledger import SqlUsageLedger
+from quotaplane.storage.sql.notifications import SqlNotificationStore
 from quotaplane.storage.sql.outbox import SqlPushOutbox
 from quotaplane.storage.sql.tenant_queries import SqlTenantQueries
 from quotaplane.storage.sql.tenants import SqlTenantStore
@@ -59,6 +61,7 @@ from quotaplane.transport.grpc.observability import ObservabilityInterceptor
 from quotaplane.transport.grpc.quota import QuotaServicer
 from quotaplane.transport.grpc.server import RunningServer, Servicers, start_server
 from quotaplane.transport.grpc.tls import server_credentials
+from quotaplane.webhooks.http import HttpWebhookSender
 
 log = logging.getLogger(__name__)
 
@@ -173,14 +176,34 @@ class Runtime:
         poller = asyncio.create_task(directory.run(), name="tenant-directory")
         self._stack.push_async_callback(_cancel, poller)
         counters = RedisCounterStore(
-            redis, key_prefix=s.redis_key_prefix, timeout=s.redis_timeout.total_seconds()
+            redis,
+            key_prefix=s.redis_key_prefix,
+            timeout=s.redis_timeout.total_seconds(),
+            observe=self.telemetry.observe_redis if self.telemetry else None,
         )
         flusher = self.flusher = await self._start_flusher(database)
         month_counters = self._start_billing(database, directory, flusher)
         # Month counters lost by Redis are rebuilt from the ledger before they are used.
         seeded = LedgerSeededCounters(counters, month_counters, SqlUsageLedger(database))
         tracked = UsageTrackingCounters(seeded, flusher.mark_dirty)
-        return QuotaEngine(tenants=directory, plans=self._current_plans, counters=tracked)
+        notifier = self._start_notifier(database)
+        return QuotaEngine(
+            tenants=directory,
+            plans=self._current_plans,
+            counters=tracked,
+            observers=[notifier.observe] if notifier else [],
+        )
+
+    def _start_notifier(self, database: AsyncEngine) -> Notifier | None:
+        """Quota threshold webhooks, when QUOTAPLANE_WEBHOOK_URL is set."""
+        s = self.settings
+        if not s.webhook_url:
+            return None
+        sender = HttpWebhookSender(s.webhook_url, s.webhook_secret)
+        notifier = Notifier(SqlNotificationStore(database), sender, thresholds=s.notify_thresholds)
+        task = asyncio.create_task(notifier.run(), name="quota-notifications")
+        self._stack.push_async_callback(_cancel, task)
+        return notifier
 
     async def _start_flusher(self, database: AsyncEngine) -> UsageFlusher:
         """Admitted usage: Redis unflushed hashes -> usage_hourly every flush interval."""

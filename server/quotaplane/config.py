@@ -61,6 +61,19 @@ def parse_database_url(text: str) -> str:
     return text
 
 
+def parse_webhook_url(text: str) -> str:
+    if text and urlsplit(text).scheme not in ("http", "https"):
+        raise ValueError("expected an http:// or https:// URL")
+    return text
+
+
+def parse_thresholds(text: str) -> tuple[int, ...]:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if not parts or not all(p.isdigit() and 0 < int(p) <= 1000 for p in parts):
+        raise ValueError("expected percentages like 80,100 (each 1..1000)")
+    return tuple(sorted({int(p) for p in parts}))
+
+
 def parse_log_level(text: str) -> str:
     level = text.strip().upper()
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
@@ -287,6 +300,28 @@ SETTINGS: tuple[Setting, ...] = (
         "OpenTelemetry span per RPC: 'off' (not sampled, not exported) or 'console' (stdout).",
     ),
     Setting(
+        "webhook_url",
+        "QUOTAPLANE_WEBHOOK_URL",
+        parse_webhook_url,
+        "",
+        "Where quota threshold notifications are POSTed (signed JSON); empty disables them.",
+    ),
+    Setting(
+        "webhook_secret",
+        "QUOTAPLANE_WEBHOOK_SECRET",
+        _text,
+        "",
+        "HMAC-SHA256 key of the Quotaplane-Signature header; required with the webhook URL.",
+        secret=True,
+    ),
+    Setting(
+        "notify_thresholds",
+        "QUOTAPLANE_NOTIFY_THRESHOLDS",
+        parse_thresholds,
+        "80,100",
+        "Percentages of a monthly quota that trigger one notification per tenant and period.",
+    ),
+    Setting(
         "tls_cert",
         "QUOTAPLANE_TLS_CERT",
         _optional_path,
@@ -330,6 +365,9 @@ class Settings:
     metrics_addr: str = "127.0.0.1:9464"
     metrics_tenant_labels: int = 0
     traces: str = "off"
+    webhook_url: str = ""
+    webhook_secret: str = ""
+    notify_thresholds: tuple[int, ...] = (80, 100)
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
@@ -364,4 +402,6 @@ def load_settings(
         except ValueError as exc:
             shown = "***" if setting.secret else repr(raw)
             raise ConfigError(f"{source}={shown}: {exc}") from None
+    if values["webhook_url"] and not values["webhook_secret"]:
+        raise ConfigError("QUOTAPLANE_WEBHOOK_URL is set: QUOTAPLANE_WEBHOOK_SECRET must be too")
     return Settings(**values)

@@ -55,11 +55,13 @@ class QuotaEngine:
         plans: Callable[[], PlanCatalog],
         counters: CounterStore,
         clock: Callable[[], datetime] = utc_now,
+        observers: Sequence[Callable[[QuotaRequest, Decision], None]] = (),
     ) -> None:
         self._tenants = tenants
         self._plans = plans
         self._counters = counters
         self._clock = clock
+        self._observers = tuple(observers)
 
     async def check(self, request: QuotaRequest) -> Decision:
         tenant = await self._tenants.get(request.tenant_id)
@@ -68,7 +70,10 @@ class QuotaEngine:
             return Decision(allowed=False, code=DecisionCode.SUSPENDED, cost=request.cost)
         now = self._clock()
         result = await self._counters.consume(consume_call(request, limits, now))
-        return decision_of(request, limits, result, now)
+        decision = decision_of(request, limits, result, now)
+        for observe in self._observers:  # cheap, synchronous: e.g. threshold notifications
+            observe(request, decision)
+        return decision
 
     def _limits(self, tenant: Tenant, metric: str) -> tuple[Limit, ...]:
         plan = self._plan(tenant)

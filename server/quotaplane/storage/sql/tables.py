@@ -159,6 +159,7 @@ tenants = sa.Table(
     sa.Column("version", sa.Integer(), nullable=False, server_default="1"),
     sa.CheckConstraint("status IN ('active', 'suspended')", name="status"),
     sa.CheckConstraint("version >= 1", name="version_positive"),
+    sa.Index("ix_tenants_updated_at", "updated_at"),
 )
 
 plan_changes = sa.Table(
@@ -182,6 +183,9 @@ api_keys = sa.Table(
     _at("created_at"),
     _at("revoked_at", nullable=True),
     _at("last_used_at", nullable=True),
+    # The key caches of every replica poll by these two every half second.
+    sa.Index("ix_api_keys_created_at", "created_at"),
+    sa.Index("ix_api_keys_revoked_at", "revoked_at"),
 )
 
 usage_hourly = sa.Table(
@@ -303,11 +307,26 @@ stripe_webhook_events = sa.Table(
     _at("received_at"),
 )
 
-notifications_sent = sa.Table(
-    "notifications_sent",
+# Quota threshold notifications (80%/100% of a monthly quota): an outbox of webhook deliveries.
+# The UNIQUE key makes a threshold notify once per period, whichever replica saw it first.
+quota_notifications = sa.Table(
+    "quota_notifications",
     metadata,
-    _tenant_fk(primary_key=True),
-    sa.Column("period", sa.String(7), primary_key=True),
-    sa.Column("threshold", sa.Integer(), primary_key=True),  # percent of the quota
-    _at("sent_at"),
+    _id(primary_key=True),
+    _tenant_fk(),
+    sa.Column("period", sa.String(7), nullable=False),
+    sa.Column("metric", sa.String(64), nullable=False),
+    sa.Column("threshold", sa.Integer(), nullable=False),  # percent of the quota
+    sa.Column("used", sa.BigInteger(), nullable=False),
+    sa.Column("quota", sa.BigInteger(), nullable=False),
+    _at("occurred_at"),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    _at("next_attempt_at", nullable=True),
+    _at("delivered_at", nullable=True),
+    sa.Column("last_error", sa.Text(), nullable=True),
+    sa.UniqueConstraint("tenant_id", "period", "metric", "threshold"),
+    sa.CheckConstraint("attempts >= 0", name="attempts_not_negative"),
+    sa.Index(
+        "ix_quota_notifications_delivered_at_next_attempt_at", "delivered_at", "next_attempt_at"
+    ),
 )

@@ -1,0 +1,1 @@
+"""Outgoing webhooks (quota threshold notifications)."""
