@@ -16,7 +16,7 @@ import pytest
 import sqlalchemy as sa
 
 from quotaplane.storage.sql import migrate
-from quotaplane.storage.sql.tables import stripe_outbox
+from quotaplane.storage.sql.tables import invoices, stripe_outbox
 from quotaplane_client.v1 import types_pb2
 from tests.integration.billing_server import (
     BillingServer,
@@ -166,3 +166,16 @@ async def test_a_period_before_the_tenant_existed_has_no_invoice(server: Billing
     tenant = await server.tenant()
     period = last_period_instant().strftime("%Y-%m")
     assert await _code(server.invoice(tenant, period)) == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_a_voided_invoice_is_regenerated_as_a_new_version(server: BillingServer) -> None:
+    tenant = await server.tenant()
+    first = await server.invoice(tenant, this_period())
+    assert server.runtime.database is not None
+    async with server.runtime.database.begin() as conn:
+        await conn.execute(
+            sa.update(invoices).where(invoices.c.id == first.id).values(status="void")
+        )
+    second = await server.invoice(tenant, this_period())
+    assert second.id != first.id
+    assert (second.version, second.replaces_invoice_id) == (2, first.id)

@@ -16,7 +16,10 @@ row until the lease ends) and, per invoice:
 5. finalizes (key ``<base>-finalize``) and marks the row done.
 
 ``<base>`` is the outbox row's ``idempotency_base`` (derived from the invoice id). A crash or
-a retry at any point replays the same keys, so nothing is created twice. Retryable errors
+a retry at any point replays the same keys, so nothing is created twice. The lease is short
+(10 s): a worker that died holds its rows only that long, and a push slower than the lease
+that another worker picks up is still safe (same keys; Stripe answers a concurrent duplicate
+with 409, retried). Retryable errors
 (429, 409, 5xx, network) are retried with exponential backoff that honours Retry-After, up to
 ``max_attempts``; permanent errors fail the row and are shown on the invoice (``last_error``).
 """
@@ -42,7 +45,7 @@ class InvoicePusher:
         gateway: PaymentGateway,
         *,
         interval: timedelta = timedelta(seconds=1),
-        lease: timedelta = timedelta(seconds=60),
+        lease: timedelta = timedelta(seconds=10),
         max_attempts: int = 8,
         base_backoff: timedelta = timedelta(seconds=1),
         max_backoff: timedelta = timedelta(minutes=10),

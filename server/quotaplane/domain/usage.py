@@ -24,7 +24,9 @@ safety net and not the tick; the most it delays usage of a dead replica is one s
 
 If Redis loses its data (restart without persistence), what had not been flushed is lost:
 at most one flush interval of admitted usage (plus a sweep interval for a dead replica's);
-Redis with AOF ``appendfsync everysec`` narrows that to about a second.
+Redis with AOF ``appendfsync everysec`` narrows that to about a second. The quota counters
+themselves are rebuilt from the ledger (``counter_rebuild.py``), so no tenant gets its month
+afresh.
 """
 
 from __future__ import annotations
