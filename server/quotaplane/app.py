@@ -22,13 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from quotaplane.config import Settings
 from quotaplane.datadir import DataDirLock
-from quotaplane.domain.admin import (
-    InvoiceAdmin,
-    PlanAdmin,
-    PlanRegistry,
-    TenantAdmin,
-    UsageReports,
-)
+from quotaplane.domain.admin import PlanAdmin, PlanRegistry, TenantAdmin
+from quotaplane.domain.admin_billing import InvoiceAdmin, UsageReports
 from quotaplane.domain.api_keys import ApiKeyAdmin, ApiKeyCache
 from quotaplane.domain.counter_rebuild import LedgerSeededCounters
 from quotaplane.domain.directory import TenantDirectory

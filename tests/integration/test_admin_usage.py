@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from quotaplane.domain.admin import UsageReports, UsageTotal
+from quotaplane.domain.admin_billing import UsageReports, UsageTotal
 from quotaplane.domain.billing_ports import HourlyUsage, PendingFlush
 from quotaplane.domain.errors import InvalidArgument, NotFound
 from quotaplane.domain.windows import Window

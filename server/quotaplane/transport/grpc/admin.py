@@ -6,7 +6,8 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from quotaplane.domain.admin import InvoiceAdmin, PlanAdmin, TenantAdmin, UsageReports
+from quotaplane.domain.admin import PlanAdmin, TenantAdmin
+from quotaplane.domain.admin_billing import InvoiceAdmin, UsageReports
 from quotaplane.domain.api_keys import ApiKeyAdmin
 from quotaplane.domain.errors import Unimplemented
 from quotaplane.transport.grpc import admin_convert as convert

@@ -6,7 +6,8 @@ from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from quotaplane.domain.admin import PlanRegistry, UsageReport, price_summary
+from quotaplane.domain.admin import PlanRegistry, price_summary
+from quotaplane.domain.admin_billing import UsageReport
 from quotaplane.domain.errors import InvalidArgument
 from quotaplane.domain.model import ApiKey, Tenant, TenantStatus
 from quotaplane.domain.plans import MetricPlan, Plan
