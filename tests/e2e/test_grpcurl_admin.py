@@ -261,3 +261,25 @@ def _eventually_code(server: ServeProcess, tenant_id: str, code: str) -> None:
     while grpcurl(server, f"{QUOTA}/CheckQuota", body).get("code") != code:
         assert time.monotonic() < deadline, f"CheckQuota never answered {code}"
         time.sleep(0.05)
+
+
+def test_admin_calls_need_the_admin_token_not_an_api_key(server: ServeProcess) -> None:
+    tenant = grpcurl(server, f"{ADMIN}/CreateTenant", {"name": "Keyholder", "plan": "starter"})
+    created = grpcurl(server, f"{ADMIN}/CreateApiKey", {"tenant_id": tenant["id"], "name": "k"})
+    before = all_tenants(server)
+    body = json.dumps({"name": "Intruder", "plan": "growth"})
+    for headers, code in [
+        ([], "Unauthenticated"),
+        (["-H", "authorization: Bearer not-the-token"], "Unauthenticated"),
+        (["-H", f"authorization: Bearer {created['secret']}"], "PermissionDenied"),
+    ]:
+        argv = [str(BIN / "grpcurl"), "-plaintext", "-max-time", "20", *headers, "-d", body]
+        result = subprocess.run(
+            [*argv, server.addr, f"{ADMIN}/CreateTenant"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert result.returncode != 0 and f"Code: {code}" in result.stderr, result.stderr
+    assert all_tenants(server) == before
