@@ -15,6 +15,7 @@ reused with other parameters) is permanent.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -31,6 +32,8 @@ class StripeGateway:
     """PaymentGateway on Stripe (or any server speaking its v1 API, e.g. the test emulator)."""
 
     def __init__(self, api_key: str, *, api_base: str | None = None) -> None:
+        # The SDK logs every request at INFO; our own logs say what matters (retries, failures).
+        logging.getLogger("stripe").setLevel(logging.WARNING)
         addresses: Any = {"api": api_base} if api_base else {}
         self._client = stripe.StripeClient(
             api_key, stripe_version=API_VERSION, base_addresses=addresses, max_network_retries=0
