@@ -245,3 +245,21 @@ class PushOutbox(Protocol):
     async def fail(self, job: PushJob, error: str) -> None:
         """Give up: the row is failed and the error is shown on the invoice."""
         ...
+
+
+@dataclass(frozen=True)
+class PaymentEvent:
+    """A verified webhook event from the payment provider."""
+
+    id: str
+    type: str  # e.g. "invoice.paid"
+    remote_invoice_id: str | None
+
+
+class PaymentEventLedger(Protocol):
+    async def apply_event(self, event: PaymentEvent) -> bool:
+        """Record the event once and apply it (``invoice.paid`` marks the invoice paid).
+
+        False if the event id was seen before: nothing changes.
+        """
+        ...

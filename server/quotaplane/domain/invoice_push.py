@@ -22,16 +22,27 @@ that another worker picks up is still safe (same keys; Stripe answers a concurre
 with 409, retried). Retryable errors
 (429, 409, 5xx, network) are retried with exponential backoff that honours Retry-After, up to
 ``max_attempts``; permanent errors fail the row and are shown on the invoice (``last_error``).
+
+``PaymentWebhooks`` takes Stripe's webhook deliveries: the signature is verified, the event id
+is recorded once (``stripe_webhook_events``), and ``invoice.paid`` marks the invoice paid.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from datetime import timedelta
 
-from quotaplane.domain.billing_ports import PaymentError, PaymentGateway, PushJob, PushOutbox
-from quotaplane.domain.errors import QuotaplaneError
+from quotaplane.domain.billing_ports import (
+    PaymentError,
+    PaymentEvent,
+    PaymentEventLedger,
+    PaymentGateway,
+    PushJob,
+    PushOutbox,
+)
+from quotaplane.domain.errors import InvalidArgument, QuotaplaneError
 
 log = logging.getLogger(__name__)
 
@@ -130,3 +141,21 @@ class InvoicePusher:
         else:
             log.error("stripe push of invoice %s failed: %s", job.invoice.id, error.message)
             await self._outbox.fail(job, error.message)
+
+
+class PaymentWebhooks:
+    """Webhook deliveries: verified, then applied once per event id (Stripe retries them)."""
+
+    def __init__(
+        self, ledger: PaymentEventLedger, verify: Callable[[bytes, str], PaymentEvent]
+    ) -> None:
+        self._ledger = ledger
+        self._verify = verify
+
+    async def receive(self, payload: bytes, signature: str) -> bool:
+        """True if the event was new; InvalidArgument if the signature does not verify."""
+        try:
+            event = self._verify(payload, signature)
+        except PaymentError as error:
+            raise InvalidArgument(error.message) from None
+        return await self._ledger.apply_event(event)

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 import stripe
 
-from quotaplane.domain.billing_ports import PaymentError, RemoteInvoice, StoredInvoice
+from quotaplane.domain.billing_ports import PaymentError, PaymentEvent, RemoteInvoice, StoredInvoice
 
 API_VERSION = "2026-10-28.endive"
 LINE_KEY = "quotaplane_line"
@@ -135,3 +135,18 @@ def _retry_after(error: stripe.StripeError) -> float | None:
         return float(value) if value is not None else None
     except ValueError:
         return None
+
+
+def webhook_verifier(secret: str) -> Callable[[bytes, str], PaymentEvent]:
+    """Verifies ``Stripe-Signature`` (HMAC-SHA256, 5 min tolerance) and reads the event."""
+
+    def verify(payload: bytes, signature: str) -> PaymentEvent:
+        try:
+            event = stripe.Webhook.construct_event(payload, signature, secret)
+        except (stripe.SignatureVerificationError, ValueError) as error:
+            raise PaymentError(f"webhook rejected: {error}", retryable=False) from None
+        obj = event.data.object if event.data else None
+        invoice_id = getattr(obj, "id", None) if event.type.startswith("invoice.") else None
+        return PaymentEvent(str(event.id), str(event.type), str(invoice_id) if invoice_id else None)
+
+    return verify

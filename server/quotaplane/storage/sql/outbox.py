@@ -4,6 +4,7 @@ A worker leases a due row by moving its ``next_attempt_at`` forward by the lease
 conditional UPDATE (the row's old ``next_attempt_at`` must still be there): of several
 replicas, exactly one wins each row, and a worker that dies leaves the row to be leased again
 when the lease ends. Stripe ids are written as soon as they exist and never overwritten.
+Webhook events are recorded by id (primary key) in the transaction that applies them.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from quotaplane.domain.billing_ports import PushJob
+from quotaplane.domain.billing_ports import PaymentEvent, PushJob
 from quotaplane.storage.sql.invoices import load_invoice
-from quotaplane.storage.sql.ledger import database_errors, utc_now
-from quotaplane.storage.sql.tables import invoices, stripe_outbox, tenants
+from quotaplane.storage.sql.ledger import database_errors, dialect_insert, utc_now
+from quotaplane.storage.sql.tables import invoices, stripe_outbox, stripe_webhook_events, tenants
 
 
 class SqlPushOutbox:
@@ -92,6 +93,28 @@ class SqlPushOutbox:
                 updated_at=now,
             )
             await self._set_invoice_error(conn, job, error, now)
+
+    async def apply_event(self, event: PaymentEvent) -> bool:
+        now = self._clock()
+        async with self._transaction() as conn:
+            seen = (
+                dialect_insert(conn, stripe_webhook_events)
+                .values(event_id=event.id, type=event.type, received_at=now)
+                .on_conflict_do_nothing(index_elements=["event_id"])
+                .returning(stripe_webhook_events.c.event_id)
+            )
+            if (await conn.execute(seen)).first() is None:
+                return False
+            if event.type == "invoice.paid" and event.remote_invoice_id:
+                await conn.execute(
+                    invoices.update()
+                    .where(
+                        invoices.c.stripe_invoice_id == event.remote_invoice_id,
+                        invoices.c.status == "finalized",
+                    )
+                    .values(status="paid", updated_at=now)
+                )
+        return True
 
     async def _lease(
         self, outbox_id: str, seen_at: datetime, now: datetime, lease_seconds: float
