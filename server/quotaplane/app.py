@@ -28,13 +28,14 @@ from quotaplane.domain.api_keys import ApiKeyAdmin, ApiKeyCache
 from quotaplane.domain.counter_rebuild import LedgerSeededCounters
 from quotaplane.domain.directory import TenantDirectory
 from quotaplane.domain.gateway import Gateway
-from quotaplane.domain.invoice_push import InvoicePusher
+from quotaplane.domain.invoice_push import InvoicePusher, PaymentWebhooks
 from quotaplane.domain.invoicing import InvoiceService
 from quotaplane.domain.notifications import Notifier
 from quotaplane.domain.plans import PlanCatalog, load_plans
 from quotaplane.domain.quota import QuotaEngine
 from quotaplane.domain.usage import UsageFlusher, UsageRecorder, UsageTrackingCounters
-from quotaplane.payments.stripe import StripeGateway
+from quotaplane.payments.stripe import StripeGateway, webhook_verifier
+from quotaplane.payments.webhooks import start_webhook_server
 from quotaplane.storage.redis.client import command_pipe, redis_client
 from quotaplane.storage.redis.counters import RedisCounterStore
 from quotaplane.storage.redis.embedded import EmbeddedValkey
@@ -86,6 +87,7 @@ class Runtime:
         self.tenants: SqlTenantStore | None = None
         self.usage_recorder: UsageRecorder | None = None
         self.invoice_service: InvoiceService | None = None
+        self.webhook_port: int | None = None
         self.grpc: RunningServer | None = None
         self.telemetry: Telemetry | None = None
         self.metrics_port: int | None = None
@@ -178,6 +180,7 @@ class Runtime:
         )
         flusher = self.flusher = await self._start_flusher(database)
         month_counters = self._start_billing(database, directory, flusher)
+        await self._start_stripe_webhooks(database)
         # Month counters lost by Redis are rebuilt from the ledger before they are used.
         seeded = LedgerSeededCounters(counters, month_counters, SqlUsageLedger(database))
         tracked = UsageTrackingCounters(seeded, flusher.mark_dirty)
@@ -232,6 +235,20 @@ class Runtime:
         if self.settings.stripe_api_key:
             self._start_stripe_push(database)
         return counters
+
+    async def _start_stripe_webhooks(self, database: AsyncEngine) -> None:
+        """POST /stripe/webhook, when QUOTAPLANE_STRIPE_WEBHOOK_ADDR is set."""
+        s = self.settings
+        if s.stripe_webhook_addr == "off":
+            return
+        if not s.stripe_webhook_secret:
+            raise RuntimeError(
+                "QUOTAPLANE_STRIPE_WEBHOOK_ADDR is set: STRIPE_WEBHOOK_SECRET must be"
+            )
+        hooks = PaymentWebhooks(SqlPushOutbox(database), webhook_verifier(s.stripe_webhook_secret))
+        server = await start_webhook_server(s.stripe_webhook_addr, hooks.receive)
+        self._stack.push_async_callback(server.close)
+        self.webhook_port = server.port
 
     def _start_stripe_push(self, database: AsyncEngine) -> None:
         """The Stripe outbox worker: pushes finalized invoices queued by GenerateInvoice."""

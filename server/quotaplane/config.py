@@ -256,6 +256,22 @@ SETTINGS: tuple[Setting, ...] = (
         "Base URL of the Stripe API. Empty: Stripe itself (tests point it at a local emulator).",
     ),
     Setting(
+        "stripe_webhook_addr",
+        "QUOTAPLANE_STRIPE_WEBHOOK_ADDR",
+        parse_metrics_addr,
+        "off",
+        "host:port of the Stripe webhook endpoint (POST /stripe/webhook; invoice.paid marks "
+        "invoices paid); 'off' disables it. Needs STRIPE_WEBHOOK_SECRET.",
+    ),
+    Setting(
+        "stripe_webhook_secret",
+        "STRIPE_WEBHOOK_SECRET",
+        _text,
+        "",
+        "Signing secret (whsec_...) of the Stripe webhook endpoint.",
+        secret=True,
+    ),
+    Setting(
         "log_level",
         "QUOTAPLANE_LOG_LEVEL",
         parse_log_level,
@@ -359,6 +375,8 @@ class Settings:
     flush_interval: timedelta = timedelta(seconds=1)
     stripe_api_key: str = ""
     stripe_api_base: str = ""
+    stripe_webhook_addr: str = "off"
+    stripe_webhook_secret: str = ""
     log_level: str = "INFO"
     log_format: str = "json"
     max_concurrent_streams: int = 1000

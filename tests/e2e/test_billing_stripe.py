@@ -8,6 +8,8 @@ The real ``stripe`` SDK talks HTTP to ``tests/fakes/stripe_emulator.py``; the le
 from __future__ import annotations
 
 import asyncio
+import http.client
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,7 +31,8 @@ from quotaplane.storage.sql.invoices import SqlInvoiceLedger
 from quotaplane.storage.sql.outbox import SqlPushOutbox
 from quotaplane.storage.sql.tables import invoices, stripe_outbox, tenants
 from quotaplane.storage.sql.tenants import SqlTenantStore
-from tests.fakes import StripeEmulator
+from quotaplane_client.v1 import types_pb2
+from tests.fakes import StripeEmulator, event_payload, sign_webhook
 from tests.integration.billing_server import billing_server, this_period
 
 pytestmark = pytest.mark.timeout(60)
@@ -47,6 +50,7 @@ plans:
     "test",
 )
 PERIOD = Period(2026, 10)
+WEBHOOK_SECRET = "whsec_runtime_test"
 
 
 @pytest.fixture(scope="module")
@@ -229,6 +233,8 @@ async def test_generate_invoice_with_push_reaches_stripe_through_the_running_ser
         database_url=url,
         stripe_api_key=emulator.api_key,
         stripe_api_base=emulator.api_base,
+        stripe_webhook_addr="127.0.0.1:0",
+        stripe_webhook_secret=WEBHOOK_SECRET,
     ) as server:
         tenant = await server.tenant()
         assert (await server.check(tenant, 12_345)).allowed
@@ -242,5 +248,23 @@ async def test_generate_invoice_with_push_reaches_stripe_through_the_running_ser
             ):
                 break
             await asyncio.sleep(0.05)
-    remote = emulator.invoice(pushed.stripe_invoice_id)
-    assert (invoice.total_minor, remote["total"], remote["status"]) == (52, 52, "open")
+        remote = emulator.invoice(pushed.stripe_invoice_id)
+        assert (invoice.total_minor, remote["total"], remote["status"]) == (52, 52, "open")
+        assert server.runtime.webhook_port is not None
+        body = event_payload("invoice.paid", remote)
+        signature = sign_webhook(body, WEBHOOK_SECRET, int(time.time()))
+        assert await _post(server.runtime.webhook_port, body, signature) == 200
+        paid = await server.invoice(tenant, this_period())
+    assert paid.status == types_pb2.Invoice.PAID
+
+
+async def _post(port: int, body: bytes, signature: str) -> int:
+    def send() -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            conn.request("POST", "/stripe/webhook", body, {"Stripe-Signature": signature})
+            return conn.getresponse().status
+        finally:
+            conn.close()
+
+    return await asyncio.to_thread(send)

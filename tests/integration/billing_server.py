@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import sqlalchemy as sa
@@ -121,8 +122,7 @@ async def billing_server(
     key_prefix: str,
     database_url: str,
     flush_interval: timedelta = timedelta(hours=1),
-    stripe_api_base: str = "",
-    stripe_api_key: str = "",
+    **overrides: Any,
 ) -> AsyncIterator[BillingServer]:
     plans = tmp_path / "plans.yaml"
     plans.write_text(PLANS)
@@ -137,8 +137,7 @@ async def billing_server(
         redis_timeout=timedelta(seconds=2),
         flush_interval=flush_interval,
         metrics_addr="off",
-        stripe_api_key=stripe_api_key,
-        stripe_api_base=stripe_api_base,
+        **overrides,
     )
     async with Runtime(settings) as runtime:
         assert runtime.grpc is not None
