@@ -55,6 +55,9 @@ def serve_process(
         "QUOTAPLANE_DATA_DIR": str(workdir / f"data-{name}"),
         "QUOTAPLANE_LOG_FORMAT": "text",
         "QUOTAPLANE_PLANS": str(plans_path) if plans_path else "",
+        # A loaded 2-core CI machine must not turn a slow moment into UNAVAILABLE; tests of
+        # the timeout itself set their own.
+        "QUOTAPLANE_REDIS_TIMEOUT": "2s",
         **(env or {}),
     }
     process = ManagedProcess(

@@ -106,7 +106,7 @@ async def replicas(
                 grpc_addr="127.0.0.1:0", redis_url=redis_url, database_url=ledger_url,
                 redis_key_prefix=prefix, admin_token="t", metrics_addr="off",
                 data_dir=tmp_path / f"data{i}", plans_path=tmp_path / "plans.yaml",
-                webhook_url=receiver.url, webhook_secret=SECRET,
+                webhook_url=receiver.url, webhook_secret=SECRET, redis_timeout=timedelta(seconds=2),
             )  # fmt: skip
             runtime = await stack.enter_async_context(Runtime(settings))
             assert runtime.grpc is not None
