@@ -25,6 +25,7 @@ from quotaplane.datadir import DataDirLock
 from quotaplane.domain.admin import PlanAdmin, PlanRegistry, TenantAdmin
 from quotaplane.domain.admin_billing import InvoiceAdmin, UsageReports
 from quotaplane.domain.api_keys import ApiKeyAdmin, ApiKeyCache
+from quotaplane.domain.billing_ports import StoredInvoice
 from quotaplane.domain.counter_rebuild import LedgerSeededCounters
 from quotaplane.domain.directory import TenantDirectory
 from quotaplane.domain.gateway import Gateway
@@ -210,7 +211,10 @@ class Runtime:
         client = redis_client(self.redis_url, timeout=max(1.0, s.redis_timeout.total_seconds()))
         self._stack.push_async_callback(client.aclose)
         unflushed = RedisUnflushedUsage(client, key_prefix=s.redis_key_prefix)
-        flusher = UsageFlusher(unflushed, SqlUsageLedger(database), interval=s.flush_interval)
+        lag = self.telemetry.set_flush_lag if self.telemetry else None
+        flusher = UsageFlusher(
+            unflushed, SqlUsageLedger(database), interval=s.flush_interval, on_lag=lag
+        )
         task = asyncio.create_task(flusher.run(), name="usage-flush")
         self._stack.push_async_callback(_stop_flusher, task, flusher)
         self._flush_redis = client
@@ -231,6 +235,7 @@ class Runtime:
             invoices=SqlInvoiceLedger(database),
             usage=usage,
             flush=flusher.flush_tenant,
+            on_finalized=self._record_finalized,
         )
         if self.settings.stripe_api_key:
             self._start_stripe_push(database)
@@ -254,9 +259,14 @@ class Runtime:
         """The Stripe outbox worker: pushes finalized invoices queued by GenerateInvoice."""
         s = self.settings
         gateway = StripeGateway(s.stripe_api_key, api_base=s.stripe_api_base or None)
-        pusher = InvoicePusher(SqlPushOutbox(database), gateway)
+        outcome = self.telemetry.record_stripe_push if self.telemetry else None
+        pusher = InvoicePusher(SqlPushOutbox(database), gateway, on_outcome=outcome)
         task = asyncio.create_task(pusher.run(), name="stripe-outbox")
         self._stack.push_async_callback(_cancel, task)
+
+    def _record_finalized(self, invoice: StoredInvoice) -> None:
+        if self.telemetry is not None:
+            self.telemetry.record_invoice_total(invoice.currency, invoice.total_minor)
 
     def _current_plans(self) -> PlanCatalog:
         assert self.plan_registry is not None, "plans are loaded before the engine starts"

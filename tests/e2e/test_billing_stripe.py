@@ -255,7 +255,11 @@ async def test_generate_invoice_with_push_reaches_stripe_through_the_running_ser
         signature = sign_webhook(body, WEBHOOK_SECRET, int(time.time()))
         assert await _post(server.runtime.webhook_port, body, signature) == 200
         paid = await server.invoice(tenant, this_period())
+        assert server.runtime.telemetry is not None
+        metrics = server.runtime.telemetry.scrape()
     assert paid.status == types_pb2.Invoice.PAID
+    assert 'quotaplane_stripe_pushes_total{outcome="ok"} 1.0' in metrics
+    assert 'quotaplane_invoiced_minor_units_total{currency="USD"} 52.0' in metrics
 
 
 async def _post(port: int, body: bytes, signature: str) -> int:

@@ -8,6 +8,7 @@ between its steps (take / apply / complete) and letting another flusher replay.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -332,3 +333,25 @@ def _rename_database(admin_url: str, old: str, new: str) -> None:
                 sql.Identifier(old), sql.Identifier(new)
             )
         )
+
+
+async def test_the_flush_lag_grows_while_the_ledger_is_down(rig: Rig, unused_tcp_port: int) -> None:
+    tenant = await rig.tenant()
+    await rig.admit(tenant, cost=1)
+    broken = create_async_engine_for(f"postgresql://nobody@127.0.0.1:{unused_tcp_port}/none")
+    lags: list[float] = []
+    flusher = UsageFlusher(
+        rig.unflushed,
+        SqlUsageLedger(broken),
+        interval=timedelta(milliseconds=20),
+        on_lag=lags.append,
+    )
+    task = asyncio.create_task(flusher.run())
+    try:
+        await asyncio.sleep(0.3)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await broken.dispose()
+    assert lags[-1] > lags[0] >= 0 and lags[-1] >= 0.1

@@ -61,6 +61,7 @@ class InvoicePusher:
         base_backoff: timedelta = timedelta(seconds=1),
         max_backoff: timedelta = timedelta(minutes=10),
         batch: int = 10,
+        on_outcome: Callable[[str], None] | None = None,
     ) -> None:
         self._outbox = outbox
         self._gateway = gateway
@@ -70,6 +71,7 @@ class InvoicePusher:
         self._base_backoff = base_backoff.total_seconds()
         self._max_backoff = max_backoff.total_seconds()
         self._batch = batch
+        self._on_outcome = on_outcome or (lambda outcome: None)
 
     async def run_once(self) -> int:
         """Push every due invoice once; the number of rows handled."""
@@ -97,6 +99,7 @@ class InvoicePusher:
             await self._failed(job, error)
             return
         await self._outbox.done(job)
+        self._on_outcome("ok")
 
     async def _push(self, job: PushJob) -> None:
         invoice, base = job.invoice, job.idempotency_base
@@ -138,9 +141,11 @@ class InvoicePusher:
                 "stripe push of invoice %s retried in %.1f s: %s", job.invoice.id, delay, error
             )
             await self._outbox.retry_later(job, delay_seconds=delay, error=error.message)
+            self._on_outcome("retried")
         else:
             log.error("stripe push of invoice %s failed: %s", job.invoice.id, error.message)
             await self._outbox.fail(job, error.message)
+            self._on_outcome("failed")
 
 
 class PaymentWebhooks:

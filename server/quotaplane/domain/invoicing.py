@@ -58,6 +58,7 @@ class InvoiceService:
         usage: UsageLedger,
         flush: Callable[[str], Awaitable[object]] | None = None,
         clock: Callable[[], datetime] = utc_now,
+        on_finalized: Callable[[StoredInvoice], None] | None = None,
     ) -> None:
         self._tenants = tenants
         self._plans = plans
@@ -65,6 +66,7 @@ class InvoiceService:
         self._usage = usage
         self._flush = flush
         self._clock = clock
+        self._on_finalized = on_finalized
 
     async def generate(self, request: InvoiceRequest) -> StoredInvoice:
         tenant_id, period = _parse(request)
@@ -78,6 +80,8 @@ class InvoiceService:
             priced = await self._price(tenant, period)
             finalize_at = now if request.finalize else None
             invoice = await self._invoices.save_invoice(tenant_id, priced, finalize_at=finalize_at)
+            if invoice.finalized_at == finalize_at and finalize_at and self._on_finalized:
+                self._on_finalized(invoice)  # finalized by this call, not an earlier one
         if request.push_to_stripe:
             if not invoice.frozen:
                 raise FailedPrecondition(

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -78,12 +79,17 @@ class UsageFlusher:
         *,
         interval: timedelta = timedelta(seconds=1),
         sweep_interval: timedelta = DEFAULT_SWEEP_INTERVAL,
+        on_lag: Callable[[float], None] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._unflushed = unflushed
         self._ledger = ledger
         self._interval = interval.total_seconds()
         self._sweep_every = max(1, round(sweep_interval / interval))
         self._dirty: set[str] = set()
+        self._on_lag = on_lag
+        self._monotonic = monotonic
+        self._clean_at = monotonic()
 
     def mark_dirty(self, tenant_id: str) -> None:
         self._dirty.add(tenant_id)
@@ -138,7 +144,17 @@ class UsageFlusher:
                 log.warning("usage flush postponed: %s", error.message)
             except Exception:
                 log.exception("usage flush failed")
+            self._report_lag()
             await asyncio.sleep(self._interval)
+
+    def _report_lag(self) -> None:
+        # The flush lag: time since every usage this replica knew of was in the ledger, an
+        # upper bound of the age of the oldest unflushed unit (0 while flushes keep up).
+        now = self._monotonic()
+        if not self._dirty:
+            self._clean_at = now
+        if self._on_lag is not None:
+            self._on_lag(now - self._clean_at)
 
     async def _apply(self, flush: PendingFlush) -> int:
         if flush.usage:
