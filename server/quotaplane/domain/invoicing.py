@@ -14,6 +14,11 @@ The rules:
 - ``finalize`` freezes the invoice; allowed once the period has ended, or earlier with
   ``force`` (an admin closing a tenant's month early).
 - ``push_to_stripe`` queues a frozen invoice for the Stripe outbox, once however often asked.
+
+What a finalized invoice can miss: usage written to the ledger between this call's usage read
+and its commit (a flush another replica is applying at that instant, or a RecordUsage event
+accepted just before the period closed). It stays in the ledger for audit; finalize after the
+period has ended and such usage cannot occur, since the flush of the tenant runs first.
 """
 
 from __future__ import annotations
