@@ -15,10 +15,11 @@ The rules:
   ``force`` (an admin closing a tenant's month early).
 - ``push_to_stripe`` queues a frozen invoice for the Stripe outbox, once however often asked.
 
-What a finalized invoice can miss: usage written to the ledger between this call's usage read
-and its commit (a flush another replica is applying at that instant, or a RecordUsage event
-accepted just before the period closed). It stays in the ledger for audit; finalize after the
-period has ended and such usage cannot occur, since the flush of the tenant runs first.
+What a finalized invoice can miss: usage committed to the ledger between this call's usage
+read and its commit. Once the period has ended, admitted usage cannot be among it (the
+tenant's flush, which runs first, also applies the records other replicas are applying; the
+flush id makes it wait for them), only a late RecordUsage event for the period racing the
+finalize. Such usage stays in the ledger for audit.
 """
 
 from __future__ import annotations
