@@ -18,12 +18,16 @@ there; everything the run created is removed at session end, even after failures
 
 from __future__ import annotations
 
+import asyncio
 import atexit
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from quotaplane.storage.sql import migrate
+from quotaplane.storage.sql.engine import create_async_engine_for
 from tests.harness.postgres_servers import create_database, drop_database
 from tests.harness.redis_servers import PrivateRedis
 from tests.harness.servers import TestServers
@@ -96,6 +100,39 @@ def fresh_postgres_database(
     finally:
         for name in created:
             drop_database(postgres_admin_url, name)
+
+
+@pytest.fixture(scope="module")
+def migrated_postgres(test_servers: TestServers, postgres_admin_url: str) -> Iterator[str]:
+    """A Postgres database of this test module's own, migrated to head, dropped afterwards.
+
+    Per module, not per run: tests that sweep a whole table (the Stripe outbox worker pushes
+    every pending row) must not see rows another module left behind.
+    """
+    name = test_servers.new_database_name()
+    url = create_database(postgres_admin_url, name)
+    try:
+        migrate.upgrade(url)
+        yield url
+    finally:
+        drop_database(postgres_admin_url, name)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[AsyncEngine]:
+    """A migrated ledger engine, once on a fresh SQLite file and once on the run's Postgres."""
+    if request.param == "postgres":
+        url = request.getfixturevalue("migrated_postgres")
+    else:
+        url = f"sqlite:///{tmp_path_factory.mktemp('ledger') / 'ledger.db'}"
+        await asyncio.to_thread(migrate.upgrade, url)
+    engine = create_async_engine_for(url)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
 
 
 @pytest.fixture

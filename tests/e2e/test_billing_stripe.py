@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,7 +26,6 @@ from quotaplane.domain.pricing import price_period
 from quotaplane.domain.windows import Period
 from quotaplane.payments.stripe import StripeGateway
 from quotaplane.storage.sql import migrate
-from quotaplane.storage.sql.engine import create_async_engine_for
 from quotaplane.storage.sql.invoices import SqlInvoiceLedger
 from quotaplane.storage.sql.outbox import SqlPushOutbox
 from quotaplane.storage.sql.tables import invoices, stripe_outbox, tenants
@@ -51,28 +50,6 @@ plans:
 )
 PERIOD = Period(2026, 10)
 WEBHOOK_SECRET = "whsec_runtime_test"
-
-
-@pytest.fixture(scope="module")
-def migrated_postgres(postgres_url: str) -> str:
-    migrate.upgrade(postgres_url)
-    return postgres_url
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def database(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[AsyncEngine]:
-    if request.param == "postgres":
-        url = request.getfixturevalue("migrated_postgres")
-    else:
-        url = f"sqlite:///{tmp_path_factory.mktemp('stripe') / 'ledger.db'}"
-        await asyncio.to_thread(migrate.upgrade, url)
-    engine = create_async_engine_for(url)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture

@@ -24,8 +24,6 @@ from quotaplane.domain.pricing import price_period
 from quotaplane.domain.windows import Period
 from quotaplane.payments.stripe import webhook_verifier
 from quotaplane.payments.webhooks import PATH, WebhookServer, start_webhook_server
-from quotaplane.storage.sql import migrate
-from quotaplane.storage.sql.engine import create_async_engine_for
 from quotaplane.storage.sql.invoices import SqlInvoiceLedger
 from quotaplane.storage.sql.outbox import SqlPushOutbox
 from quotaplane.storage.sql.tables import invoices, stripe_webhook_events
@@ -36,28 +34,6 @@ pytestmark = pytest.mark.timeout(60)
 
 SECRET = "whsec_test_quotaplane"
 PLANS = parse_plans("plans:\n  growth: {price_per_1000_requests: 0.04, monthly_quota: 9}\n", "t")
-
-
-@pytest.fixture(scope="module")
-def migrated_postgres(postgres_url: str) -> str:
-    migrate.upgrade(postgres_url)
-    return postgres_url
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def database(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[AsyncEngine]:
-    if request.param == "postgres":
-        url = request.getfixturevalue("migrated_postgres")
-    else:
-        url = f"sqlite:///{tmp_path_factory.mktemp('hooks') / 'ledger.db'}"
-        await asyncio.to_thread(migrate.upgrade, url)
-    engine = create_async_engine_for(url)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 @dataclass

@@ -21,7 +21,6 @@ import pytest
 import redis.asyncio as aioredis
 
 from quotaplane.storage.redis import keys
-from quotaplane.storage.sql import migrate
 from quotaplane.storage.sql.engine import create_async_engine_for
 from quotaplane.storage.sql.tenants import SqlTenantStore
 from quotaplane_client.v1 import quota_pb2, quota_pb2_grpc
@@ -65,11 +64,10 @@ def replicas(
     tmp_path_factory: pytest.TempPathFactory,
     redis_url: str,
     redis_key_prefix: str,
-    postgres_url: str,
+    migrated_postgres: str,
 ) -> Iterator[tuple[list[int], str]]:
     workdir = tmp_path_factory.mktemp("replicas")
     (workdir / "plans.yaml").write_text(PLANS)
-    migrate.upgrade(postgres_url)
     prefix = f"{redis_key_prefix}-e2e"
     ports = [free_port(), free_port()]
     processes = [
@@ -78,7 +76,7 @@ def replicas(
             env={
                 "QUOTAPLANE_GRPC_ADDR": f"127.0.0.1:{port}",
                 "QUOTAPLANE_REDIS_URL": redis_url,
-                "QUOTAPLANE_DATABASE_URL": postgres_url,
+                "QUOTAPLANE_DATABASE_URL": migrated_postgres,
                 "QUOTAPLANE_PLANS": str(workdir / "plans.yaml"),
                 "QUOTAPLANE_REDIS_KEY_PREFIX": prefix,
                 "QUOTAPLANE_ADMIN_TOKEN": "e2e-admin-token",
@@ -105,11 +103,11 @@ def replicas(
 
 @pytest.fixture
 async def cluster(
-    replicas: tuple[list[int], str], redis_url: str, postgres_url: str
+    replicas: tuple[list[int], str], redis_url: str, migrated_postgres: str
 ) -> AsyncIterator[Cluster]:
     ports, prefix = replicas
     channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for port in ports]
-    database = create_async_engine_for(postgres_url)
+    database = create_async_engine_for(migrated_postgres)
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:
         stubs = [quota_pb2_grpc.QuotaServiceStub(channel) for channel in channels]

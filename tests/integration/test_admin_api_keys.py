@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
@@ -19,34 +18,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from quotaplane.domain.api_keys import ApiKeyAdmin, ApiKeyCache, hash_api_key
 from quotaplane.domain.errors import InvalidArgument, NotFound
 from quotaplane.domain.model import Tenant
-from quotaplane.storage.sql import migrate
 from quotaplane.storage.sql.api_keys import SqlApiKeyStore
-from quotaplane.storage.sql.engine import create_async_engine_for
 from quotaplane.storage.sql.tenants import SqlTenantStore
 
 pytestmark = pytest.mark.timeout(60)
-
-
-@pytest.fixture(scope="module")
-def migrated_postgres(postgres_url: str) -> str:
-    migrate.upgrade(postgres_url)
-    return postgres_url
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def database(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[AsyncEngine]:
-    if request.param == "postgres":
-        url = request.getfixturevalue("migrated_postgres")
-    else:
-        url = f"sqlite:///{tmp_path_factory.mktemp('keys') / 'ledger.db'}"
-        await asyncio.to_thread(migrate.upgrade, url)
-    engine = create_async_engine_for(url)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture

@@ -35,12 +35,6 @@ DRAFT, FINALIZED, VOID = (
 )
 
 
-@pytest.fixture(scope="module")
-def migrated_postgres(postgres_url: str) -> str:
-    migrate.upgrade(postgres_url)
-    return postgres_url
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 async def runtime(
     request: pytest.FixtureRequest, tmp_path: Path, redis_url: str, redis_key_prefix: str

@@ -5,9 +5,7 @@ Usage is written through the ledger's own flush API, exactly as the background f
 
 from __future__ import annotations
 
-import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -17,8 +15,6 @@ from quotaplane.domain.admin_billing import UsageReports, UsageTotal
 from quotaplane.domain.billing_ports import HourlyUsage, PendingFlush
 from quotaplane.domain.errors import InvalidArgument, NotFound
 from quotaplane.domain.windows import Window
-from quotaplane.storage.sql import migrate
-from quotaplane.storage.sql.engine import create_async_engine_for
 from quotaplane.storage.sql.ledger import SqlUsageLedger
 from quotaplane.storage.sql.tenants import SqlTenantStore
 
@@ -29,28 +25,6 @@ NOW = datetime(2026, 11, 24, 5, 30, tzinfo=UTC)
 
 def hour(day: int, h: int, month: int = 11) -> datetime:
     return datetime(2026, month, day, h, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-def migrated_postgres(postgres_url: str) -> str:
-    migrate.upgrade(postgres_url)
-    return postgres_url
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def database(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[AsyncEngine]:
-    if request.param == "postgres":
-        url = request.getfixturevalue("migrated_postgres")
-    else:
-        url = f"sqlite:///{tmp_path_factory.mktemp('usage') / 'ledger.db'}"
-        await asyncio.to_thread(migrate.upgrade, url)
-    engine = create_async_engine_for(url)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ loss is the deletion of every key of the tenant (what a restart without persiste
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,12 +20,12 @@ from quotaplane.domain.directory import TenantDirectory
 from quotaplane.domain.model import QuotaRequest
 from quotaplane.domain.plans import parse_plans
 from quotaplane.domain.quota import QuotaEngine
-from quotaplane.domain.usage import RawUsageEvent, UsageFlusher, UsageRecorder
+from quotaplane.domain.usage import UsageFlusher
+from quotaplane.domain.usage_events import RawUsageEvent, UsageRecorder
 from quotaplane.storage.redis import keys
 from quotaplane.storage.redis.client import command_pipe
 from quotaplane.storage.redis.counters import RedisCounterStore
 from quotaplane.storage.redis.flush import RedisQuotaCounters, RedisUnflushedUsage
-from quotaplane.storage.sql import migrate
 from quotaplane.storage.sql.engine import create_async_engine_for
 from quotaplane.storage.sql.ledger import SqlUsageLedger
 from quotaplane.storage.sql.tenants import SqlTenantStore
@@ -34,28 +33,6 @@ from quotaplane.storage.sql.tenants import SqlTenantStore
 pytestmark = pytest.mark.timeout(60)
 
 PLANS = parse_plans("plans:\n  tiny: {price_per_1000_requests: 0.05, monthly_quota: 10}\n", "t")
-
-
-@pytest.fixture(scope="module")
-def migrated_postgres(postgres_url: str) -> str:
-    migrate.upgrade(postgres_url)
-    return postgres_url
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def database(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[AsyncEngine]:
-    if request.param == "postgres":
-        url = request.getfixturevalue("migrated_postgres")
-    else:
-        url = f"sqlite:///{tmp_path_factory.mktemp('rebuild') / 'ledger.db'}"
-        await asyncio.to_thread(migrate.upgrade, url)
-    engine = create_async_engine_for(url)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 @dataclass

@@ -33,12 +33,6 @@ DRAFT = types_pb2.Invoice.DRAFT
 FINALIZED = types_pb2.Invoice.FINALIZED
 
 
-@pytest.fixture(scope="module")
-def migrated_postgres(postgres_url: str) -> str:
-    migrate.upgrade(postgres_url)
-    return postgres_url
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 async def server(
     request: pytest.FixtureRequest, tmp_path: Path, redis_url: str, redis_key_prefix: str

@@ -18,35 +18,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from quotaplane.domain.directory import TenantDirectory
 from quotaplane.domain.errors import AlreadyExists, NotFound
 from quotaplane.domain.model import Tenant, TenantStatus
-from quotaplane.storage.sql import migrate
-from quotaplane.storage.sql.engine import create_async_engine_for
 from quotaplane.storage.sql.tenants import SqlTenantStore
 
 pytestmark = pytest.mark.timeout(60)
 
 TTL = timedelta(seconds=1)
-
-
-@pytest.fixture(scope="module")
-def migrated_postgres(postgres_url: str) -> str:
-    migrate.upgrade(postgres_url)
-    return postgres_url
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def database(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[AsyncEngine]:
-    if request.param == "postgres":
-        url = request.getfixturevalue("migrated_postgres")
-    else:
-        url = f"sqlite:///{tmp_path_factory.mktemp('tenants') / 'ledger.db'}"
-        await asyncio.to_thread(migrate.upgrade, url)
-    engine = create_async_engine_for(url)
-    try:
-        yield engine
-    finally:
-        await engine.dispose()
 
 
 @pytest.fixture

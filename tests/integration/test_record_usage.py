@@ -32,12 +32,6 @@ DUPLICATE = quota_pb2.RecordUsageResponse.DUPLICATE
 REJECTED = quota_pb2.RecordUsageResponse.REJECTED
 
 
-@pytest.fixture(scope="module")
-def migrated_postgres(postgres_url: str) -> str:
-    migrate.upgrade(postgres_url)
-    return postgres_url
-
-
 @pytest.fixture(params=["sqlite", "postgres"])
 async def server(
     request: pytest.FixtureRequest, tmp_path: Path, redis_url: str, redis_key_prefix: str
