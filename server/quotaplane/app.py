@@ -34,7 +34,8 @@ from quotaplane.domain.invoicing import InvoiceService
 from quotaplane.domain.notifications import Notifier
 from quotaplane.domain.plans import PlanCatalog, load_plans
 from quotaplane.domain.quota import QuotaEngine
-from quotaplane.domain.usage import UsageFlusher, UsageRecorder, UsageTrackingCounters
+from quotaplane.domain.usage import UsageFlusher, UsageTrackingCounters
+from quotaplane.domain.usage_events import UsageRecorder
 from quotaplane.payments.stripe import StripeGateway, webhook_verifier
 from quotaplane.payments.webhooks import start_webhook_server
 from quotaplane.storage.redis.client import command_pipe, redis_client

@@ -66,6 +66,10 @@ class UsageLedger(Protocol):
         """Add the flush to the hourly usage once; False if this flush id was applied before."""
         ...
 
+    async def apply_flushes(self, flushes: Sequence[PendingFlush]) -> list[bool]:
+        """``apply_flush`` for many flushes in one transaction; one flag per flush, in order."""
+        ...
+
     async def record_events(self, events: Sequence[UsageEvent]) -> list[bool]:
         """Store new events and add them to hourly usage in one transaction.
 

@@ -1,4 +1,4 @@
-"""Usage reaching the ledger exactly once: the flush of admitted usage, and RecordUsage.
+"""Admitted usage reaching the ledger exactly once: the flush from Redis to usage_hourly.
 
 The flush (``UsageFlusher``), per tenant:
 
@@ -12,8 +12,16 @@ The flush (``UsageFlusher``), per tenant:
 A crash between any two steps leaves a pending record that step 1 (of any replica) applies
 later; applying it twice is refused by the flush id. Several replicas may flush one tenant at
 once: each ``take`` gets a disjoint part of the usage, and a record two replicas replay is
-counted once. If the ledger is down, step 1 or 3 fails, the record stays in Redis, the tenant
-stays dirty and the tick stops until the next interval; no new records pile up meanwhile.
+counted once. If the ledger is down, step 3 fails, the record stays in Redis, the tenant stays
+dirty and is retried next interval; a tenant with records waiting takes no new ones, so
+records do not pile up during an outage.
+
+A tick does this for all dirty tenants at once: the Redis calls run concurrently (bounded)
+and step 3 is ONE transaction for every tenant's records (markers, then hourly rows, each in
+one global order, so concurrent replicas cannot deadlock). If the ledger refuses that
+transaction (say, usage of a tenant it does not know), the records are applied one by one
+and only the refused ones wait. Step 1 runs only for tenants that may have records: found
+by a sweep, or whose last flush failed; ``flush_tenant`` (GenerateInvoice) always runs it.
 
 Which tenants to flush: each replica remembers the tenants it admitted usage for
 (``UsageTrackingCounters`` wraps the counter store; a set in memory costs nothing on the hot
@@ -34,32 +42,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
+from typing import TypeVar, cast
 
 from quotaplane.domain.billing_ports import (
     PendingFlush,
-    QuotaCounters,
     UnflushedUsage,
     UsageLedger,
 )
-from quotaplane.domain.errors import InvalidArgument, NotFound, QuotaplaneError, Unavailable
-from quotaplane.domain.model import (
-    EventOutcome,
-    EventResult,
-    UsageEvent,
-    parse_metric,
-    parse_tenant_id,
-)
-from quotaplane.domain.plans import PlanCatalog
+from quotaplane.domain.errors import QuotaplaneError, Unavailable
 from quotaplane.domain.ports import ConsumeCall, ConsumeResult, CounterStore
-from quotaplane.domain.quota import TenantLookup, utc_now
-from quotaplane.domain.windows import Period, as_utc
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SWEEP_INTERVAL = timedelta(seconds=30)
+FLUSH_CONCURRENCY = 16  # Redis calls in flight at once during a tick
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,7 @@ class UsageFlusher:
         self._interval = interval.total_seconds()
         self._sweep_every = max(1, round(sweep_interval / interval))
         self._dirty: set[str] = set()
+        self._suspects: set[str] = set()  # tenants that may have pending records
         self._on_lag = on_lag
         self._monotonic = monotonic
         self._clean_at = monotonic()
@@ -109,27 +110,89 @@ class UsageFlusher:
         return applied
 
     async def tick(self) -> FlushReport:
-        """Flush every dirty tenant; stop at the first ledger or Redis outage."""
-        flushed = flushes = failed = 0
-        for tenant_id in sorted(self._dirty):
-            self._dirty.discard(tenant_id)
+        """Flush every dirty tenant: one take per tenant, one ledger transaction for them all.
+
+        A tenant's pending records are looked up only when some may exist (the tenant was
+        found by a sweep or its last flush failed), so a healthy tick costs one script call
+        per tenant plus one transaction. An outage leaves every tenant dirty and raises.
+        """
+        tenants = sorted(self._dirty)
+        self._dirty.clear()
+        if not tenants:
+            return FlushReport()
+        try:
+            flushes = await self._collect(tenants)
+            refused = await self._apply_all(flushes)
+            await self._concurrently(
+                [self._unflushed.complete(f) for f in flushes if f.tenant_id not in refused]
+            )
+        except Unavailable:
+            self._dirty.update(tenants)
+            self._suspects.update(tenants)
+            raise
+        self._suspects.difference_update(set(tenants) - self._dirty)
+        self._suspects.update(refused)
+        return FlushReport(len(tenants) - len(refused), len(flushes), len(refused))
+
+    async def _collect(self, tenants: Sequence[str]) -> list[PendingFlush]:
+        suspects = [tenant for tenant in tenants if tenant in self._suspects]
+        pending = [
+            flush
+            for group in await self._concurrently([self._unflushed.pending(t) for t in suspects])
+            for flush in group
+        ]
+        # A tenant with records waiting takes nothing new until they are in: during an outage
+        # each tick retries the same records instead of piling up new ones.
+        waiting = {flush.tenant_id for flush in pending}
+        self._dirty.update(waiting)
+        fresh = [tenant for tenant in tenants if tenant not in waiting]
+        taken = await self._concurrently([self._unflushed.take(t) for t in fresh])
+        return pending + [flush for flush in taken if flush is not None]
+
+    async def _apply_all(self, flushes: Sequence[PendingFlush]) -> set[str]:
+        """Apply in one transaction; if the ledger refuses it, one by one. Refused tenants."""
+        with_usage = [flush for flush in flushes if flush.usage]
+        if not with_usage:
+            return set()
+        try:
+            await self._ledger.apply_flushes(with_usage)
+            return set()
+        except Unavailable:
+            raise
+        except QuotaplaneError:
+            pass
+        refused: set[str] = set()
+        for flush in with_usage:
             try:
-                flushes += await self.flush_tenant(tenant_id)
+                await self._ledger.apply_flushes([flush])
             except Unavailable:
-                self._dirty.add(tenant_id)
                 raise
             except QuotaplaneError as error:
-                # Not an outage (e.g. the ledger refuses the rows): the record stays in Redis
-                # for the next sweep, and the other tenants are still flushed.
-                failed += 1
-                log.error("usage flush of tenant %s failed: %s", tenant_id, error.message)
-                continue
-            flushed += 1
-        return FlushReport(flushed, flushes, failed)
+                # Not an outage (e.g. a tenant the ledger does not know): the record stays in
+                # Redis for a later attempt, and the other tenants' usage goes through.
+                log.error("usage flush of tenant %s refused: %s", flush.tenant_id, error.message)
+                refused.add(flush.tenant_id)
+        return refused
+
+    async def _concurrently(self, calls: Sequence[Awaitable[T]]) -> list[T]:
+        limit = asyncio.Semaphore(FLUSH_CONCURRENCY)
+
+        async def bounded(call: Awaitable[T]) -> T:
+            async with limit:
+                return await call
+
+        # Every call finishes before an error is raised: none is left running unobserved.
+        results = await asyncio.gather(*(bounded(call) for call in calls), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return cast(list[T], results)
 
     async def sweep(self) -> FlushReport:
         """Find every tenant with usage in Redis (SCAN), then flush them all."""
-        self._dirty |= await self._unflushed.tenants_with_usage()
+        found = await self._unflushed.tenants_with_usage()
+        self._dirty |= found
+        self._suspects |= found  # they may hold records a dead replica left behind
         return await self.tick()
 
     async def run(self) -> None:
@@ -180,139 +243,3 @@ class UsageTrackingCounters:
         if result.allowed and not call.dry_run:
             self._on_usage(call.tenant_id)
         return result
-
-
-# --- RecordUsage -------------------------------------------------------------------------------
-
-MAX_EVENTS = 1000
-MAX_EVENT_QUANTITY = 1_000_000_000
-MAX_EVENT_ID = 128
-FUTURE_SKEW = timedelta(minutes=5)
-
-
-@dataclass(frozen=True)
-class RawUsageEvent:
-    """A RecordUsage event as sent; ``timestamp`` None means now."""
-
-    event_id: str
-    tenant_id: str
-    metric: str
-    quantity: int
-    timestamp: datetime | None = None
-
-
-class UsageRecorder:
-    """RecordUsage: validate each event, store the new ones once, count them.
-
-    Open periods: the current calendar month and the previous one (late events of last month
-    are still billed), unless that period's invoice is finalized or paid. Each event is
-    judged on its own; a rejected event changes nothing and does not affect the others.
-    Accepted events go into ``usage_events`` and ``usage_hourly`` in one transaction (never
-    through the flush), then, when they fall in the current period, onto the month counter
-    that CheckQuota checks. That last step is best effort: if Redis fails the events are
-    still billed, the quota just does not see them.
-    """
-
-    def __init__(
-        self,
-        *,
-        tenants: TenantLookup,
-        plans: Callable[[], PlanCatalog],
-        ledger: UsageLedger,
-        counters: QuotaCounters | None = None,
-        clock: Callable[[], datetime] = utc_now,
-    ) -> None:
-        self._tenants = tenants
-        self._plans = plans
-        self._ledger = ledger
-        self._counters = counters
-        self._clock = clock
-
-    async def record(self, events: Sequence[RawUsageEvent]) -> list[EventResult]:
-        if not events:
-            raise InvalidArgument("events: at least one event is required")
-        if len(events) > MAX_EVENTS:
-            raise InvalidArgument(f"events: at most {MAX_EVENTS:,} per call, got {len(events):,}")
-        now = self._clock()
-        checked = [await self._check(raw, now) for raw in events]
-        checked = await self._reject_closed(checked)
-        valid = [event for event in checked if isinstance(event, UsageEvent)]
-        stored = iter(await self._ledger.record_events(valid) if valid else [])
-        results = [_result(raw, event, stored) for raw, event in zip(events, checked, strict=True)]
-        await self._count(
-            [
-                e
-                for e, r in zip(checked, results, strict=True)
-                if r.outcome is EventOutcome.ACCEPTED
-            ],
-            now,
-        )
-        return results
-
-    async def _check(self, raw: RawUsageEvent, now: datetime) -> UsageEvent | str:
-        try:
-            event = parse_event(raw, now)
-            tenant = await self._tenants.get(event.tenant_id)
-            plan = self._plans().get(tenant.plan)
-        except (InvalidArgument, NotFound) as error:
-            return error.message
-        if not plan.has_metric(event.metric):
-            return f"metric {event.metric!r} is not part of plan {plan.name!r}"
-        if Period.of(event.occurred_at) < Period.of(tenant.created_at):
-            return f"timestamp {event.occurred_at.isoformat()} is before the tenant's first period"
-        return event
-
-    async def _reject_closed(self, checked: list[UsageEvent | str]) -> list[UsageEvent | str]:
-        tenant_ids = [event.tenant_id for event in checked if isinstance(event, UsageEvent)]
-        closed = await self._ledger.closed_periods(tenant_ids) if tenant_ids else set()
-        return [
-            f"timestamp: period {Period.of(event.occurred_at)} is closed (its invoice is final)"
-            if isinstance(event, UsageEvent)
-            and (event.tenant_id, str(Period.of(event.occurred_at))) in closed
-            else event
-            for event in checked
-        ]
-
-    async def _count(self, accepted: Sequence[UsageEvent | str], now: datetime) -> None:
-        if self._counters is None:
-            return
-        current = Period.of(now)
-        units: dict[tuple[str, str], int] = {}
-        for event in accepted:
-            if isinstance(event, UsageEvent) and Period.of(event.occurred_at) == current:
-                key = (event.tenant_id, event.metric)
-                units[key] = units.get(key, 0) + event.quantity
-        for (tenant_id, metric), amount in sorted(units.items()):
-            try:
-                await self._counters.add(tenant_id, metric, current.start, amount)
-            except QuotaplaneError as error:
-                log.warning("recorded usage not counted against quota: %s", error.message)
-
-
-def parse_event(raw: RawUsageEvent, now: datetime) -> UsageEvent:
-    """Validate one event's fields; InvalidArgument names the first bad one."""
-    if not raw.event_id or len(raw.event_id) > MAX_EVENT_ID:
-        raise InvalidArgument(f"event_id must be 1-{MAX_EVENT_ID} characters")
-    tenant_id = parse_tenant_id(raw.tenant_id)
-    metric = parse_metric(raw.metric)
-    if not 1 <= raw.quantity <= MAX_EVENT_QUANTITY:
-        raise InvalidArgument(f"quantity must be 1..{MAX_EVENT_QUANTITY:,}, got {raw.quantity:,}")
-    at = now if raw.timestamp is None else as_utc(raw.timestamp, field_name="timestamp")
-    if at > now + FUTURE_SKEW:
-        raise InvalidArgument(
-            f"timestamp {at.isoformat()} is more than {FUTURE_SKEW} in the future"
-        )
-    current = Period.of(now)
-    if Period.of(at) not in (current, current.previous()):
-        raise InvalidArgument(
-            f"timestamp {at.isoformat()} is outside the open periods "
-            f"({current.previous()} and {current})"
-        )
-    return UsageEvent(raw.event_id, tenant_id, metric, raw.quantity, at)
-
-
-def _result(raw: RawUsageEvent, event: UsageEvent | str, stored: Iterator[bool]) -> EventResult:
-    if isinstance(event, str):
-        return EventResult(raw.event_id, raw.tenant_id, EventOutcome.REJECTED, event)
-    outcome = EventOutcome.ACCEPTED if next(stored) else EventOutcome.DUPLICATE
-    return EventResult(raw.event_id, raw.tenant_id, outcome)

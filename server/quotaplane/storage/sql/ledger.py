@@ -75,23 +75,27 @@ class SqlUsageLedger:
         self._clock = clock
 
     async def apply_flush(self, flush: PendingFlush) -> bool:
-        with _refused(f"flush {flush.flush_id} of tenant {flush.tenant_id}"):
-            return await self._apply_flush(flush)
+        return (await self.apply_flushes([flush]))[0]
 
-    async def _apply_flush(self, flush: PendingFlush) -> bool:
+    async def apply_flushes(self, flushes: Sequence[PendingFlush]) -> list[bool]:
+        tenants = ", ".join(sorted({flush.tenant_id for flush in flushes}))
+        with _refused(f"usage flush of tenant(s) {tenants}"):
+            return await self._apply_flushes(flushes)
+
+    async def _apply_flushes(self, flushes: Sequence[PendingFlush]) -> list[bool]:
+        # Markers first, then the hourly rows, each in one global order: two replicas applying
+        # overlapping flushes take their locks in the same order and cannot deadlock.
+        now = self._clock()
+        new: set[str] = set()
+        totals: dict[tuple[str, str, datetime], list[int]] = {}
         async with self._transaction() as conn:
-            marker = (
-                dialect_insert(conn, usage_flushes)
-                .values(flush_id=flush.flush_id, applied_at=self._clock())
-                .on_conflict_do_nothing(index_elements=["flush_id"])
-                .returning(usage_flushes.c.flush_id)
-            )
-            # RETURNING, not rowcount: psycopg's async cursor reports -1 for this statement.
-            if (await conn.execute(marker)).first() is None:
-                return False
-            for row in flush.usage:
-                await _add_hourly(conn, flush.tenant_id, row)
-        return True
+            for flush in sorted(flushes, key=lambda f: f.flush_id):
+                if await _insert_marker(conn, flush.flush_id, now):
+                    new.add(flush.flush_id)
+                    _add_up(totals, flush)
+            for (tenant_id, metric, hour), (quantity, overage) in sorted(totals.items()):
+                await _add_hourly(conn, tenant_id, HourlyUsage(metric, hour, quantity, overage))
+        return [flush.flush_id in new for flush in flushes]
 
     async def record_events(self, events: Sequence[UsageEvent]) -> list[bool]:
         received = self._clock()
@@ -144,6 +148,24 @@ class SqlUsageLedger:
         with database_errors("usage ledger"):
             async with self._engine.begin() as conn:
                 yield conn
+
+
+async def _insert_marker(conn: AsyncConnection, flush_id: str, now: datetime) -> bool:
+    marker = (
+        dialect_insert(conn, usage_flushes)
+        .values(flush_id=flush_id, applied_at=now)
+        .on_conflict_do_nothing(index_elements=["flush_id"])
+        .returning(usage_flushes.c.flush_id)
+    )
+    # RETURNING, not rowcount: psycopg's async cursor reports -1 for this statement.
+    return (await conn.execute(marker)).first() is not None
+
+
+def _add_up(totals: dict[tuple[str, str, datetime], list[int]], flush: PendingFlush) -> None:
+    for row in flush.usage:
+        slot = totals.setdefault((flush.tenant_id, row.metric, row.hour_start), [0, 0])
+        slot[0] += row.quantity
+        slot[1] += row.overage
 
 
 async def _insert_event(conn: AsyncConnection, event: UsageEvent, received: datetime) -> bool:

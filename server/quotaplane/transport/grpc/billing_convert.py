@@ -17,7 +17,7 @@ from quotaplane.domain.invoicing import InvoiceRequest
 from quotaplane.domain.model import EventOutcome, EventResult
 from quotaplane.domain.money import decimal_str
 from quotaplane.domain.pricing import PricedLine, TierLine
-from quotaplane.domain.usage import RawUsageEvent
+from quotaplane.domain.usage_events import RawUsageEvent
 from quotaplane_client.v1 import quota_pb2, types_pb2
 
 Outcome = quota_pb2.RecordUsageResponse.Outcome

@@ -9,7 +9,7 @@ import grpc
 from quotaplane.domain.errors import Unimplemented
 from quotaplane.domain.invoicing import InvoiceService
 from quotaplane.domain.quota import QuotaEngine
-from quotaplane.domain.usage import UsageRecorder
+from quotaplane.domain.usage_events import UsageRecorder
 from quotaplane.transport.grpc import billing_convert, convert
 from quotaplane.transport.grpc.status import rpc
 from quotaplane_client.v1 import quota_pb2, quota_pb2_grpc, types_pb2
