@@ -293,9 +293,7 @@ async def test_usage_waits_out_a_postgres_outage_in_the_same_flusher(
             await rig.admit(tenant, cost=4)  # CheckQuota keeps admitting meanwhile
         finally:
             await asyncio.to_thread(_rename_database, postgres_admin_url, name + "_off", name)
-        await flusher.tick()  # the record taken before the outage
-        assert await rig.ledger_total(tenant) == 3
-        await flusher.tick()  # then what was admitted during it
+        await flusher.tick()  # the record taken before the outage, then what came during it
         assert await rig.ledger_total(tenant) == 7
     finally:
         await engine.dispose()

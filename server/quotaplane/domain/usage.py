@@ -13,12 +13,13 @@ A crash between any two steps leaves a pending record that step 1 (of any replic
 later; applying it twice is refused by the flush id. Several replicas may flush one tenant at
 once: each ``take`` gets a disjoint part of the usage, and a record two replicas replay is
 counted once. If the ledger is down, step 3 fails, the record stays in Redis, the tenant stays
-dirty and is retried next interval; a tenant with records waiting takes no new ones, so
+dirty and is retried next interval; nothing new is taken until waiting records are in, so
 records do not pile up during an outage.
 
 A tick does this for all dirty tenants at once: the Redis calls run concurrently (bounded)
-and step 3 is ONE transaction for every tenant's records (markers, then hourly rows, each in
-one global order, so concurrent replicas cannot deadlock). If the ledger refuses that
+and step 3 is ONE transaction for every tenant's records (two when records were waiting:
+those go first; markers, then hourly rows, each in one global order, so concurrent replicas
+cannot deadlock). If the ledger refuses that
 transaction (say, usage of a tenant it does not know), the records are applied one by one
 and only the refused ones wait. Step 1 runs only for tenants that may have records: found
 by a sweep, or whose last flush failed; ``flush_tenant`` (GenerateInvoice) always runs it.
@@ -110,44 +111,39 @@ class UsageFlusher:
         return applied
 
     async def tick(self) -> FlushReport:
-        """Flush every dirty tenant: one take per tenant, one ledger transaction for them all.
+        """Flush every dirty tenant: waiting records first, then one take per tenant.
 
-        A tenant's pending records are looked up only when some may exist (the tenant was
-        found by a sweep or its last flush failed), so a healthy tick costs one script call
-        per tenant plus one transaction. An outage leaves every tenant dirty and raises.
+        Each phase is one ledger transaction for all tenants. Records that may be waiting (the
+        tenant was found by a sweep or its last flush failed) are applied before anything new
+        is taken, so during an outage each tick retries the same records instead of piling up
+        new ones. An outage leaves every tenant dirty and raises.
         """
         tenants = sorted(self._dirty)
         self._dirty.clear()
         if not tenants:
             return FlushReport()
         try:
-            flushes = await self._collect(tenants)
-            refused = await self._apply_all(flushes)
-            await self._concurrently(
-                [self._unflushed.complete(f) for f in flushes if f.tenant_id not in refused]
-            )
+            suspects = [tenant for tenant in tenants if tenant in self._suspects]
+            groups = await self._concurrently([self._unflushed.pending(t) for t in suspects])
+            waiting = [flush for group in groups for flush in group]
+            refused = await self._apply_and_complete(waiting)
+            fresh = [tenant for tenant in tenants if tenant not in refused]
+            taken = await self._concurrently([self._unflushed.take(t) for t in fresh])
+            flushes = [flush for flush in taken if flush is not None]
+            refused |= await self._apply_and_complete(flushes)
         except Unavailable:
             self._dirty.update(tenants)
             self._suspects.update(tenants)
             raise
-        self._suspects.difference_update(set(tenants) - self._dirty)
+        self._suspects.difference_update(tenants)
         self._suspects.update(refused)
-        return FlushReport(len(tenants) - len(refused), len(flushes), len(refused))
+        return FlushReport(len(tenants) - len(refused), len(waiting) + len(flushes), len(refused))
 
-    async def _collect(self, tenants: Sequence[str]) -> list[PendingFlush]:
-        suspects = [tenant for tenant in tenants if tenant in self._suspects]
-        pending = [
-            flush
-            for group in await self._concurrently([self._unflushed.pending(t) for t in suspects])
-            for flush in group
-        ]
-        # A tenant with records waiting takes nothing new until they are in: during an outage
-        # each tick retries the same records instead of piling up new ones.
-        waiting = {flush.tenant_id for flush in pending}
-        self._dirty.update(waiting)
-        fresh = [tenant for tenant in tenants if tenant not in waiting]
-        taken = await self._concurrently([self._unflushed.take(t) for t in fresh])
-        return pending + [flush for flush in taken if flush is not None]
+    async def _apply_and_complete(self, flushes: Sequence[PendingFlush]) -> set[str]:
+        refused = await self._apply_all(flushes)
+        done = [flush for flush in flushes if flush.tenant_id not in refused]
+        await self._concurrently([self._unflushed.complete(flush) for flush in done])
+        return refused
 
     async def _apply_all(self, flushes: Sequence[PendingFlush]) -> set[str]:
         """Apply in one transaction; if the ledger refuses it, one by one. Refused tenants."""
