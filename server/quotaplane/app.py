@@ -234,7 +234,6 @@ class Runtime:
             tenants=directory,
             plans=self._current_plans,
             invoices=SqlInvoiceLedger(database),
-            usage=usage,
             flush=flusher.flush_tenant,
             on_finalized=self._record_finalized,
         )

@@ -7,7 +7,8 @@ plugs them together. Nothing here does I/O.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import enum
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -28,6 +29,12 @@ class HourlyUsage:
     hour_start: datetime
     quantity: int
     overage: int = 0
+
+
+class Recorded(enum.Enum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+    CLOSED = "closed"
 
 
 @dataclass(frozen=True)
@@ -70,16 +77,14 @@ class UsageLedger(Protocol):
         """``apply_flush`` for many flushes in one transaction; one flag per flush, in order."""
         ...
 
-    async def record_events(self, events: Sequence[UsageEvent]) -> list[bool]:
+    async def record_events(self, events: Sequence[UsageEvent]) -> list[Recorded]:
         """Store new events and add them to hourly usage in one transaction.
 
-        One flag per event, in order: True if stored, False if ``(tenant_id, event_id)`` was
-        already recorded (also by an earlier event of the same batch).
+        One result per event, in order: STORED; DUPLICATE if ``(tenant_id, event_id)`` was
+        recorded before (also by an earlier event of the same batch); CLOSED if the event's
+        period has a finalized or paid invoice (checked in the same transaction, after
+        waiting for any finalize of the tenant in progress).
         """
-        ...
-
-    async def closed_periods(self, tenant_ids: Sequence[str]) -> set[tuple[str, str]]:
-        """``(tenant_id, "YYYY-MM")`` of every finalized or paid invoice of these tenants."""
         ...
 
     async def usage(self, tenant_id: str, start: datetime, end: datetime) -> list[HourlyUsage]:
@@ -145,12 +150,12 @@ class StoredInvoice:
         return self.status in ("finalized", "paid")
 
 
+# Prices a period from its hourly usage and the tenant's plan history (pure, no I/O).
+Pricer = Callable[[Sequence[HourlyUsage], Sequence[PlanChange]], PricedInvoice]
+
+
 class InvoiceLedger(Protocol):
     """The ledger's invoice tables."""
-
-    async def plan_changes(self, tenant_id: str) -> list[PlanChange]:
-        """Every plan change of the tenant (its first plan included), oldest first."""
-        ...
 
     async def open_invoice(self, tenant_id: str, period: Period) -> StoredInvoice | None:
         """The tenant's invoice for the period that is not void, if any."""
@@ -163,6 +168,17 @@ class InvoiceLedger(Protocol):
 
         Concurrent calls for one (tenant, period) end with one invoice (the database's UNIQUE
         index decides); a frozen invoice is returned unchanged.
+        """
+        ...
+
+    async def generate(
+        self, tenant_id: str, period: Period, price: Pricer, *, finalize_at: datetime | None
+    ) -> StoredInvoice:
+        """``save_invoice`` of ``price(usage, plan changes)``, read in the same transaction.
+
+        When finalizing, the transaction holds the tenant against new usage: an event or a
+        flush of the tenant commits either before (and is on the invoice) or after (and sees
+        the period closed); none slips in between the read and the freeze.
         """
         ...
 

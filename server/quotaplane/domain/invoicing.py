@@ -15,11 +15,11 @@ The rules:
   ``force`` (an admin closing a tenant's month early).
 - ``push_to_stripe`` queues a frozen invoice for the Stripe outbox, once however often asked.
 
-What a finalized invoice can miss: usage committed to the ledger between this call's usage
-read and its commit. Once the period has ended, admitted usage cannot be among it (the
-tenant's flush, which runs first, also applies the records other replicas are applying; the
-flush id makes it wait for them), only a late RecordUsage event for the period racing the
-finalize. Such usage stays in the ledger for audit.
+The invoice is priced from usage read in the transaction that stores it; a finalizing one
+holds the tenant against new usage meanwhile (``InvoiceLedger.generate``), so a RecordUsage
+event racing the finalize is either on the invoice or refused as late. Admitted usage of an
+ended period is all in the ledger before: the tenant's flush, which runs first, also applies
+the records other replicas are applying (the flush id makes it wait for them).
 """
 
 from __future__ import annotations
@@ -33,7 +33,6 @@ from quotaplane.domain.billing_ports import (
     InvoiceLedger,
     PlanChange,
     StoredInvoice,
-    UsageLedger,
 )
 from quotaplane.domain.errors import FailedPrecondition, InvalidArgument, NotFound
 from quotaplane.domain.model import Tenant, parse_tenant_id
@@ -61,7 +60,6 @@ class InvoiceService:
         tenants: TenantLookup,
         plans: Callable[[], PlanCatalog],
         invoices: InvoiceLedger,
-        usage: UsageLedger,
         flush: Callable[[str], Awaitable[object]] | None = None,
         clock: Callable[[], datetime] = utc_now,
         on_finalized: Callable[[StoredInvoice], None] | None = None,
@@ -69,7 +67,6 @@ class InvoiceService:
         self._tenants = tenants
         self._plans = plans
         self._invoices = invoices
-        self._usage = usage
         self._flush = flush
         self._clock = clock
         self._on_finalized = on_finalized
@@ -83,9 +80,15 @@ class InvoiceService:
         if invoice is None or not invoice.frozen:
             if self._flush is not None:
                 await self._flush(tenant_id)
-            priced = await self._price(tenant, period)
             finalize_at = now if request.finalize else None
-            invoice = await self._invoices.save_invoice(tenant_id, priced, finalize_at=finalize_at)
+            catalog = self._plans()
+
+            def price(usage: Sequence[HourlyUsage], changes: Sequence[PlanChange]) -> PricedInvoice:
+                return price_tenant_period(tenant, period, catalog, usage, changes)
+
+            invoice = await self._invoices.generate(
+                tenant_id, period, price, finalize_at=finalize_at
+            )
             if invoice.finalized_at == finalize_at and finalize_at and self._on_finalized:
                 self._on_finalized(invoice)  # finalized by this call, not an earlier one
         if request.push_to_stripe:
@@ -97,24 +100,29 @@ class InvoiceService:
             await self._invoices.enqueue_push(invoice.id)
         return invoice
 
-    async def _price(self, tenant: Tenant, period: Period) -> PricedInvoice:
-        changes = await self._invoices.plan_changes(tenant.id)
-        spans = plan_spans(period, changes, tenant.plan)
-        if not spans:
-            raise FailedPrecondition(f"tenant {tenant.id} did not exist in period {period}")
-        usage = await self._usage.usage(tenant.id, period.start, period.end)
-        catalog = self._plans()
-        segments = []
-        for (start, end, plan_name), metrics in zip(spans, split_usage(spans, usage), strict=True):
-            try:
-                plan = catalog.get(plan_name)
-            except NotFound:
-                raise FailedPrecondition(
-                    f"period {period} was billed under plan {plan_name!r}, "
-                    "which the plans file no longer has"
-                ) from None
-            segments.append(Segment(plan, start, end, metrics))
-        return price_invoice(period, segments)
+
+def price_tenant_period(
+    tenant: Tenant,
+    period: Period,
+    catalog: PlanCatalog,
+    usage: Sequence[HourlyUsage],
+    changes: Sequence[PlanChange],
+) -> PricedInvoice:
+    """The tenant's period priced by plan segments (see the module rules)."""
+    spans = plan_spans(period, changes, tenant.plan)
+    if not spans:
+        raise FailedPrecondition(f"tenant {tenant.id} did not exist in period {period}")
+    segments = []
+    for (start, end, plan_name), metrics in zip(spans, split_usage(spans, usage), strict=True):
+        try:
+            plan = catalog.get(plan_name)
+        except NotFound:
+            raise FailedPrecondition(
+                f"period {period} was billed under plan {plan_name!r}, "
+                "which the plans file no longer has"
+            ) from None
+        segments.append(Segment(plan, start, end, metrics))
+    return price_invoice(period, segments)
 
 
 Span = tuple[datetime, datetime, str]  # [start, end) and the plan in force

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from quotaplane.domain.billing_ports import QuotaCounters, UsageLedger
+from quotaplane.domain.billing_ports import QuotaCounters, Recorded, UsageLedger
 from quotaplane.domain.errors import InvalidArgument, NotFound, QuotaplaneError
 from quotaplane.domain.model import (
     EventOutcome,
@@ -79,18 +79,17 @@ class UsageRecorder:
             raise InvalidArgument(f"events: at most {MAX_EVENTS:,} per call, got {len(events):,}")
         now = self._clock()
         checked = [await self._check(raw, now) for raw in events]
-        checked = await self._reject_closed(checked)
         valid = [event for event in checked if isinstance(event, UsageEvent)]
-        stored = iter(await self._ledger.record_events(valid) if valid else [])
-        results = [_result(raw, event, stored) for raw, event in zip(events, checked, strict=True)]
-        await self._count(
-            [
-                e
-                for e, r in zip(checked, results, strict=True)
-                if r.outcome is EventOutcome.ACCEPTED
-            ],
-            now,
-        )
+        recorded = iter(await self._ledger.record_events(valid) if valid else [])
+        results = [
+            _result(raw, event, recorded) for raw, event in zip(events, checked, strict=True)
+        ]
+        accepted = [
+            event
+            for event, result in zip(checked, results, strict=True)
+            if result.outcome is EventOutcome.ACCEPTED
+        ]
+        await self._count(accepted, now)
         return results
 
     async def _check(self, raw: RawUsageEvent, now: datetime) -> UsageEvent | str:
@@ -105,17 +104,6 @@ class UsageRecorder:
         if Period.of(event.occurred_at) < Period.of(tenant.created_at):
             return f"timestamp {event.occurred_at.isoformat()} is before the tenant's first period"
         return event
-
-    async def _reject_closed(self, checked: list[UsageEvent | str]) -> list[UsageEvent | str]:
-        tenant_ids = [event.tenant_id for event in checked if isinstance(event, UsageEvent)]
-        closed = await self._ledger.closed_periods(tenant_ids) if tenant_ids else set()
-        return [
-            f"timestamp: period {Period.of(event.occurred_at)} is closed (its invoice is final)"
-            if isinstance(event, UsageEvent)
-            and (event.tenant_id, str(Period.of(event.occurred_at))) in closed
-            else event
-            for event in checked
-        ]
 
     async def _count(self, accepted: Sequence[UsageEvent | str], now: datetime) -> None:
         if self._counters is None:
@@ -155,8 +143,17 @@ def parse_event(raw: RawUsageEvent, now: datetime) -> UsageEvent:
     return UsageEvent(raw.event_id, tenant_id, metric, raw.quantity, at)
 
 
-def _result(raw: RawUsageEvent, event: UsageEvent | str, stored: Iterator[bool]) -> EventResult:
+def _result(
+    raw: RawUsageEvent, event: UsageEvent | str, recorded: Iterator[Recorded]
+) -> EventResult:
     if isinstance(event, str):
         return EventResult(raw.event_id, raw.tenant_id, EventOutcome.REJECTED, event)
-    outcome = EventOutcome.ACCEPTED if next(stored) else EventOutcome.DUPLICATE
-    return EventResult(raw.event_id, raw.tenant_id, outcome)
+    outcome = next(recorded)
+    if outcome is Recorded.CLOSED:
+        reason = (
+            f"timestamp: period {Period.of(event.occurred_at)} is closed (its invoice is final)"
+        )
+        return EventResult(raw.event_id, raw.tenant_id, EventOutcome.REJECTED, reason)
+    if outcome is Recorded.DUPLICATE:
+        return EventResult(raw.event_id, raw.tenant_id, EventOutcome.DUPLICATE)
+    return EventResult(raw.event_id, raw.tenant_id, EventOutcome.ACCEPTED)

@@ -24,12 +24,19 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from quotaplane.domain.billing_ports import PlanChange, StoredInvoice
+from quotaplane.domain.billing_ports import HourlyUsage, PlanChange, Pricer, StoredInvoice
 from quotaplane.domain.money import round_money
 from quotaplane.domain.pricing import PricedInvoice, PricedLine, TierLine
 from quotaplane.domain.windows import Period
 from quotaplane.storage.sql.ledger import database_errors, dialect_insert, utc_now
-from quotaplane.storage.sql.tables import invoice_lines, invoices, plan_changes, stripe_outbox
+from quotaplane.storage.sql.tables import (
+    invoice_lines,
+    invoices,
+    plan_changes,
+    stripe_outbox,
+    tenants,
+    usage_hourly,
+)
 
 FROZEN = ("finalized", "paid")
 PUSH = "push"
@@ -41,15 +48,6 @@ class SqlInvoiceLedger:
     def __init__(self, engine: AsyncEngine, *, clock: Callable[[], datetime] = utc_now) -> None:
         self._engine = engine
         self._clock = clock
-
-    async def plan_changes(self, tenant_id: str) -> list[PlanChange]:
-        query = (
-            sa.select(plan_changes.c.plan, plan_changes.c.effective_at)
-            .where(plan_changes.c.tenant_id == tenant_id)
-            .order_by(plan_changes.c.effective_at, plan_changes.c.id)
-        )
-        async with self._connection() as conn:
-            return [PlanChange(row.plan, row.effective_at) for row in await conn.execute(query)]
 
     async def open_invoice(self, tenant_id: str, period: Period) -> StoredInvoice | None:
         async with self._connection() as conn:
@@ -64,6 +62,20 @@ class SqlInvoiceLedger:
         except IntegrityError:
             # A concurrent call inserted the period's invoice first: regenerate that one.
             return await self._save(tenant_id, priced, finalize_at)
+
+    async def generate(
+        self,
+        tenant_id: str,
+        period: Period,
+        price: Pricer,
+        *,
+        finalize_at: datetime | None,
+    ) -> StoredInvoice:
+        try:
+            return await self._generate(tenant_id, period, price, finalize_at)
+        except IntegrityError:
+            # A concurrent call inserted the period's invoice first: regenerate that one.
+            return await self._generate(tenant_id, period, price, finalize_at)
 
     async def enqueue_push(self, invoice_id: str) -> None:
         now = self._clock()
@@ -88,27 +100,26 @@ class SqlInvoiceLedger:
     async def _save(
         self, tenant_id: str, priced: PricedInvoice, finalize_at: datetime | None
     ) -> StoredInvoice:
-        now = self._clock()
-        period = str(priced.period)
         async with self._transaction() as conn:
-            row = await _open_row(conn, tenant_id, period, lock=True)
+            row = await _open_row(conn, tenant_id, str(priced.period), lock=True)
             if row is not None and row["status"] in FROZEN:
                 return await load_invoice(conn, row)
-            values = _totals(priced, now, finalize_at)
-            if row is not None:
-                invoice_id = row["id"]
-                await conn.execute(
-                    invoices.update().where(invoices.c.id == invoice_id).values(values)
-                )
-                await conn.execute(
-                    invoice_lines.delete().where(invoice_lines.c.invoice_id == invoice_id)
-                )
-            else:
-                invoice_id = await _insert_invoice(conn, tenant_id, period, values, now)
-            await _insert_lines(conn, invoice_id, priced)
-            saved = await _open_row(conn, tenant_id, period, lock=False)
-            assert saved is not None
-            return await load_invoice(conn, saved)
+            return await _store(conn, tenant_id, priced, row, finalize_at, self._clock())
+
+    async def _generate(
+        self, tenant_id: str, period: Period, price: Pricer, finalize_at: datetime | None
+    ) -> StoredInvoice:
+        async with self._transaction() as conn:
+            if finalize_at is not None:
+                await _hold_tenant(conn, tenant_id)
+            row = await _open_row(conn, tenant_id, str(period), lock=True)
+            if row is not None and row["status"] in FROZEN:
+                return await load_invoice(conn, row)
+            usage = await _usage(conn, tenant_id, period)
+            changes = await _plan_changes(conn, tenant_id)
+            return await _store(
+                conn, tenant_id, price(usage, changes), row, finalize_at, self._clock()
+            )
 
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[AsyncConnection]:
@@ -121,6 +132,60 @@ class SqlInvoiceLedger:
         with database_errors("invoice ledger"):
             async with self._engine.begin() as conn:
                 yield conn
+
+
+async def _store(
+    conn: AsyncConnection,
+    tenant_id: str,
+    priced: PricedInvoice,
+    row: Mapping[Any, Any] | None,
+    finalize_at: datetime | None,
+    now: datetime,
+) -> StoredInvoice:
+    """Regenerate the open draft ``row`` in place, or insert the period's first invoice."""
+    period = str(priced.period)
+    values = _totals(priced, now, finalize_at)
+    if row is not None:
+        invoice_id = row["id"]
+        await conn.execute(invoices.update().where(invoices.c.id == invoice_id).values(values))
+        await conn.execute(invoice_lines.delete().where(invoice_lines.c.invoice_id == invoice_id))
+    else:
+        invoice_id = await _insert_invoice(conn, tenant_id, period, values, now)
+    await _insert_lines(conn, invoice_id, priced)
+    saved = await _open_row(conn, tenant_id, period, lock=False)
+    assert saved is not None
+    return await load_invoice(conn, saved)
+
+
+async def _hold_tenant(conn: AsyncConnection, tenant_id: str) -> None:
+    # FOR UPDATE on the tenant row conflicts with the KEY SHARE lock every insert of the
+    # tenant's usage takes for its foreign key: until this transaction ends, no usage of the
+    # tenant can commit, and RecordUsage (which takes KEY SHARE first, then checks for a final
+    # invoice) sees the period closed once it proceeds. SQLite serializes writers anyway.
+    query = sa.select(tenants.c.id).where(tenants.c.id == tenant_id).with_for_update()
+    await conn.execute(query)
+
+
+async def _usage(conn: AsyncConnection, tenant_id: str, period: Period) -> list[HourlyUsage]:
+    query = sa.select(usage_hourly).where(
+        usage_hourly.c.tenant_id == tenant_id,
+        usage_hourly.c.hour_start >= period.start,
+        usage_hourly.c.hour_start < period.end,
+    )
+    rows = (await conn.execute(query)).mappings()
+    return [
+        HourlyUsage(row["metric"], row["hour_start"], row["quantity"], row["overage"])
+        for row in rows
+    ]
+
+
+async def _plan_changes(conn: AsyncConnection, tenant_id: str) -> list[PlanChange]:
+    query = (
+        sa.select(plan_changes.c.plan, plan_changes.c.effective_at)
+        .where(plan_changes.c.tenant_id == tenant_id)
+        .order_by(plan_changes.c.effective_at, plan_changes.c.id)
+    )
+    return [PlanChange(row.plan, row.effective_at) for row in await conn.execute(query)]
 
 
 async def _open_row(

@@ -8,7 +8,9 @@ Exactly-once is kept by primary keys, inside one transaction each:
   the first transaction and then does nothing; on SQLite writers are serialized (BEGIN
   IMMEDIATE, see ``engine.py``).
 - ``record_events``: INSERT each event into ``usage_events`` (ON CONFLICT DO NOTHING on
-  ``(tenant_id, event_id)``) and add only the inserted ones to ``usage_hourly``.
+  ``(tenant_id, event_id)``) and add only the inserted ones to ``usage_hourly``; events of a
+  period whose invoice is final are refused in the same transaction (see ``invoices.py`` for
+  how a finalize in progress is waited for).
 
 ``usage_flushes`` rows are kept: a pending flush may be replayed long after it was applied.
 Database failures become ``Unavailable``.
@@ -26,11 +28,17 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from quotaplane.domain.billing_ports import HourlyUsage, PendingFlush
+from quotaplane.domain.billing_ports import HourlyUsage, PendingFlush, Recorded
 from quotaplane.domain.errors import FailedPrecondition, Unavailable
 from quotaplane.domain.model import UsageEvent
-from quotaplane.domain.windows import Window, window_start
-from quotaplane.storage.sql.tables import invoices, usage_events, usage_flushes, usage_hourly
+from quotaplane.domain.windows import Period, Window, window_start
+from quotaplane.storage.sql.tables import (
+    invoices,
+    tenants,
+    usage_events,
+    usage_flushes,
+    usage_hourly,
+)
 
 CLOSED_STATUSES = ("finalized", "paid")
 
@@ -78,8 +86,8 @@ class SqlUsageLedger:
         return (await self.apply_flushes([flush]))[0]
 
     async def apply_flushes(self, flushes: Sequence[PendingFlush]) -> list[bool]:
-        tenants = ", ".join(sorted({flush.tenant_id for flush in flushes}))
-        with _refused(f"usage flush of tenant(s) {tenants}"):
+        names = ", ".join(sorted({flush.tenant_id for flush in flushes}))
+        with _refused(f"usage flush of tenant(s) {names}"):
             return await self._apply_flushes(flushes)
 
     async def _apply_flushes(self, flushes: Sequence[PendingFlush]) -> list[bool]:
@@ -97,28 +105,24 @@ class SqlUsageLedger:
                 await _add_hourly(conn, tenant_id, HourlyUsage(metric, hour, quantity, overage))
         return [flush.flush_id in new for flush in flushes]
 
-    async def record_events(self, events: Sequence[UsageEvent]) -> list[bool]:
+    async def record_events(self, events: Sequence[UsageEvent]) -> list[Recorded]:
         received = self._clock()
-        stored: list[bool] = []
+        results: list[Recorded] = []
+        tenant_ids = sorted({event.tenant_id for event in events})
         async with self._transaction() as conn:
+            closed = await _closed_periods(conn, tenant_ids)
             for event in events:
-                stored.append(await _insert_event(conn, event, received))
-                if stored[-1]:
+                if (event.tenant_id, str(Period.of(event.occurred_at))) in closed:
+                    results.append(Recorded.CLOSED)
+                elif await _insert_event(conn, event, received):
+                    results.append(Recorded.STORED)
                     hour = window_start(Window.HOUR, event.occurred_at)
                     await _add_hourly(
                         conn, event.tenant_id, HourlyUsage(event.metric, hour, event.quantity)
                     )
-        return stored
-
-    async def closed_periods(self, tenant_ids: Sequence[str]) -> set[tuple[str, str]]:
-        if not tenant_ids:
-            return set()
-        query = sa.select(invoices.c.tenant_id, invoices.c.period).where(
-            invoices.c.tenant_id.in_(sorted(set(tenant_ids))),
-            invoices.c.status.in_(CLOSED_STATUSES),
-        )
-        async with self._connection() as conn:
-            return {(row.tenant_id, row.period) for row in await conn.execute(query)}
+                else:
+                    results.append(Recorded.DUPLICATE)
+        return results
 
     async def usage(self, tenant_id: str, start: datetime, end: datetime) -> list[HourlyUsage]:
         query = (
@@ -148,6 +152,19 @@ class SqlUsageLedger:
         with database_errors("usage ledger"):
             async with self._engine.begin() as conn:
                 yield conn
+
+
+async def _closed_periods(conn: AsyncConnection, tenant_ids: list[str]) -> set[tuple[str, str]]:
+    """(tenant, period) pairs with a final invoice, after waiting out finalizes in progress."""
+    if conn.dialect.name == "postgresql":
+        # KEY SHARE on the tenant rows waits for a finalize holding one (FOR UPDATE), so the
+        # query below, a new snapshot, sees that invoice final. Ids in order: no deadlock.
+        hold = sa.select(tenants.c.id).where(tenants.c.id.in_(tenant_ids)).order_by(tenants.c.id)
+        await conn.execute(hold.with_for_update(read=True, key_share=True))
+    query = sa.select(invoices.c.tenant_id, invoices.c.period).where(
+        invoices.c.tenant_id.in_(tenant_ids), invoices.c.status.in_(CLOSED_STATUSES)
+    )
+    return {(row.tenant_id, row.period) for row in await conn.execute(query)}
 
 
 async def _insert_marker(conn: AsyncConnection, flush_id: str, now: datetime) -> bool:
