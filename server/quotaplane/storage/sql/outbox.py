@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from quotaplane.domain.billing_ports import PaymentEvent, PushJob
-from quotaplane.storage.sql.invoices import load_invoice
+from quotaplane.storage.sql.invoices import PUSH, load_invoice
 from quotaplane.storage.sql.ledger import database_errors, dialect_insert, utc_now
 from quotaplane.storage.sql.tables import invoices, stripe_outbox, stripe_webhook_events, tenants
 
@@ -34,7 +34,11 @@ class SqlPushOutbox:
         now = self._clock()
         due = (
             sa.select(stripe_outbox.c.id, stripe_outbox.c.next_attempt_at)
-            .where(stripe_outbox.c.state == "pending", stripe_outbox.c.next_attempt_at <= now)
+            .where(
+                stripe_outbox.c.action == PUSH,  # the one action this worker performs
+                stripe_outbox.c.state == "pending",
+                stripe_outbox.c.next_attempt_at <= now,
+            )
             .order_by(stripe_outbox.c.next_attempt_at)
             .limit(limit)
         )
