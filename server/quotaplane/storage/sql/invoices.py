@@ -348,7 +348,3 @@ def _trimmed(value: Decimal) -> Decimal:
 
 def _time(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
-
-
-# The name other ledger readers imported before ``load_invoice`` was public.
-_load = load_invoice
