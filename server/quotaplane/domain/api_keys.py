@@ -22,7 +22,6 @@ revocations made meanwhile apply at the first successful poll.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import re
@@ -32,8 +31,9 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from quotaplane.domain.admin_ports import ApiKeyStore, KeyGrant
-from quotaplane.domain.errors import InvalidArgument, NotFound, QuotaplaneError
+from quotaplane.domain.errors import InvalidArgument, NotFound
 from quotaplane.domain.model import ApiKey, parse_tenant_id
+from quotaplane.domain.polling import NegativeCache, poll_forever, poll_since
 from quotaplane.domain.ports import TenantSource
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,6 @@ SECRET_PREFIX = "qp_live_"
 SECRET_BYTES = 32
 PREFIX_LENGTH = 12
 MAX_KEY_NAME = 100
-OVERLAP = timedelta(seconds=2)
-NEGATIVE_MAX = 10_000
 # qp_live_ + urlsafe base64 of 32 bytes without padding.
 _SECRET_RE = re.compile(r"qp_live_[A-Za-z0-9_-]{43}")
 
@@ -124,7 +122,7 @@ class ApiKeyCache:
         self._ttl = ttl.total_seconds()
         self._monotonic = monotonic
         self._grants: dict[str, KeyGrant] = {}  # key hash -> valid (unrevoked) key
-        self._unknown: dict[str, float] = {}  # key hash -> monotonic time it is unknown until
+        self._unknown = NegativeCache(self._ttl / 2, monotonic)  # key hashes matching nothing
         # Revocations seen: a lookup that raced with a poll must not bring a revoked key back.
         self._revoked: set[str] = set()
         self._watermark: datetime | None = None
@@ -149,8 +147,7 @@ class ApiKeyCache:
 
     async def refresh(self) -> int:
         """Apply every key created or revoked since the last poll; the number of rows read."""
-        since = None if self._watermark is None else self._watermark - OVERLAP
-        changed = await self._store.changed_since(since)
+        changed = await self._store.changed_since(poll_since(self._watermark))
         for grant in changed:
             self._apply(grant)
         self.loaded = True
@@ -158,20 +155,13 @@ class ApiKeyCache:
 
     async def run(self) -> None:
         """Poll forever (cancel the task to stop). Errors are logged, never fatal."""
-        while True:
-            await asyncio.sleep(self.poll_interval)
-            try:
-                await self.refresh()
-            except (QuotaplaneError, OSError) as error:
-                log.warning("API key refresh failed; serving cached keys: %s", error)
-            except Exception:
-                log.exception("API key refresh failed; serving cached keys")
+        await poll_forever(self.refresh, self.poll_interval, "API key")
 
     def _apply(self, grant: KeyGrant) -> None:
         if grant.revoked_at is None:
             if grant.key_hash not in self._revoked:
                 self._grants[grant.key_hash] = grant
-                self._unknown.pop(grant.key_hash, None)
+                self._unknown.discard(grant.key_hash)
         else:
             self._revoked.add(grant.key_hash)
             self._grants.pop(grant.key_hash, None)
@@ -179,22 +169,14 @@ class ApiKeyCache:
             self._watermark = grant.changed_at
 
     async def _lookup(self, key_hash: str) -> KeyGrant | None:
-        if self._unknown.get(key_hash, 0.0) > self._monotonic():
+        if key_hash in self._unknown:
             return None
         grant = await self._store.find_by_hash(key_hash)
         if grant is None or grant.revoked_at is not None or key_hash in self._revoked:
-            self._remember_unknown(key_hash)
+            self._unknown.add(key_hash)
             return None
         # Not _apply: the watermark only moves with polls, or a poll could skip a revocation
         # committed between the last poll and this key's creation.
         self._grants[key_hash] = grant
-        self._unknown.pop(key_hash, None)
+        self._unknown.discard(key_hash)
         return grant
-
-    def _remember_unknown(self, key_hash: str) -> None:
-        if len(self._unknown) >= NEGATIVE_MAX:
-            now = self._monotonic()
-            self._unknown = {k: until for k, until in self._unknown.items() if until > now}
-            if len(self._unknown) >= NEGATIVE_MAX:
-                self._unknown.clear()
-        self._unknown[key_hash] = self._monotonic() + self.poll_interval

@@ -31,12 +31,10 @@ from datetime import datetime, timedelta
 
 from quotaplane.domain.errors import NotFound, QuotaplaneError, Unavailable
 from quotaplane.domain.model import Tenant
+from quotaplane.domain.polling import NegativeCache, poll_forever, poll_since
 from quotaplane.domain.ports import TenantSource
 
 log = logging.getLogger(__name__)
-
-OVERLAP = timedelta(seconds=2)
-NEGATIVE_MAX = 10_000
 
 
 class TenantDirectory:
@@ -53,7 +51,7 @@ class TenantDirectory:
         self._ttl = ttl.total_seconds()
         self._monotonic = monotonic
         self._tenants: dict[str, Tenant] = {}
-        self._unknown: dict[str, float] = {}  # id -> monotonic time until which it is unknown
+        self._unknown = NegativeCache(self.poll_interval, monotonic)  # ids that do not exist
         self._lookups: dict[str, asyncio.Future[Tenant | None]] = {}
         self._watermark: datetime | None = None
         self.loaded = False
@@ -70,18 +68,17 @@ class TenantDirectory:
         tenant = self._tenants.get(tenant_id)
         if tenant is not None:
             return tenant
-        if self._unknown.get(tenant_id, 0.0) > self._monotonic():
+        if tenant_id in self._unknown:
             raise NotFound(f"tenant {tenant_id} does not exist")
         tenant = await self._lookup(tenant_id)
         if tenant is None:
-            self._remember_unknown(tenant_id)
+            self._unknown.add(tenant_id)
             raise NotFound(f"tenant {tenant_id} does not exist")
         return tenant
 
     async def refresh(self) -> int:
         """Apply every change since the last poll; the number of rows read."""
-        since = None if self._watermark is None else self._watermark - OVERLAP
-        changed = await self._source.list_changed_since(since)
+        changed = await self._source.list_changed_since(poll_since(self._watermark))
         for tenant in changed:
             self._apply(tenant)
         self.loaded = True
@@ -89,20 +86,13 @@ class TenantDirectory:
 
     async def run(self) -> None:
         """Poll forever (cancel the task to stop). Errors are logged, never fatal."""
-        while True:
-            await asyncio.sleep(self.poll_interval)
-            try:
-                await self.refresh()
-            except (QuotaplaneError, OSError) as error:
-                log.warning("tenant refresh failed; serving cached tenants: %s", error)
-            except Exception:
-                log.exception("tenant refresh failed; serving cached tenants")
+        await poll_forever(self.refresh, self.poll_interval, "tenant")
 
     def _apply(self, tenant: Tenant) -> None:
         cached = self._tenants.get(tenant.id)
         if cached is None or tenant.version >= cached.version:
             self._tenants[tenant.id] = tenant
-        self._unknown.pop(tenant.id, None)
+        self._unknown.discard(tenant.id)
         if self._watermark is None or tenant.updated_at > self._watermark:
             self._watermark = tenant.updated_at
 
@@ -128,14 +118,6 @@ class TenantDirectory:
             self._apply(tenant)
         future.set_result(tenant)
         return tenant
-
-    def _remember_unknown(self, tenant_id: str) -> None:
-        if len(self._unknown) >= NEGATIVE_MAX:
-            now = self._monotonic()
-            self._unknown = {k: until for k, until in self._unknown.items() if until > now}
-            if len(self._unknown) >= NEGATIVE_MAX:
-                self._unknown.clear()
-        self._unknown[tenant_id] = self._monotonic() + self.poll_interval
 
 
 def _as_unavailable(error: Exception) -> QuotaplaneError:
