@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from quotaplane.domain.admin_ports import KeyGrant
 from quotaplane.domain.errors import NotFound, Unavailable
 from quotaplane.domain.model import ApiKey
+from quotaplane.storage.sql.access import SqlStore, database_errors, utc_now
 from quotaplane.storage.sql.tables import api_keys
 
 _PUBLIC_COLUMNS = (
@@ -40,14 +41,21 @@ _GRANT_COLUMNS = (
 )
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-class SqlApiKeyStore:
+class SqlApiKeyStore(SqlStore):
     """ApiKeyStore on Postgres or SQLite (SQLAlchemy async)."""
 
-    def __init__(self, engine: AsyncEngine, *, clock: Callable[[], datetime] = _utc_now) -> None:
+    _what = "API key database"
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        # Unlike the ledger, this store has always answered a constraint failure as Unavailable.
+        with database_errors(self._what):
+            try:
+                yield
+            except IntegrityError as error:
+                raise Unavailable(f"{self._what} is unavailable: {type(error).__name__}") from None
+
+    def __init__(self, engine: AsyncEngine, *, clock: Callable[[], datetime] = utc_now) -> None:
         self._engine = engine
         self._clock = clock
 
@@ -110,26 +118,6 @@ class SqlApiKeyStore:
         async with self._connection() as conn:
             result = await conn.execute(query)
             return [_grant(row) for row in result.mappings()]
-
-    @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[AsyncConnection]:
-        with _database_errors():
-            async with self._engine.connect() as conn:
-                yield conn
-
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
-        with _database_errors():
-            async with self._engine.begin() as conn:
-                yield conn
-
-
-@contextlib.contextmanager
-def _database_errors() -> Iterator[None]:
-    try:
-        yield
-    except (DBAPIError, SQLAlchemyError, OSError) as error:
-        raise Unavailable(f"API key database is unavailable: {type(error).__name__}") from None
 
 
 def _api_key(row: Mapping[Any, Any]) -> ApiKey:

@@ -21,8 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from quotaplane.domain.admin_ports import InvoiceFilter
 from quotaplane.domain.billing_ports import StoredInvoice
 from quotaplane.domain.paging import MAX_PAGE_SIZE, Cursor
+from quotaplane.storage.sql.access import database_errors, utc_now
 from quotaplane.storage.sql.invoices import load_invoice
-from quotaplane.storage.sql.ledger import database_errors, utc_now
 from quotaplane.storage.sql.tables import invoices, stripe_outbox
 
 VOID = "void"

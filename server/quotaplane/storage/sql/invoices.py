@@ -28,7 +28,7 @@ from quotaplane.domain.billing_ports import HourlyUsage, PlanChange, Pricer, Sto
 from quotaplane.domain.money import round_money
 from quotaplane.domain.pricing import PricedInvoice, PricedLine, TierLine
 from quotaplane.domain.windows import Period
-from quotaplane.storage.sql.ledger import database_errors, dialect_insert, utc_now
+from quotaplane.storage.sql.access import database_errors, dialect_insert, utc_now
 from quotaplane.storage.sql.tables import (
     invoice_lines,
     invoices,

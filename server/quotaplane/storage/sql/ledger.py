@@ -20,18 +20,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from datetime import UTC, datetime
-from typing import Any
+from datetime import datetime
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from quotaplane.domain.billing_ports import HourlyUsage, PendingFlush, Recorded
-from quotaplane.domain.errors import FailedPrecondition, Unavailable
+from quotaplane.domain.errors import FailedPrecondition
 from quotaplane.domain.model import UsageEvent
 from quotaplane.domain.windows import Period, Window, window_start
+from quotaplane.storage.sql.access import database_errors, dialect_insert, utc_now
 from quotaplane.storage.sql.tables import (
     invoices,
     tenants,
@@ -41,28 +39,6 @@ from quotaplane.storage.sql.tables import (
 )
 
 CLOSED_STATUSES = ("finalized", "paid")
-
-
-def utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-def dialect_insert(conn: AsyncConnection, table: sa.Table) -> Any:
-    """INSERT with ON CONFLICT support for the connection's dialect (Postgres or SQLite)."""
-    if conn.dialect.name == "postgresql":
-        return postgresql.insert(table)
-    return sqlite.insert(table)
-
-
-@contextlib.contextmanager
-def database_errors(what: str) -> Iterator[None]:
-    """Connection and driver failures -> Unavailable (constraint bugs propagate)."""
-    try:
-        yield
-    except sa.exc.IntegrityError:
-        raise
-    except (DBAPIError, SQLAlchemyError, OSError) as error:
-        raise Unavailable(f"{what} is unavailable: {type(error).__name__}") from None
 
 
 @contextlib.contextmanager

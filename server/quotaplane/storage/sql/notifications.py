@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from quotaplane.domain.notifications import PendingNotification, QuotaAlert
-from quotaplane.storage.sql.ledger import database_errors, dialect_insert
+from quotaplane.storage.sql.access import database_errors, dialect_insert
 from quotaplane.storage.sql.tables import quota_notifications as qn
 
 _WHAT = "notification outbox"

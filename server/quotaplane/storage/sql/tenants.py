@@ -13,31 +13,31 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from quotaplane.domain.errors import AlreadyExists, NotFound, Unavailable
+from quotaplane.domain.errors import AlreadyExists, NotFound
 from quotaplane.domain.model import Tenant, TenantStatus
+from quotaplane.storage.sql.access import SqlStore, database_errors, utc_now
 from quotaplane.storage.sql.tables import plan_changes, tenants
 
 MAX_PAGE = 1000
 
 
-def _utc_now() -> datetime:
-    return datetime.now(UTC)
-
-
-class SqlTenantStore:
+class SqlTenantStore(SqlStore):
     """TenantStore on Postgres or SQLite (SQLAlchemy async)."""
 
-    def __init__(self, engine: AsyncEngine, *, clock: Callable[[], datetime] = _utc_now) -> None:
+    def __init__(self, engine: AsyncEngine, *, clock: Callable[[], datetime] = utc_now) -> None:
         self._engine = engine
         self._clock = clock
+
+    def _errors(self) -> contextlib.AbstractContextManager[None]:
+        return _database_errors()
 
     async def create(self, *, name: str, plan: str, external_id: str | None = None) -> Tenant:
         now = self._clock()
@@ -126,29 +126,16 @@ class SqlTenantStore:
             raise NotFound(f"tenant {tenant_id} does not exist")
         return _tenant(row)
 
-    @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[AsyncConnection]:
-        with _database_errors():
-            async with self._engine.connect() as conn:
-                yield conn
-
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
-        with _database_errors():
-            async with self._engine.begin() as conn:
-                yield conn
-
 
 @contextlib.contextmanager
 def _database_errors() -> Iterator[None]:
-    try:
-        yield
-    except IntegrityError as error:
-        if "external_id" in str(error.orig):
-            raise AlreadyExists("a tenant with this external_id already exists") from None
-        raise
-    except (DBAPIError, SQLAlchemyError, OSError) as error:
-        raise Unavailable(f"tenant database is unavailable: {type(error).__name__}") from None
+    with database_errors("tenant database"):
+        try:
+            yield
+        except IntegrityError as error:
+            if "external_id" in str(error.orig):
+                raise AlreadyExists("a tenant with this external_id already exists") from None
+            raise
 
 
 def _tenant(row: Mapping[Any, Any]) -> Tenant:
