@@ -77,20 +77,35 @@ def usage_event(
 
 
 class _Base:
+    """What both clients share: settings, stubs, and which calls may be retried."""
+
     def __init__(
         self,
+        target: str,
         *,
-        admin_token: str | None,
-        service_token: str | None,
-        timeout: float,
-        retry: RetryPolicy,
-        auto_request_id: bool,
+        admin_token: str | None = None,
+        service_token: str | None = None,
+        timeout: float = 2.0,
+        retry: RetryPolicy = RetryPolicy(),
+        auto_request_id: bool = False,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self._admin_md = _metadata(admin_token)
         self._service_md = _metadata(service_token)
         self._timeout = timeout
         self._retry = retry
         self._auto_request_id = auto_request_id
+        self._channel = self._open_channel(target, credentials)
+        self.quota = quota_pb2_grpc.QuotaServiceStub(self._channel)
+        self.admin = admin_pb2_grpc.AdminServiceStub(self._channel)
+
+    def _open_channel(self, target: str, credentials: grpc.ChannelCredentials | None) -> Any:
+        raise NotImplementedError
+
+    def _admin_retry(self, name: str, retry: bool | None) -> RetryPolicy:
+        """Reads retry, writes do not (a create that timed out may have happened)."""
+        safe = name.startswith(("Get", "List")) if retry is None else retry
+        return self._retry if safe else NO_RETRY
 
     def _check_request(
         self, request: quota_pb2.CheckQuotaRequest
@@ -107,26 +122,12 @@ def _retryable(error: grpc.RpcError) -> bool:
 class QuotaplaneClient(_Base):
     """Blocking client. Use as a context manager, or call ``close()``."""
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        admin_token: str | None = None,
-        service_token: str | None = None,
-        timeout: float = 2.0,
-        retry: RetryPolicy = RetryPolicy(),
-        auto_request_id: bool = False,
-        credentials: grpc.ChannelCredentials | None = None,
-    ) -> None:
-        super().__init__(admin_token=admin_token, service_token=service_token, timeout=timeout,
-                         retry=retry, auto_request_id=auto_request_id)  # fmt: skip
-        self._channel = (
+    def _open_channel(self, target: str, credentials: grpc.ChannelCredentials | None) -> Any:
+        return (
             grpc.secure_channel(target, credentials)
             if credentials
             else grpc.insecure_channel(target)
         )
-        self.quota = quota_pb2_grpc.QuotaServiceStub(self._channel)
-        self.admin = admin_pb2_grpc.AdminServiceStub(self._channel)
 
     def close(self) -> None:
         self._channel.close()
@@ -171,37 +172,22 @@ class QuotaplaneClient(_Base):
             self._call(self.quota.GenerateInvoice, request, self._service_md, self._retry),
         )
 
-    # AdminService: reads retry, writes do not (a create that timed out may have happened).
     def admin_call(self, name: str, request: Any, *, retry: bool | None = None) -> Any:
         """Call AdminService method ``name`` (e.g. "ListTenants") with the admin token."""
-        safe = name.startswith(("Get", "List")) if retry is None else retry
-        return self._call(getattr(self.admin, name), request, self._admin_md,
-                          self._retry if safe else NO_RETRY)  # fmt: skip
+        return self._call(
+            getattr(self.admin, name), request, self._admin_md, self._admin_retry(name, retry)
+        )
 
 
 class AsyncQuotaplaneClient(_Base):
     """asyncio client (grpc.aio). Use ``async with``, or await ``close()``."""
 
-    def __init__(
-        self,
-        target: str,
-        *,
-        admin_token: str | None = None,
-        service_token: str | None = None,
-        timeout: float = 2.0,
-        retry: RetryPolicy = RetryPolicy(),
-        auto_request_id: bool = False,
-        credentials: grpc.ChannelCredentials | None = None,
-    ) -> None:
-        super().__init__(admin_token=admin_token, service_token=service_token, timeout=timeout,
-                         retry=retry, auto_request_id=auto_request_id)  # fmt: skip
-        self._channel = (
+    def _open_channel(self, target: str, credentials: grpc.ChannelCredentials | None) -> Any:
+        return (
             grpc.aio.secure_channel(target, credentials)
             if credentials
             else grpc.aio.insecure_channel(target)
         )
-        self.quota = quota_pb2_grpc.QuotaServiceStub(self._channel)
-        self.admin = admin_pb2_grpc.AdminServiceStub(self._channel)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -250,6 +236,6 @@ class AsyncQuotaplaneClient(_Base):
         )
 
     async def admin_call(self, name: str, request: Any, *, retry: bool | None = None) -> Any:
-        safe = name.startswith(("Get", "List")) if retry is None else retry
-        return await self._call(getattr(self.admin, name), request, self._admin_md,
-                                self._retry if safe else NO_RETRY)  # fmt: skip
+        return await self._call(
+            getattr(self.admin, name), request, self._admin_md, self._admin_retry(name, retry)
+        )
