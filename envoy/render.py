@@ -9,6 +9,13 @@ or from the shell:
 
     python envoy/render.py --out /tmp/envoy.yaml --listen-port 10000 --fail-open
 
+The docker compose stack mounts a checked-in rendering, envoy/envoy.compose.yaml (the official
+Envoy image has no Python to render at start). Regenerate it after editing the template with
+
+    python envoy/render.py --compose --out envoy/envoy.compose.yaml
+
+tests/unit/test_compose.py fails while the checked-in file differs from that output.
+
 Every placeholder has a default (DEFAULTS); an unknown name or a bad value is an error, never a
 silently broken config.
 """
@@ -37,6 +44,19 @@ DEFAULTS: dict[str, str | int | bool] = {
 # Port 0 lets Envoy pick a free port (tests read it back from the admin API); an upstream
 # cluster needs a real one.
 BINDABLE_PORTS = {"LISTEN_PORT", "ADMIN_PORT"}
+
+# docker-compose.yml: the upstreams are reached by service name on the compose network; every
+# port keeps its default (quotaplane's QUOTAPLANE_GRPC_ADDR and openclaw's --port match them).
+COMPOSE: dict[str, str | int | bool] = {
+    "QUOTAPLANE_HOST": "quotaplane",
+    "OPENCLAW_HOST": "openclaw",
+}
+COMPOSE_CONFIG = TEMPLATE.with_name("envoy.compose.yaml")
+COMPOSE_HEADER = (
+    "# GENERATED from envoy/envoy.yaml for docker-compose.yml: do not edit. Regenerate with\n"
+    "#   python envoy/render.py --compose --out envoy/envoy.compose.yaml\n"
+    "# (tests/unit/test_compose.py fails while this file is stale).\n"
+)
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
 
 
@@ -90,21 +110,36 @@ def render(template_path: str | Path = TEMPLATE, **overrides: str | int | bool) 
     return template.substitute(values(**overrides))
 
 
+def render_compose(template_path: str | Path = TEMPLATE, **overrides: str | int | bool) -> str:
+    """The config docker-compose.yml mounts: COMPOSE values (then overrides), with a header."""
+    return COMPOSE_HEADER + render(template_path, **{**COMPOSE, **overrides})
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Render the quotaplane Envoy config")
     parser.add_argument("--template", type=Path, default=TEMPLATE)
     parser.add_argument("--out", type=Path, help="output file (default: stdout)")
     parser.add_argument("--fail-open", action="store_true", help="failure_mode_allow: true")
+    parser.add_argument(
+        "--compose",
+        action="store_true",
+        help="the docker compose variant (upstreams by service name, a do-not-edit header); "
+        "other flags still apply",
+    )
     for name, default in DEFAULTS.items():
         if isinstance(default, bool):
             continue
         flag = "--" + name.lower().replace("_", "-")
         kind = int if isinstance(default, int) else str
-        parser.add_argument(flag, type=kind, default=default, dest=name)
+        # No argparse default: an unset flag leaves the value to --compose or DEFAULTS.
+        parser.add_argument(flag, type=kind, dest=name, help=f"default {default}")
     args = parser.parse_args(argv)
-    overrides = {name: getattr(args, name) for name in DEFAULTS if hasattr(args, name)}
+    given = {name: getattr(args, name, None) for name in DEFAULTS}
+    overrides = {name: value for name, value in given.items() if value is not None}
+    overrides["FAILURE_MODE_ALLOW"] = args.fail_open
+    rendering = render_compose if args.compose else render
     try:
-        text = render(args.template, **overrides, FAILURE_MODE_ALLOW=args.fail_open)
+        text = rendering(args.template, **overrides)
     except (ValueError, KeyError) as exc:
         parser.error(str(exc))
     if args.out is None:
