@@ -6,6 +6,9 @@ COPY pyproject.toml README.md ./
 COPY server ./server
 COPY clients ./clients
 RUN pip install . && useradd --system --uid 10001 quotaplane
+# The sample OpenClaw upstream (stdlib only): docker-compose.yml's openclaw service runs
+# python envoy/openclaw.py from this image. After the install, so editing it rebuilds one layer.
+COPY envoy ./envoy
 USER quotaplane
 EXPOSE 50051
 # Production settings come from the environment (see README: Settings).
