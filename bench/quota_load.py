@@ -22,19 +22,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import redis
+from h2load import Result, free_port, run, wait_for_port
 
 from quotaplane.domain.windows import Window, window_start
 from quotaplane.storage.redis import keys
@@ -50,41 +47,6 @@ WARM_UP = 2000
 PLANS = "plans:\n  bench:\n    metrics:\n      requests: {limits: {month: 1000000000000}}\n"
 
 
-@dataclass
-class Result:
-    rps: float
-    done: int
-    succeeded: int
-    errors: int
-    p50: float
-    p99: float
-    p999: float
-
-    def row(self, name: str) -> str:
-        return (
-            f"{name:<22} {self.rps:>9.0f} {self.p50:>8.2f} {self.p99:>8.2f} {self.p999:>8.2f}"
-            f" {self.errors:>7d} {self.done:>8d}"
-        )
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {port} after {timeout}s")
-
-
 def grpc_body(tenant_id: str) -> bytes:
     message = quota_pb2.CheckQuotaRequest(tenant_id=tenant_id, cost=1).SerializeToString()
     return b"\x00" + len(message).to_bytes(4, "big") + message
@@ -93,58 +55,17 @@ def grpc_body(tenant_id: str) -> bytes:
 def h2load(
     port: int, body: Path, log: Path, args: argparse.Namespace, rps: float = 0, count: int = 0
 ) -> Result:
-    # Open loop (rps): one stream per connection, so h2load's schedule, not its pipelining,
-    # sets the arrival rate; closed loop: connections x streams always in flight.
-    streams = 1 if rps else args.streams
-    length = ["-n", str(count)] if count else ["-D", str(args.duration)]
-    argv = [
-        "h2load",
-        *length,
-        "-c",
-        str(args.connections),
-        "-m",
-        str(streams),
-        "-t",
-        "1",
-        "-d",
-        str(body),
-        "--log-file",
-        str(log),
-        "-H",
-        "content-type: application/grpc",
-        "-H",
-        "te: trailers",
-    ]
-    if rps:
-        argv += ["--rps", f"{max(1, round(rps / args.connections))}"]
-    argv.append(f"http://127.0.0.1:{port}{METHOD}")
-    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    rate = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))  # type: ignore[union-attr]
-    counts = re.search(
-        r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded",
-        out,
+    return run(
+        f"http://127.0.0.1:{port}{METHOD}",
+        body,
+        log,
+        connections=args.connections,
+        streams=args.streams,
+        duration=args.duration,
+        count=count,
+        rps=rps,
+        headers=("content-type: application/grpc", "te: trailers"),
     )
-    assert counts is not None, out
-    done, succeeded = int(counts.group(3)), int(counts.group(4))
-    latencies = sorted(
-        int(line.split("\t")[2]) / 1000 for line in log.read_text().splitlines() if line.strip()
-    )
-    return Result(
-        rps=rate,
-        done=done,
-        succeeded=succeeded,
-        errors=done - succeeded,
-        p50=_percentile(latencies, 50),
-        p99=_percentile(latencies, 99),
-        p999=_percentile(latencies, 99.9),
-    )
-
-
-def _percentile(sorted_values: list[float], pct: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    index = min(len(sorted_values) - 1, int(len(sorted_values) * pct / 100))
-    return sorted_values[index]
 
 
 async def create_tenant(database_url: str) -> str:
