@@ -7,12 +7,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run serve test lint typecheck generate check-generated bench-quota clean help
+.PHONY: run serve test lint typecheck generate check-generated bench-quota bench-envoy clean help
 
 help:
 	@echo "make run    - set up, then run quotaplane on embedded defaults (valkey + SQLite)"
 	@echo "make test   - set up, then run linters, type checks and the whole test suite"
 	@echo "make generate - regenerate the Python code of protos/ into clients/"
+	@echo "make bench-envoy - requests/s and latency through Envoy: quotaplane vs a trivial ext_authz"
+	@echo "                   (needs h2load and a Redis; BENCH_ARGS=\"--duration 3\" to pass flags)"
 
 # The virtualenv is (re)built whenever pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -40,6 +42,11 @@ typecheck: $(STAMP)
 
 test: $(STAMP) check-generated lint typecheck
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Needs h2load (Debian package nghttp2-client) and a Redis at redis://127.0.0.1:6379/0 (or
+# BENCH_ARGS="--redis-url ..."); see bench/RESULTS.md.
+bench-envoy: $(STAMP)
+	$(BIN)/python bench/envoy_load.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .data
