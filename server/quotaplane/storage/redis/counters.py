@@ -12,7 +12,6 @@ that timed out may still have been applied by Redis; a caller that retries with 
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable, Sequence
 from importlib import resources
 
@@ -53,8 +52,8 @@ class RedisCounterStore:
 
     async def consume(self, call: ConsumeCall) -> ConsumeResult:
         try:
-            async with asyncio.timeout(self._timeout):
-                reply = await self._batcher.call(self.script_keys(call), self.script_args(call))
+            # The batcher bounds the call by ``timeout`` (one timer per batch, not per call).
+            reply = await self._batcher.call(self.script_keys(call), self.script_args(call))
         except TimeoutError:
             raise Unavailable(f"Redis did not answer within {self._timeout * 1000:g} ms") from None
         except (RedisError, OSError) as error:
