@@ -313,7 +313,7 @@ SETTINGS: tuple[Setting, ...] = (
         "QUOTAPLANE_TRACES",
         parse_traces,
         "off",
-        "OpenTelemetry span per RPC: 'off' (not sampled, not exported) or 'console' (stdout).",
+        "OpenTelemetry span per RPC: 'off' (no spans are made at all) or 'console' (stdout).",
     ),
     Setting(
         "webhook_url",

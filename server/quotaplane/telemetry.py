@@ -1,11 +1,14 @@
-"""Telemetry: OpenTelemetry metrics exported for Prometheus, and the tracer for RPC spans.
+"""Telemetry: Prometheus metrics, and the OpenTelemetry tracer for RPC spans.
 
 This module owns every metric name quotaplane exports and the one object, ``Telemetry``, that
-the other parts call to record them. Metrics go through the OpenTelemetry SDK into a
-``PrometheusMetricReader`` registered with a private prometheus_client registry (private so
-that several runtimes in one process, as in the tests, never collide), served over HTTP by
-``start_http``. An instrument that is never recorded is never exported, so the endpoint shows
-only what really happened.
+the other parts call to record them. Metrics are prometheus_client instruments in a private
+registry (private so that several runtimes in one process, as in the tests, never collide),
+served over HTTP by ``start_http``. They are not recorded through the OpenTelemetry metrics
+SDK: CheckQuota records three samples per call, and the SDK's record path cost 9-19 us per
+sample here against ~1 us for a prometheus_client child bound once per label set (measured
+with a 20,000-sample loop; the SDK had cost ~150 us of CPU per CheckQuota in all). Traces stay
+OpenTelemetry. An instrument that is never recorded is never exported (each registers itself
+on first use), so the endpoint shows only what really happened.
 
 Tenant labels are bounded: with ``tenant_labels=0`` every tenant is ``all``; with N > 0 the
 first N distinct tenants seen since start keep their own label and the rest are ``other``.
@@ -15,12 +18,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Final
+from typing import Any, Final
 from wsgiref.simple_server import WSGIServer
 
-from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -33,25 +33,29 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ALWAYS_ON
 from opentelemetry.trace import Tracer
 from prometheus_client import (
     CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
     ProcessCollector,
     generate_latest,
     start_http_server,
 )
+from prometheus_client.metrics import MetricWrapperBase
 
 log = logging.getLogger(__name__)
 
-# OpenTelemetry instrument names; the Prometheus names (what dashboards and alerts query) are in
-# the comments: dots become underscores, unit "s" adds _seconds, counters add _total.
-RPC_REQUESTS: Final = "quotaplane.rpc.requests"  # quotaplane_rpc_requests_total
-RPC_DURATION: Final = "quotaplane.rpc.duration"  # quotaplane_rpc_duration_seconds
-DECISIONS: Final = "quotaplane.quota.decisions"  # quotaplane_quota_decisions_total
-QUOTA_USED: Final = "quotaplane.quota.used.ratio"  # quotaplane_quota_used_ratio
-REDIS_DURATION: Final = "quotaplane.redis.duration"  # quotaplane_redis_duration_seconds
-DB_DURATION: Final = "quotaplane.db.duration"  # quotaplane_db_duration_seconds
-FLUSH_LAG: Final = "quotaplane.usage.flush.lag"  # quotaplane_usage_flush_lag_seconds
-PENDING_UNITS: Final = "quotaplane.usage.pending.units"  # quotaplane_usage_pending_units
-STRIPE_PUSHES: Final = "quotaplane.stripe.pushes"  # quotaplane_stripe_pushes_total
-INVOICED_MINOR: Final = "quotaplane.invoiced.minor_units"  # quotaplane_invoiced_minor_units_total
+# Metric names as dashboards and alerts query them (counters gain _total, histograms
+# _bucket/_sum/_count in the exposition).
+RPC_REQUESTS: Final = "quotaplane_rpc_requests"
+RPC_DURATION: Final = "quotaplane_rpc_duration_seconds"
+DECISIONS: Final = "quotaplane_quota_decisions"
+QUOTA_USED: Final = "quotaplane_quota_used_ratio"
+REDIS_DURATION: Final = "quotaplane_redis_duration_seconds"
+DB_DURATION: Final = "quotaplane_db_duration_seconds"
+FLUSH_LAG: Final = "quotaplane_usage_flush_lag_seconds"
+PENDING_UNITS: Final = "quotaplane_usage_pending_units"
+STRIPE_PUSHES: Final = "quotaplane_stripe_pushes"
+INVOICED_MINOR: Final = "quotaplane_invoiced_minor_units"
 
 # Sub-millisecond to 200 ms in fine steps (the p99 target is 2 ms, the alert fires at 200 ms),
 # then coarse steps for the slow admin and billing calls.
@@ -86,6 +90,7 @@ class TenantLabels:
         if limit < 0:
             raise ValueError("tenant label limit must be >= 0")
         self._limit = limit
+        self.named = limit > 0  # whether any tenant gets a label of its own
         self._kept: set[str] = set()
         self._lock = threading.Lock()
 
@@ -107,6 +112,67 @@ class TenantLabels:
         return label in self._kept
 
 
+class _Instruments:
+    """The metric instruments, each registered with ``registry`` when first recorded."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+        self._registered: set[str] = set()
+        self._lock = threading.Lock()
+        self.rpc_requests = Counter(RPC_REQUESTS, "RPCs", ["method", "code"], registry=None)
+        self.rpc_duration = Histogram(
+            RPC_DURATION,
+            "RPC handling time by method and gRPC code",
+            ["method", "code"],
+            buckets=LATENCY_BUCKETS,
+            registry=None,
+        )
+        self.decisions = Counter(
+            DECISIONS,
+            "Quota decisions by metric, outcome and tenant",
+            ["metric", "outcome", "tenant", "source"],
+            registry=None,
+        )
+        self.quota_used = Gauge(
+            QUOTA_USED,
+            "Share of a limit used, per named tenant",
+            ["tenant", "limit"],
+            registry=None,
+        )
+        self.redis = Histogram(
+            REDIS_DURATION,
+            "Redis round trips",
+            ["operation"],
+            buckets=LATENCY_BUCKETS,
+            registry=None,
+        )
+        self.db = Histogram(
+            DB_DURATION, "Ledger queries", ["operation"], buckets=LATENCY_BUCKETS, registry=None
+        )
+        self.flush_lag = Gauge(
+            FLUSH_LAG, "Age of the oldest usage not yet in the ledger", registry=None
+        )
+        self.pending = Gauge(
+            PENDING_UNITS, "Admitted units waiting in Redis for the ledger", registry=None
+        )
+        self.stripe = Counter(
+            STRIPE_PUSHES, "Invoice pushes to Stripe by outcome", ["outcome"], registry=None
+        )
+        self.invoiced = Counter(
+            INVOICED_MINOR, "Finalized invoice totals in minor units", ["currency"], registry=None
+        )
+
+    def used(self, metric: MetricWrapperBase) -> None:
+        """Export ``metric`` from now on (called before its first sample)."""
+        name = metric._name
+        if name in self._registered:
+            return
+        with self._lock:
+            if name not in self._registered:
+                self._registry.register(metric)
+                self._registered.add(name)
+
+
 class Telemetry:
     """Metric instruments, the RPC tracer, and the Prometheus endpoint of one server."""
 
@@ -122,51 +188,33 @@ class Telemetry:
         resource = Resource.create({"service.name": service_name})
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
-        self._reader = PrometheusMetricReader(scope_info_enabled=False, registry=self.registry)
-        self._meters = MeterProvider(
-            resource=resource, metric_readers=[self._reader], views=_latency_views()
-        )
+        self._metrics = _Instruments(self.registry)
+        # Bound children per label set: the hot path skips labels() lookups and validation.
+        self._rpc_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+        self._decision_children: dict[tuple[str, str, str, str], Any] = {}
+        self._redis_children: dict[str, Any] = {}
         self.tenants = TenantLabels(tenant_labels)
-        self._create_instruments()
         self._tracers = _tracer_provider(resource, traces, span_exporter)
         self.tracer: Tracer = self._tracers.get_tracer("quotaplane")
+        # False when spans are never sampled: the interceptor then skips them altogether.
+        self.tracing = span_exporter is not None or traces != "off"
         self._http: WSGIServer | None = None
         self._http_thread: threading.Thread | None = None
-
-    def _create_instruments(self) -> None:
-        meter = self._meters.get_meter("quotaplane")
-        self._rpc_requests = meter.create_counter(RPC_REQUESTS, unit="1", description="RPCs")
-        self._rpc_duration = meter.create_histogram(
-            RPC_DURATION, unit="s", description="RPC handling time by method and gRPC code"
-        )
-        self._decisions = meter.create_counter(
-            DECISIONS, unit="1", description="Quota decisions by metric, outcome and tenant"
-        )
-        self._quota_used = meter.create_gauge(
-            QUOTA_USED, unit="1", description="Share of a limit used, per named tenant"
-        )
-        self._redis = meter.create_histogram(REDIS_DURATION, unit="s", description="Redis calls")
-        self._db = meter.create_histogram(DB_DURATION, unit="s", description="Ledger queries")
-        self._flush_lag = meter.create_gauge(
-            FLUSH_LAG, unit="s", description="Age of the oldest usage not yet in the ledger"
-        )
-        self._pending = meter.create_gauge(
-            PENDING_UNITS, unit="1", description="Admitted units waiting in Redis for the ledger"
-        )
-        self._stripe = meter.create_counter(
-            STRIPE_PUSHES, unit="1", description="Invoice pushes to Stripe by outcome"
-        )
-        self._invoiced = meter.create_counter(
-            INVOICED_MINOR, unit="1", description="Finalized invoice totals in minor units"
-        )
 
     # -- recorded by the gRPC interceptor -------------------------------------------------
 
     def record_rpc(self, method: str, code: str, seconds: float) -> None:
         """One finished RPC: ``method`` is "package.Service/Method", ``code`` e.g. "OK"."""
-        attributes = {"method": method, "code": code}
-        self._rpc_requests.add(1, attributes)
-        self._rpc_duration.record(seconds, attributes)
+        key = (method, code)
+        children = self._rpc_children.get(key)
+        if children is None:
+            m = self._metrics
+            m.used(m.rpc_requests)
+            m.used(m.rpc_duration)
+            children = (m.rpc_requests.labels(*key), m.rpc_duration.labels(*key))
+            self._rpc_children[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def record_decision(
         self, metric: str, outcome: str, tenant_id: str, source: str = "check_quota"
@@ -174,15 +222,12 @@ class Telemetry:
         """One decision: ``outcome`` in DECISION_OUTCOMES, ``source`` check_quota or ext_authz."""
         if outcome not in DECISION_OUTCOMES:
             raise ValueError(f"unknown decision outcome {outcome!r}")
-        self._decisions.add(
-            1,
-            {
-                "metric": metric,
-                "outcome": outcome,
-                "tenant": self.tenants.label(tenant_id),
-                "source": source,
-            },
-        )
+        key = (metric, outcome, self.tenants.label(tenant_id), source)
+        child = self._decision_children.get(key)
+        if child is None:
+            self._metrics.used(self._metrics.decisions)
+            child = self._decision_children[key] = self._metrics.decisions.labels(*key)
+        child.inc()
 
     def observe_quota_usage(
         self, tenant_id: str, limit_name: str, limit: int, remaining: int
@@ -194,32 +239,41 @@ class Telemetry:
         """
         label = self.tenants.label(tenant_id)
         if limit > 0 and self.tenants.is_own(label):
-            used = (limit - remaining) / limit
-            self._quota_used.set(used, {"tenant": label, "limit": limit_name})
+            self._metrics.used(self._metrics.quota_used)
+            self._metrics.quota_used.labels(label, limit_name).set((limit - remaining) / limit)
 
     # -- recorded by storage, flush and billing (wired in the composition root) --------------
 
     def observe_redis(self, seconds: float, operation: str = "consume") -> None:
-        self._redis.record(seconds, {"operation": operation})
+        child = self._redis_children.get(operation)
+        if child is None:
+            self._metrics.used(self._metrics.redis)
+            child = self._redis_children[operation] = self._metrics.redis.labels(operation)
+        child.observe(seconds)
 
     def observe_db(self, seconds: float, operation: str = "query") -> None:
-        self._db.record(seconds, {"operation": operation})
+        self._metrics.used(self._metrics.db)
+        self._metrics.db.labels(operation).observe(seconds)
 
     def set_flush_lag(self, seconds: float) -> None:
-        self._flush_lag.set(max(0.0, seconds))
+        self._metrics.used(self._metrics.flush_lag)
+        self._metrics.flush_lag.set(max(0.0, seconds))
 
     def set_pending_units(self, units: int) -> None:
-        self._pending.set(max(0, units))
+        self._metrics.used(self._metrics.pending)
+        self._metrics.pending.set(max(0, units))
 
     def record_stripe_push(self, outcome: str) -> None:
         """``outcome``: ok | retried | failed (anything else is counted as failed)."""
-        self._stripe.add(1, {"outcome": outcome if outcome in STRIPE_OUTCOMES else "failed"})
+        self._metrics.used(self._metrics.stripe)
+        self._metrics.stripe.labels(outcome if outcome in STRIPE_OUTCOMES else "failed").inc()
 
     def record_invoice_total(self, currency: str, minor_units: int) -> None:
         """A finalized invoice's total; an integer of minor units, never a float amount."""
         if minor_units < 0:
             raise ValueError("an invoice total is never negative")
-        self._invoiced.add(minor_units, {"currency": currency.upper()})
+        self._metrics.used(self._metrics.invoiced)
+        self._metrics.invoiced.labels(currency.upper()).inc(minor_units)
 
     # -- endpoint and lifecycle -------------------------------------------------------------
 
@@ -256,15 +310,6 @@ class Telemetry:
             self._http_thread.join(timeout=5)
             self._http_thread = None
         self._tracers.shutdown()
-        self._meters.shutdown()
-
-
-def _latency_views() -> list[View]:
-    aggregation = ExplicitBucketHistogramAggregation(boundaries=LATENCY_BUCKETS)
-    return [
-        View(instrument_name=name, aggregation=aggregation)
-        for name in (RPC_DURATION, REDIS_DURATION, DB_DURATION)
-    ]
 
 
 def _tracer_provider(

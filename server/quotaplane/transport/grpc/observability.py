@@ -17,12 +17,15 @@ import asyncio
 import contextvars
 import time
 from collections.abc import Awaitable, Callable
+from contextvars import Token
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2
-from opentelemetry.trace import SpanKind
+from opentelemetry import context as otel_context
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind, set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from quotaplane.domain.model import DEFAULT_METRIC
@@ -64,8 +67,15 @@ def set_call_tenant(tenant_id: str) -> None:
 
 
 class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Wraps each unary method's handler once; per call it costs one dict lookup to find it.
+
+    Spans are made only when ``telemetry.tracing`` (an unsampled span still cost ~10 us).
+    """
+
     def __init__(self, telemetry: Telemetry) -> None:
         self._telemetry = telemetry
+        # method -> (the servicer's handler, our wrapper of it)
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -75,48 +85,68 @@ class ObservabilityInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc
         handler = await continuation(details)
         if handler is None or handler.unary_unary is None:
             return handler
-        return grpc.unary_unary_rpc_method_handler(
-            self._observed(details.method.lstrip("/"), details, handler.unary_unary),
+        known = self._wrapped.get(details.method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = grpc.unary_unary_rpc_method_handler(
+            self._observed(details.method.lstrip("/"), handler.unary_unary),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
+        self._wrapped[details.method] = (handler, wrapped)
+        return wrapped
 
-    def _observed(
-        self, method: str, details: grpc.HandlerCallDetails, behavior: Behavior
-    ) -> Behavior:
+    def _observed(self, method: str, behavior: Behavior) -> Behavior:
         telemetry = self._telemetry
-        parent = _PROPAGATOR.extract(_text_metadata(details.invocation_metadata))
+        tracing = telemetry.tracing
 
         async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             call = _call_info(method, request)
             token = _CURRENT_CALL.set(call)
+            span = _start_span(telemetry, method, context) if tracing else None
             started = time.perf_counter()
             code, response = grpc.StatusCode.UNKNOWN, None
-            with telemetry.tracer.start_as_current_span(
-                method, context=parent, kind=SpanKind.SERVER, attributes=_span_start(method)
-            ) as span:
-                try:
-                    response = await behavior(request, context)
-                    code = _status_of(context) or grpc.StatusCode.OK
-                    return response
-                except asyncio.CancelledError:
-                    code = grpc.StatusCode.CANCELLED
-                    raise
-                except BaseException:
-                    code = _status_of(context) or grpc.StatusCode.UNKNOWN
-                    raise
-                finally:
-                    _CURRENT_CALL.reset(token)
-                    telemetry.record_rpc(method, code.name, time.perf_counter() - started)
-                    if code is grpc.StatusCode.OK:
-                        _record_decision(telemetry, call, request, response)
-                    span.set_attribute("rpc.grpc.status_code", code.value[0])
-                    if call.tenant_id:
-                        span.set_attribute("quotaplane.tenant_id", call.tenant_id)
-                    if call.metric:
-                        span.set_attribute("quotaplane.metric", call.metric)
+            try:
+                response = await behavior(request, context)
+                code = _status_of(context) or grpc.StatusCode.OK
+                return response
+            except asyncio.CancelledError:
+                code = grpc.StatusCode.CANCELLED
+                raise
+            except BaseException:
+                code = _status_of(context) or grpc.StatusCode.UNKNOWN
+                raise
+            finally:
+                _CURRENT_CALL.reset(token)
+                telemetry.record_rpc(method, code.name, time.perf_counter() - started)
+                if code is grpc.StatusCode.OK:
+                    _record_decision(telemetry, call, request, response)
+                if span is not None:
+                    _end_span(span, code, call)
 
         return observed
+
+
+def _start_span(
+    telemetry: Telemetry, method: str, context: grpc.aio.ServicerContext[Any, Any]
+) -> tuple[Span, Token[Context]]:
+    """A server span, child of the caller's trace context, current until ``_end_span``."""
+    parent = _PROPAGATOR.extract(_text_metadata(context.invocation_metadata()))
+    span = telemetry.tracer.start_span(
+        method, context=parent, kind=SpanKind.SERVER, attributes=_span_start(method)
+    )
+    return span, otel_context.attach(set_span_in_context(span, parent))
+
+
+def _end_span(started: tuple[Span, Token[Context]], code: grpc.StatusCode, call: CallInfo) -> None:
+    span, token = started
+    span.set_attribute("rpc.grpc.status_code", code.value[0])
+    if call.tenant_id:
+        span.set_attribute("quotaplane.tenant_id", call.tenant_id)
+    if call.metric:
+        span.set_attribute("quotaplane.metric", call.metric)
+    span.end()
+    otel_context.detach(token)
 
 
 def _text_metadata(metadata: Any) -> dict[str, str]:
@@ -154,7 +184,7 @@ def _record_decision(telemetry: Telemetry, call: CallInfo, request: Any, respons
         outcome = _CHECK_QUOTA_OUTCOMES.get(response.code)
         if outcome is not None:
             telemetry.record_decision(call.metric, outcome, call.tenant_id, "check_quota")
-        for limit in response.limits:
+        for limit in response.limits if telemetry.tenants.named else ():
             telemetry.observe_quota_usage(call.tenant_id, limit.name, limit.limit, limit.remaining)
     elif call.method == AUTHZ_CHECK and isinstance(response, external_auth_pb2.CheckResponse):
         outcome = _AUTHZ_OUTCOMES.get(response.status.code)
