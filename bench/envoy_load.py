@@ -38,18 +38,17 @@ import functools
 import json
 import os
 import re
-import resource
 import secrets
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import redis
-from h2load import Result, run
+from h2load import Result, run, with_cpu
 
 from quotaplane.domain.api_keys import ApiKeyAdmin
 from quotaplane.domain.windows import Window, window_start
@@ -174,46 +173,6 @@ def start_trivial(work: Path) -> tuple[ManagedProcess, int]:
 
 
 # --- measuring --------------------------------------------------------------------------------
-
-
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU of a process (all its threads) so far."""
-    if pid is None:
-        return 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
-    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = ticks[3] + ticks[4]
-    hz = os.sysconf("SC_CLK_TCK")
-    return (sum(ticks[:8]) - idle) / hz, sum(ticks[:8]) / hz
-
-
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def with_cpu(
-    pids: dict[str, int | None], pass_: Callable[[], Result]
-) -> tuple[Result, dict[str, float]]:
-    """Run one pass; also return the CPU each process used meanwhile, in % of one core."""
-    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    load_before, (busy_before, total_before) = children_cpu(), machine_busy()
-    result = pass_()
-    busy, total = machine_busy()
-    wall = (total - total_before) / (os.cpu_count() or 1)
-    used = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
-    used["h2load"] = children_cpu() - load_before
-    # Everything else: the idle arm, this script, and whatever else the machine runs.
-    used["other"] = max(0.0, (busy - busy_before) - sum(used.values()))
-    return result, {name: 100 * seconds / wall for name, seconds in used.items()}
 
 
 def redis_pid(client: redis.Redis) -> int | None:

@@ -3,16 +3,19 @@
 One h2load invocation (Debian package nghttp2-client) either closed loop (``-D`` seconds or
 ``-n`` requests, ``connections`` x ``streams`` always in flight) or open loop (``--rps``: one
 request in flight per connection, so h2load's schedule, not its pipelining, sets the arrival
-rate). Latency percentiles come from h2load's per-request log, status counts from the same log.
+rate). Latency percentiles come from h2load's per-request log, status counts from the same log;
+the CPU each process (and the machine) used during a pass comes from /proc.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import resource
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,3 +116,46 @@ def percentile(sorted_values: list[float], pct: float) -> float:
         return float("nan")
     index = min(len(sorted_values) - 1, int(len(sorted_values) * pct / 100))
     return sorted_values[index]
+
+
+# --- CPU accounting (from /proc: every thread of a process, and the whole machine) -------
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU of a process (all its threads) so far."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = ticks[3] + ticks[4]
+    hz = os.sysconf("SC_CLK_TCK")
+    return (sum(ticks[:8]) - idle) / hz, sum(ticks[:8]) / hz
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def with_cpu(
+    pids: dict[str, int | None], pass_: Callable[[], Result]
+) -> tuple[Result, dict[str, float]]:
+    """Run one pass; also return the CPU each process used meanwhile, in % of one core."""
+    before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    load_before, (busy_before, total_before) = children_cpu(), machine_busy()
+    result = pass_()
+    busy, total = machine_busy()
+    wall = (total - total_before) / (os.cpu_count() or 1)
+    used = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+    used["h2load"] = children_cpu() - load_before
+    # Everything else: the idle arm, this script, and whatever else the machine runs.
+    used["other"] = max(0.0, (busy - busy_before) - sum(used.values()))
+    return result, {name: 100 * seconds / wall for name, seconds in used.items()}

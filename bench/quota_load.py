@@ -6,10 +6,14 @@ tenant with a huge monthly quota, its own key prefix) and ``bench/trivial_server
 each server, h2load (Debian package nghttp2-client) sends a pre-encoded gRPC CheckQuota:
 
 1. peak: closed loop, ``--connections`` x ``--streams`` requests in flight, for ``--duration``;
-2. half load: open loop at half of that server's peak rate, for ``--duration``.
+2. half load: open loop, both servers at half of quotaplane's peak (the lower one), so the p99
+   difference is what quotaplane adds at equal traffic; connections open 1/rate apart, since
+   h2load's ``--rps`` alone fires every connection at once.
 
-It prints requests/s, p50/p99/p99.9 latency (from h2load's per-request log), errors, and the
-quotaplane/trivial ratio. h2load counts HTTP statuses only and gRPC errors travel as HTTP 200
+It prints requests/s, p50/p99/p99.9 latency (from h2load's per-request log), errors, the
+quotaplane/trivial ratio, and each server's CPU per call at peak (all its threads, from /proc:
+steadier than req/s on a busy machine, and what the ratio comes down to once a server's
+core is saturated). h2load counts HTTP statuses only and gRPC errors travel as HTTP 200
 with a grpc-status trailer, so the run checks the decisions another way: quotaplane's Redis
 counter must equal the number of requests h2load completed against it (every call consumed
 exactly one unit, none failed). Not a test: it reports figures, it asserts nothing else.
@@ -27,11 +31,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import redis
-from h2load import Result, free_port, run, wait_for_port
+from h2load import Result, cpu_seconds, free_port, run, wait_for_port
 
 from quotaplane.domain.windows import Window, window_start
 from quotaplane.storage.redis import keys
@@ -55,6 +60,8 @@ def grpc_body(tenant_id: str) -> bytes:
 def h2load(
     port: int, body: Path, log: Path, args: argparse.Namespace, rps: float = 0, count: int = 0
 ) -> Result:
+    if rps:  # open loop, connections opened 1/rate apart so that their sends interleave
+        count = round(rps * args.duration)
     return run(
         f"http://127.0.0.1:{port}{METHOD}",
         body,
@@ -65,6 +72,7 @@ def h2load(
         count=count,
         rps=rps,
         headers=("content-type: application/grpc", "te: trailers"),
+        stagger_ms=max(1, round(1000 / rps)) if rps else 0,
     )
 
 
@@ -92,13 +100,26 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
-def measure(
-    name: str, port: int, body: Path, work: Path, args: argparse.Namespace
-) -> tuple[Result, Result, Result]:
-    warm = h2load(port, body, work / f"{name}-warm.log", args, count=WARM_UP)
-    peak = h2load(port, body, work / f"{name}-peak.log", args)
-    half = h2load(port, body, work / f"{name}-half.log", args, rps=peak.rps / 2)
-    return warm, peak, half
+@dataclass
+class Arm:
+    """One server's passes, and the CPU it used per call at peak (all its threads)."""
+
+    name: str
+    pid: int
+    port: int
+    passes: dict[str, Result] = field(default_factory=dict)
+    cpu_us_per_call: float = 0.0
+
+
+def measure_peak(arm: Arm, body: Path, work: Path, args: argparse.Namespace) -> None:
+    arm.passes["warm"] = h2load(arm.port, body, work / f"{arm.name}-warm.log", args, count=WARM_UP)
+    before = cpu_seconds(arm.pid)
+    peak = arm.passes["peak"] = h2load(arm.port, body, work / f"{arm.name}-peak.log", args)
+    arm.cpu_us_per_call = (cpu_seconds(arm.pid) - before) / max(1, peak.done) * 1e6
+
+
+def measure_half(arm: Arm, rate: float, body: Path, work: Path, args: argparse.Namespace) -> None:
+    arm.passes["half"] = h2load(arm.port, body, work / f"{arm.name}-half.log", args, rps=rate)
 
 
 def main() -> int:
@@ -153,14 +174,21 @@ def main() -> int:
             except RuntimeError:
                 print((work / f"{name}.log").read_text()[-3000:], file=sys.stderr)
                 raise
-        results = {
-            name: measure(name, ports[name], body, work, args) for name in ("trivial", "quotaplane")
+        arms = {
+            name: Arm(name, servers[name].pid, ports[name]) for name in ("trivial", "quotaplane")
         }
+        for arm in arms.values():
+            measure_peak(arm, body, work, args)
+        # Both arms at one rate: half of quotaplane's peak (the lower one), so that the
+        # latency difference is what quotaplane adds at equal traffic.
+        rate = min(arm.passes["peak"].rps for arm in arms.values()) / 2
+        for arm in arms.values():
+            measure_half(arm, rate, body, work, args)
         month = int(window_start(Window.MONTH, datetime.now(UTC)).timestamp())
         consumed = int(
             client.get(keys.counter_key(prefix, tenant_id, "requests", "month", month)) or 0
         )
-        report(results, consumed, args)
+        report(arms, consumed, args)
     finally:
         for process in servers.values():
             stop(process)
@@ -174,9 +202,7 @@ def main() -> int:
     return 0
 
 
-def report(
-    results: dict[str, tuple[Result, Result, Result]], consumed: int, args: argparse.Namespace
-) -> None:
+def report(arms: dict[str, Arm], consumed: int, args: argparse.Namespace) -> None:
     print(
         f"h2load -c {args.connections} -m {args.streams} -t 1, {args.duration}s per pass, "
         f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}"
@@ -185,12 +211,23 @@ def report(
         f"{'pass':<22} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'p99.9 ms':>8}"
         f" {'errors':>7} {'done':>8}"
     )
-    for name, (_, peak, half) in results.items():
-        print(peak.row(f"{name} peak"))
-        print(half.row(f"{name} half-load"))
-    ratio = results["quotaplane"][1].rps / results["trivial"][1].rps
-    print(f"ratio quotaplane/trivial at peak: {ratio:.2f}")
-    sent = sum(r.succeeded for r in results["quotaplane"])
+    for arm in arms.values():
+        print(arm.passes["peak"].row(f"{arm.name} peak"))
+        print(arm.passes["half"].row(f"{arm.name} half-load"))
+    ours, trivial = arms["quotaplane"], arms["trivial"]
+    ratio = ours.passes["peak"].rps / trivial.passes["peak"].rps
+    print(f"ratio quotaplane/trivial at peak: {ratio:.2f} (target >= 0.75)")
+    added = ours.passes["half"].p99 - trivial.passes["half"].p99
+    print(
+        f"half load: both at {ours.passes['half'].rps:.0f} req/s; quotaplane p99 "
+        f"{ours.passes['half'].p99:.2f} ms (target <= 2 ms), {added:+.2f} ms over trivial"
+    )
+    print(
+        f"server CPU per call at peak: trivial {trivial.cpu_us_per_call:.0f} us, "
+        f"quotaplane {ours.cpu_us_per_call:.0f} us "
+        f"(ratio {trivial.cpu_us_per_call / ours.cpu_us_per_call:.2f})"
+    )
+    sent = sum(r.succeeded for r in ours.passes.values())
     # A -D pass ends with up to connections x streams calls in flight: Redis may have counted
     # them while h2load no longer did. More consumed than that, or fewer than completed, is wrong.
     slack = 2 * args.connections * args.streams
