@@ -13,6 +13,7 @@ help:
 	@echo "make run    - set up, then run quotaplane on embedded defaults (valkey + SQLite)"
 	@echo "make test   - set up, then run linters, type checks and the whole test suite"
 	@echo "make generate - regenerate the Python code of protos/ into clients/"
+	@echo "make bench-quota - CheckQuota requests/s, latency and CPU per call: quotaplane vs a trivial handler"
 	@echo "make bench-envoy - requests/s and latency through Envoy: quotaplane vs a trivial ext_authz"
 	@echo "                   (needs h2load and a Redis; BENCH_ARGS=\"--duration 3\" to pass flags)"
 
@@ -45,6 +46,9 @@ test: $(STAMP) check-generated lint typecheck
 
 # Needs h2load (Debian package nghttp2-client) and a Redis at redis://127.0.0.1:6379/0 (or
 # BENCH_ARGS="--redis-url ..."); see bench/RESULTS.md.
+bench-quota: $(STAMP)
+	$(BIN)/python bench/quota_load.py $(BENCH_ARGS)
+
 bench-envoy: $(STAMP)
 	$(BIN)/python bench/envoy_load.py $(BENCH_ARGS)
 
