@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as redis_asyncio
-
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from quotaplane.storage.redis.batching import ScriptBatcher
