@@ -38,10 +38,8 @@ import functools
 import json
 import os
 import re
-import secrets
 import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,11 +47,11 @@ from pathlib import Path
 
 import redis
 from h2load import Result, run, with_cpu
+from workspace import h2load_missing, new_workspace
 
 from quotaplane.domain.api_keys import ApiKeyAdmin
 from quotaplane.domain.windows import Window, window_start
 from quotaplane.storage.redis import keys
-from quotaplane.storage.sql import migrate
 from quotaplane.storage.sql.api_keys import SqlApiKeyStore
 from quotaplane.storage.sql.engine import create_async_engine_for
 from quotaplane.storage.sql.tenants import SqlTenantStore
@@ -68,7 +66,7 @@ from tests.harness.gateway import (  # noqa: E402
     start_openclaw,
 )
 from tests.harness.processes import ManagedProcess  # noqa: E402
-from tests.harness.quotaplane_server import serve_process  # noqa: E402
+from tests.harness.quotaplane_server import start_serve  # noqa: E402
 
 ARMS = ("trivial", "quotaplane")
 PATH = "/v1/rate"
@@ -143,7 +141,7 @@ def placement(name: str) -> tuple[set[int] | None, set[int] | None]:
 def start_quotaplane(
     work: Path, redis_url: str, prefix: str, database_url: str
 ) -> tuple[ManagedProcess, int]:
-    server = serve_process(
+    server = start_serve(
         work,
         redis_url=redis_url,
         database_url=database_url,
@@ -157,12 +155,6 @@ def start_quotaplane(
         },
         name="quotaplane",
     )
-    server.process.start()
-    try:
-        server.process.wait_for_port(server.port, timeout=60)
-    except BaseException:
-        server.process.close()
-        raise
     return server.process, server.port
 
 
@@ -300,14 +292,10 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    if shutil.which("h2load") is None:
-        print("h2load not found: apt-get install -y nghttp2-client", file=sys.stderr)
+    if h2load_missing():
         return 2
-    work = Path(tempfile.mkdtemp(prefix="qp-envoy-bench-"))
-    prefix = f"qpbench-{secrets.token_hex(3)}"
-    database_url = f"sqlite:///{work / 'ledger.db'}"
-    (work / "plans.yaml").write_text(PLANS)
-    migrate.upgrade(database_url)
+    space = new_workspace("qp-envoy-bench", PLANS)
+    work, prefix, database_url = space.work, space.key_prefix, space.database_url
     tenant_id, secret = asyncio.run(seed(database_url))
     cpus = placement(args.placement)
     client = redis.Redis.from_url(args.redis_url)

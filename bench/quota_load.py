@@ -26,21 +26,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import redis
 from h2load import Result, cpu_seconds, free_port, run, wait_for_port
+from workspace import h2load_missing, new_workspace
 
 from quotaplane.domain.windows import Window, window_start
 from quotaplane.storage.redis import keys
-from quotaplane.storage.sql import migrate
 from quotaplane.storage.sql.engine import create_async_engine_for
 from quotaplane.storage.sql.tenants import SqlTenantStore
 from quotaplane_client.v1 import quota_pb2
@@ -130,14 +128,10 @@ def main() -> int:
     parser.add_argument("--streams", type=int, default=8, help="requests in flight per connection")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
     args = parser.parse_args()
-    if shutil.which("h2load") is None:
-        print("h2load not found: apt-get install -y nghttp2-client", file=sys.stderr)
+    if h2load_missing():
         return 2
-    work = Path(tempfile.mkdtemp(prefix="qp-bench-"))
-    prefix = f"qpbench-{secrets.token_hex(3)}"
-    database_url = f"sqlite:///{work / 'ledger.db'}"
-    (work / "plans.yaml").write_text(PLANS)
-    migrate.upgrade(database_url)
+    space = new_workspace("qp-bench", PLANS)
+    work, prefix, database_url = space.work, space.key_prefix, space.database_url
     tenant_id = asyncio.run(create_tenant(database_url))
     body = work / "request.bin"
     body.write_bytes(grpc_body(tenant_id))
@@ -146,7 +140,7 @@ def main() -> int:
         "QUOTAPLANE_GRPC_ADDR": f"127.0.0.1:{ports['quotaplane']}",
         "QUOTAPLANE_REDIS_URL": args.redis_url,
         "QUOTAPLANE_DATABASE_URL": database_url,
-        "QUOTAPLANE_PLANS": str(work / "plans.yaml"),
+        "QUOTAPLANE_PLANS": str(space.plans),
         "QUOTAPLANE_REDIS_KEY_PREFIX": prefix,
         "QUOTAPLANE_ADMIN_TOKEN": "bench-admin-token",
         "QUOTAPLANE_DATA_DIR": str(work / "data"),
