@@ -117,7 +117,7 @@ class _Instruments:
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._registry = registry
-        self._registered: set[str] = set()
+        self._registered: set[MetricWrapperBase] = set()
         self._lock = threading.Lock()
         self.rpc_requests = Counter(RPC_REQUESTS, "RPCs", ["method", "code"], registry=None)
         self.rpc_duration = Histogram(
@@ -164,13 +164,12 @@ class _Instruments:
 
     def used(self, metric: MetricWrapperBase) -> None:
         """Export ``metric`` from now on (called before its first sample)."""
-        name = metric._name
-        if name in self._registered:
+        if metric in self._registered:
             return
         with self._lock:
-            if name not in self._registered:
+            if metric not in self._registered:
                 self._registry.register(metric)
-                self._registered.add(name)
+                self._registered.add(metric)
 
 
 class Telemetry:
