@@ -17,10 +17,10 @@ import pytest
 import sqlalchemy as sa
 
 from quotaplane.app import Runtime
-from quotaplane.config import Settings
 from quotaplane.domain.windows import Period
 from quotaplane.storage.sql import migrate
 from quotaplane_client.v1 import admin_pb2, admin_pb2_grpc, quota_pb2, quota_pb2_grpc, types_pb2
+from tests.harness.runtime import channel_to, runtime_settings
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -44,12 +44,11 @@ async def runtime(
     else:
         url = f"sqlite:///{tmp_path / 'ledger.db'}"
         await asyncio.to_thread(migrate.upgrade, url)
-    settings = Settings(
-        grpc_addr="127.0.0.1:0",
-        data_dir=tmp_path / "data",
+    settings = runtime_settings(
+        tmp_path,
         admin_token=TOKEN,
         redis_url=redis_url,
-        redis_key_prefix=f"{redis_key_prefix}:invoices-{uuid.uuid4().hex[:8]}",
+        redis_key_prefix=f"{redis_key_prefix}:invoices",
         database_url=url,
     )
     async with Runtime(settings) as started:
@@ -58,8 +57,7 @@ async def runtime(
 
 @pytest.fixture
 async def channel(runtime: Runtime) -> AsyncIterator[grpc.aio.Channel]:
-    assert runtime.grpc is not None
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{runtime.grpc.port}") as chan:
+    async with channel_to(runtime) as chan:
         yield chan
 
 

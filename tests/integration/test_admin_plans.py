@@ -7,7 +7,6 @@ validation, or that drops a plan a tenant is on, is refused and the running plan
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,9 +14,9 @@ import grpc
 import pytest
 
 from quotaplane.app import Runtime
-from quotaplane.config import Settings
 from quotaplane.storage.sql import migrate
 from quotaplane_client.v1 import admin_pb2, admin_pb2_grpc, quota_pb2, quota_pb2_grpc, types_pb2
+from tests.harness.runtime import channel_to, runtime_settings
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -43,19 +42,16 @@ async def channel(
     tmp_path: Path, plans_file: Path, redis_url: str, redis_key_prefix: str, sqlite_url: str
 ) -> AsyncIterator[grpc.aio.Channel]:
     await asyncio.to_thread(migrate.upgrade, sqlite_url)
-    settings = Settings(
-        grpc_addr="127.0.0.1:0",
-        data_dir=tmp_path / "data",
+    settings = runtime_settings(
+        tmp_path,
         admin_token=TOKEN,
         plans_path=plans_file,
         redis_url=redis_url,
-        redis_key_prefix=f"{redis_key_prefix}:plans-{uuid.uuid4().hex[:8]}",
+        redis_key_prefix=f"{redis_key_prefix}:plans",
         database_url=sqlite_url,
     )
-    async with Runtime(settings) as runtime:
-        assert runtime.grpc is not None
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{runtime.grpc.port}") as chan:
-            yield chan
+    async with Runtime(settings) as runtime, channel_to(runtime) as chan:
+        yield chan
 
 
 @pytest.fixture

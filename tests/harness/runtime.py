@@ -1,0 +1,43 @@
+"""An in-process quotaplane Runtime for integration tests, and a channel to its gRPC port."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from quotaplane.app import Runtime
+from quotaplane.config import Settings
+
+
+def runtime_settings(
+    tmp_path: Path,
+    *,
+    admin_token: str,
+    redis_url: str,
+    redis_key_prefix: str,
+    database_url: str,
+    **overrides: Any,
+) -> Settings:
+    """Any free port, a data dir under ``tmp_path``, a key prefix no other test shares."""
+    return Settings(
+        grpc_addr="127.0.0.1:0",
+        data_dir=tmp_path / "data",
+        admin_token=admin_token,
+        redis_url=redis_url,
+        redis_key_prefix=f"{redis_key_prefix}:{uuid.uuid4().hex[:8]}",
+        database_url=database_url,
+        **overrides,
+    )
+
+
+@asynccontextmanager
+async def channel_to(runtime: Runtime) -> AsyncIterator[grpc.aio.Channel]:
+    """An insecure channel to the running Runtime's gRPC port."""
+    assert runtime.grpc is not None
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{runtime.grpc.port}") as channel:
+        yield channel
