@@ -11,6 +11,7 @@ The fixture names are a contract the whole suite codes against:
   dropped after the test (for migration tests).
 - ``sqlite_url`` (function): ``sqlite:///<tmp_path>/ledger.db``.
 - ``private_redis`` (function): a throwaway valkey the test may stop, kill and restart.
+- ``emulator`` (function): a running Stripe emulator (``tests/fakes``).
 
 Discovery happens once per run, first from the report header, and its result is printed
 there; everything the run created is removed at session end, even after failures.
@@ -28,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from quotaplane.storage.sql import migrate
 from quotaplane.storage.sql.engine import create_async_engine_for
+from tests.fakes.stripe_emulator import StripeEmulator
 from tests.harness.postgres_servers import create_database, drop_database
 from tests.harness.redis_servers import PrivateRedis
 from tests.harness.servers import TestServers
@@ -148,6 +150,13 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+def emulator() -> Iterator[StripeEmulator]:
+    """A running Stripe emulator (tests/fakes), stopped after the test."""
+    with StripeEmulator() as emu:
+        yield emu
 
 
 def _require_postgres(test_servers: TestServers) -> None:

@@ -19,7 +19,7 @@ import asyncio
 import random
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,16 +78,6 @@ class Replicas:
 @dataclass
 class Expected:
     units: Counter[str] = field(default_factory=Counter)
-
-
-@pytest.fixture
-def emulator() -> Iterator[StripeEmulator]:
-    emu = StripeEmulator()
-    emu.start()
-    try:
-        yield emu
-    finally:
-        emu.stop()
 
 
 @pytest.fixture

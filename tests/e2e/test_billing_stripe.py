@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import http.client
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -50,16 +49,6 @@ plans:
 )
 PERIOD = Period(2026, 10)
 WEBHOOK_SECRET = "whsec_runtime_test"
-
-
-@pytest.fixture
-def emulator() -> Iterator[StripeEmulator]:
-    emu = StripeEmulator()
-    emu.start()
-    try:
-        yield emu
-    finally:
-        emu.stop()
 
 
 @dataclass

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -20,16 +19,6 @@ from tests.fakes import StripeEmulator, event_payload, sign_webhook
 pytestmark = pytest.mark.timeout(30)
 
 API_VERSION = "2026-10-28.endive"  # pinned, as quotaplane's payments adapter pins one
-
-
-@pytest.fixture
-def emulator() -> Iterator[StripeEmulator]:
-    emu = StripeEmulator()
-    emu.start()
-    try:
-        yield emu
-    finally:
-        emu.stop()
 
 
 def make_client(
