@@ -9,6 +9,8 @@ The fixture names are a contract the whole suite codes against:
 - ``postgres_admin_url`` (session): the server's maintenance database.
 - ``fresh_postgres_database`` (function): a factory ``() -> url`` of a new empty database,
   dropped after the test (for migration tests).
+- ``ledger_url`` (function, twice): a migrated ledger on SQLite, then on Postgres;
+  ``database`` is an engine on it.
 - ``sqlite_url`` (function): ``sqlite:///<tmp_path>/ledger.db``.
 - ``private_redis`` (function): a throwaway valkey the test may stop, kill and restart.
 - ``emulator`` (function): a running Stripe emulator (``tests/fakes``).
@@ -121,16 +123,22 @@ def migrated_postgres(test_servers: TestServers, postgres_admin_url: str) -> Ite
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-async def database(
+async def ledger_url(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[AsyncEngine]:
-    """A migrated ledger engine, once on a fresh SQLite file and once on the run's Postgres."""
+) -> str:
+    """A migrated ledger's URL, once a fresh SQLite file and once the module's Postgres."""
     if request.param == "postgres":
-        url = request.getfixturevalue("migrated_postgres")
-    else:
-        url = f"sqlite:///{tmp_path_factory.mktemp('ledger') / 'ledger.db'}"
-        await asyncio.to_thread(migrate.upgrade, url)
-    engine = create_async_engine_for(url)
+        url: str = request.getfixturevalue("migrated_postgres")
+        return url
+    url = f"sqlite:///{tmp_path_factory.mktemp('ledger') / 'ledger.db'}"
+    await asyncio.to_thread(migrate.upgrade, url)
+    return url
+
+
+@pytest.fixture
+async def database(ledger_url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine on ``ledger_url`` (so: once on SQLite, once on Postgres)."""
+    engine = create_async_engine_for(ledger_url)
     try:
         yield engine
     finally:

@@ -18,7 +18,6 @@ import sqlalchemy as sa
 
 from quotaplane.app import Runtime
 from quotaplane.domain.windows import Period
-from quotaplane.storage.sql import migrate
 from quotaplane_client.v1 import admin_pb2, admin_pb2_grpc, quota_pb2, quota_pb2_grpc, types_pb2
 from tests.harness.runtime import channel_to, runtime_settings
 
@@ -35,21 +34,16 @@ DRAFT, FINALIZED, VOID = (
 )
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture
 async def runtime(
-    request: pytest.FixtureRequest, tmp_path: Path, redis_url: str, redis_key_prefix: str
+    tmp_path: Path, redis_url: str, redis_key_prefix: str, ledger_url: str
 ) -> AsyncIterator[Runtime]:
-    if request.param == "postgres":
-        url = request.getfixturevalue("migrated_postgres")
-    else:
-        url = f"sqlite:///{tmp_path / 'ledger.db'}"
-        await asyncio.to_thread(migrate.upgrade, url)
     settings = runtime_settings(
         tmp_path,
         admin_token=TOKEN,
         redis_url=redis_url,
         redis_key_prefix=f"{redis_key_prefix}:invoices",
-        database_url=url,
+        database_url=ledger_url,
     )
     async with Runtime(settings) as started:
         yield started

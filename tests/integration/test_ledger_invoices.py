@@ -15,7 +15,6 @@ import grpc
 import pytest
 import sqlalchemy as sa
 
-from quotaplane.storage.sql import migrate
 from quotaplane.storage.sql.tables import invoices, stripe_outbox
 from quotaplane_client.v1 import types_pb2
 from tests.integration.billing_server import (
@@ -33,17 +32,12 @@ DRAFT = types_pb2.Invoice.DRAFT
 FINALIZED = types_pb2.Invoice.FINALIZED
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture
 async def server(
-    request: pytest.FixtureRequest, tmp_path: Path, redis_url: str, redis_key_prefix: str
+    tmp_path: Path, redis_url: str, redis_key_prefix: str, ledger_url: str
 ) -> AsyncIterator[BillingServer]:
-    if request.param == "postgres":
-        url = request.getfixturevalue("migrated_postgres")
-    else:
-        url = f"sqlite:///{tmp_path / 'ledger.db'}"
-        await asyncio.to_thread(migrate.upgrade, url)
     async with billing_server(
-        tmp_path, redis_url=redis_url, key_prefix=redis_key_prefix, database_url=url
+        tmp_path, redis_url=redis_url, key_prefix=redis_key_prefix, database_url=ledger_url
     ) as running:
         yield running
 

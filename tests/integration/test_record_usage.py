@@ -15,7 +15,6 @@ from pathlib import Path
 import grpc
 import pytest
 
-from quotaplane.storage.sql import migrate
 from quotaplane_client.v1 import quota_pb2
 from tests.integration.billing_server import (
     BillingServer,
@@ -32,20 +31,15 @@ DUPLICATE = quota_pb2.RecordUsageResponse.DUPLICATE
 REJECTED = quota_pb2.RecordUsageResponse.REJECTED
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture
 async def server(
-    request: pytest.FixtureRequest, tmp_path: Path, redis_url: str, redis_key_prefix: str
+    tmp_path: Path, redis_url: str, redis_key_prefix: str, ledger_url: str
 ) -> AsyncIterator[BillingServer]:
-    if request.param == "postgres":
-        url = request.getfixturevalue("migrated_postgres")
-    else:
-        url = f"sqlite:///{tmp_path / 'ledger.db'}"
-        await asyncio.to_thread(migrate.upgrade, url)
     async with billing_server(
         tmp_path,
         redis_url=redis_url,
         key_prefix=redis_key_prefix,
-        database_url=url,
+        database_url=ledger_url,
         flush_interval=timedelta(milliseconds=200),
     ) as running:
         yield running
