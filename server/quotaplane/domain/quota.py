@@ -70,8 +70,9 @@ class QuotaEngine:
         if not tenant.active:
             return Decision(allowed=False, code=DecisionCode.SUSPENDED, cost=request.cost)
         now = self._clock()
-        result = await self._counters.consume(consume_call(request, limits, now))
-        decision = decision_of(request, limits, result, now)
+        windows = _windows(limits, now)
+        result = await self._counters.consume(consume_call(request, windows))
+        decision = decision_of(request, limits, result, windows.resets, now)
         for observe in self._observers:  # cheap, synchronous: e.g. threshold notifications
             observe(request, decision)
         return decision
@@ -142,9 +143,8 @@ def _windows(limits: Sequence[Limit], now: datetime) -> _Windows:
     return _windows_at(tuple(limits), int(now.timestamp()))
 
 
-def consume_call(request: QuotaRequest, limits: Sequence[Limit], now: datetime) -> ConsumeCall:
-    """The counter-store call for a request at ``now``."""
-    windows = _windows(limits, now)
+def consume_call(request: QuotaRequest, windows: _Windows) -> ConsumeCall:
+    """The counter-store call for a request in these windows."""
     return ConsumeCall(
         tenant_id=request.tenant_id,
         metric=request.metric,
@@ -158,10 +158,13 @@ def consume_call(request: QuotaRequest, limits: Sequence[Limit], now: datetime) 
 
 
 def decision_of(
-    request: QuotaRequest, limits: Sequence[Limit], result: ConsumeResult, now: datetime
+    request: QuotaRequest,
+    limits: Sequence[Limit],
+    result: ConsumeResult,
+    resets: Sequence[datetime],
+    now: datetime,
 ) -> Decision:
-    """The Decision for the counter store's answer."""
-    resets = _windows(limits, now).resets
+    """The Decision for the counter store's answer (``resets``: each limit's window end)."""
     states = tuple(
         _limit_state(limit, used, reset)
         for limit, used, reset in zip(limits, result.used, resets, strict=True)
