@@ -56,7 +56,7 @@ from quotaplane.storage.sql.tenants import SqlTenantStore
 from quotaplane.telemetry import Telemetry
 from quotaplane.transport.grpc.admin import AdminServicer
 from quotaplane.transport.grpc.ext_authz import AuthorizationServicer
-from quotaplane.transport.grpc.observability import ObservabilityInterceptor
+from quotaplane.transport.grpc.observability import Observability
 from quotaplane.transport.grpc.quota import QuotaServicer
 from quotaplane.transport.grpc.server import RunningServer, Servicers, start_server
 from quotaplane.transport.grpc.tls import server_credentials
@@ -146,7 +146,7 @@ class Runtime:
             service_token=s.service_token,
             max_concurrent_streams=s.max_concurrent_streams,
             credentials=server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca),
-            interceptors=[ObservabilityInterceptor(telemetry)],
+            wrappers=[Observability(telemetry).wrap],
         )
         self._stack.push_async_callback(self.grpc.stop, s.shutdown_grace.total_seconds())
 

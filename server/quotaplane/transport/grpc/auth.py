@@ -1,4 +1,4 @@
-"""Bearer-token interceptor: AdminService needs the admin token, QuotaService optionally one.
+"""Bearer tokens: AdminService needs the admin token, QuotaService optionally one.
 
 Tokens are compared in constant time. A tenant's API key presented to AdminService is refused
 with PERMISSION_DENIED (it is a credential, just not one for this service).
@@ -12,8 +12,10 @@ from typing import Any
 
 import grpc
 
-ADMIN_PREFIX = "/quotaplane.v1.AdminService/"
-QUOTA_PREFIX = "/quotaplane.v1.QuotaService/"
+from quotaplane_client.v1 import admin_pb2, quota_pb2
+
+ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
+QUOTA_SERVICE = quota_pb2.DESCRIPTOR.services_by_name["QuotaService"].full_name
 API_KEY_PREFIX = "qp_live_"
 
 
@@ -27,47 +29,58 @@ def bearer_token(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | 
     return None
 
 
-def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
-    async def deny(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        await context.abort(code, message)
-
-    return grpc.unary_unary_rpc_method_handler(deny)
+Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
 
-def check_token(presented: str | None, expected: str, service: str) -> grpc.RpcMethodHandler | None:
-    """None when ``presented`` matches ``expected``; otherwise a handler that refuses the call."""
+def refusal(
+    presented: str | None, expected: str, service: str
+) -> tuple[grpc.StatusCode, str] | None:
+    """None when ``presented`` matches ``expected``; otherwise the status to refuse with."""
     if presented is None:
-        return _deny(
+        return (
             grpc.StatusCode.UNAUTHENTICATED,
             f"{service} needs 'authorization: Bearer <token>' metadata",
         )
     if hmac.compare_digest(presented.encode(), expected.encode()):
         return None
     if presented.startswith(API_KEY_PREFIX):
-        return _deny(grpc.StatusCode.PERMISSION_DENIED, f"API keys cannot call {service}")
-    return _deny(grpc.StatusCode.UNAUTHENTICATED, f"wrong token for {service}")
+        return grpc.StatusCode.PERMISSION_DENIED, f"API keys cannot call {service}"
+    return grpc.StatusCode.UNAUTHENTICATED, f"wrong token for {service}"
 
 
-class TokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+class TokenCheck:
+    """Puts the token check in front of each protected method, once, at registration (``wrap``).
+
+    AdminService always needs the admin token; QuotaService needs the service token when one
+    is set. Other services pass unchanged.
+    """
+
     def __init__(self, admin_token: str, service_token: str = "") -> None:
         if not admin_token:
             raise ValueError("admin_token must not be empty")
-        self._admin_token = admin_token
-        self._service_token = service_token
+        self._tokens = {ADMIN_SERVICE: (admin_token, "AdminService")}
+        if service_token:
+            self._tokens[QUOTA_SERVICE] = (service_token, "QuotaService")
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        method: str = details.method
-        refusal = None
-        if method.startswith(ADMIN_PREFIX):
-            refusal = check_token(
-                bearer_token(details.invocation_metadata), self._admin_token, "AdminService"
-            )
-        elif self._service_token and method.startswith(QUOTA_PREFIX):
-            refusal = check_token(
-                bearer_token(details.invocation_metadata), self._service_token, "QuotaService"
-            )
-        return refusal if refusal is not None else await continuation(details)
+    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """``handler`` behind the token its service needs (``method``: "pkg.Service/Method")."""
+        needed = self._tokens.get(method.partition("/")[0])
+        if needed is None:
+            return handler
+        if handler.unary_unary is None:
+            raise ValueError(f"{method}: only unary methods can be token-protected")
+        return grpc.unary_unary_rpc_method_handler(
+            _checked(handler.unary_unary, *needed),
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _checked(behavior: Behavior, expected: str, service: str) -> Behavior:
+    async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        refused = refusal(bearer_token(context.invocation_metadata()), expected, service)
+        if refused is not None:
+            await context.abort(*refused)
+        return await behavior(request, context)
+
+    return checked

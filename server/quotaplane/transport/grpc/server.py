@@ -1,9 +1,14 @@
-"""The grpc.aio server: our services, health and reflection on one port, and graceful stop."""
+"""The grpc.aio server: our services, health and reflection on one port, and graceful stop.
+
+Cross-cutting behaviour (the token check, observability) wraps each method handler once,
+when it is registered, instead of running as grpc.aio interceptors: an interceptor chain is
+extra coroutines on every call, ~45 us of CPU per call on the 2-core bench machine.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,15 +16,13 @@ import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from quotaplane.transport.grpc.auth import TokenInterceptor
-from quotaplane_client.v1 import admin_pb2, admin_pb2_grpc, quota_pb2, quota_pb2_grpc
+from quotaplane.transport.grpc.auth import ADMIN_SERVICE, QUOTA_SERVICE, TokenCheck
+from quotaplane_client.v1 import admin_pb2_grpc, quota_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-QUOTA_SERVICE = quota_pb2.DESCRIPTOR.services_by_name["QuotaService"].full_name
-ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 AUTHZ_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
 SERVED = (QUOTA_SERVICE, ADMIN_SERVICE, AUTHZ_SERVICE)
 
@@ -29,6 +32,51 @@ class Servicers:
     quota: quota_pb2_grpc.QuotaServiceServicer
     admin: admin_pb2_grpc.AdminServiceServicer
     authz: Any
+
+
+# (method "package.Service/Method", handler) -> the handler to register instead
+HandlerWrapper = Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]
+
+
+class _WrappingRegistrar:
+    """Stands in for the server where the generated ``add_*Servicer_to_server`` functions
+    register their handlers: each handler is wrapped once and registered on the real server.
+
+    Generated code (grpcio-tools >= 1.63) registers every service twice, as a generic handler
+    and as registered method handlers; the wrapped handlers are registered both ways, from the
+    second call. A service registered only as a generic handler could not be wrapped, so it is
+    refused (``close``) rather than served unprotected.
+    """
+
+    def __init__(self, server: grpc.aio.Server, wrappers: Sequence[HandlerWrapper]) -> None:
+        self._server = server
+        self._wrappers = wrappers
+        self._generic_only: set[str] = set()
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        for handler in handlers:
+            name = handler.service_name() if isinstance(handler, grpc.ServiceRpcHandler) else ""
+            self._generic_only.add(name or repr(handler))
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        wrapped = {}
+        for name, handler in handlers.items():
+            for wrap in reversed(self._wrappers):  # the first wrapper ends up outermost
+                handler = wrap(f"{service}/{name}", handler)
+            wrapped[name] = handler
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service, wrapped),)
+        )
+        self._server.add_registered_method_handlers(service, wrapped)
+        self._generic_only.discard(service)
+
+    def close(self) -> None:
+        if self._generic_only:
+            raise RuntimeError(
+                f"services registered without method handlers: {sorted(self._generic_only)}"
+            )
 
 
 @dataclass
@@ -51,15 +99,14 @@ async def start_server(
     service_token: str = "",
     max_concurrent_streams: int = 1000,
     credentials: grpc.ServerCredentials | None = None,
-    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    wrappers: Sequence[HandlerWrapper] = (),
 ) -> RunningServer:
     """Build, bind and start the server; returns once it accepts calls.
 
-    ``interceptors`` run outside the token check (first = outermost), so what they observe
-    includes the calls the token check refuses.
+    ``wrappers`` wrap every method handler outside the token check (first = outermost), so
+    what they observe includes the calls the token check refuses.
     """
     server = grpc.aio.server(
-        interceptors=[*interceptors, TokenInterceptor(admin_token, service_token)],
         options=[
             ("grpc.max_concurrent_streams", max_concurrent_streams),
             ("grpc.so_reuseport", 0),
@@ -67,13 +114,18 @@ async def start_server(
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ],
     )
-    quota_pb2_grpc.add_QuotaServiceServicer_to_server(servicers.quota, server)
-    admin_pb2_grpc.add_AdminServiceServicer_to_server(servicers.admin, server)
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(servicers.authz, server)
+    registrar = _WrappingRegistrar(server, [*wrappers, TokenCheck(admin_token, service_token).wrap])
+    quota_pb2_grpc.add_QuotaServiceServicer_to_server(servicers.quota, registrar)
+    admin_pb2_grpc.add_AdminServiceServicer_to_server(servicers.admin, registrar)
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(servicers.authz, registrar)
     health = HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health, registrar)
     health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-    reflection.enable_server_reflection((*SERVED, health_name, reflection.SERVICE_NAME), server)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer((*SERVED, health_name, reflection.SERVICE_NAME)),
+        registrar,
+    )
+    registrar.close()
     port = (
         server.add_secure_port(addr, credentials) if credentials else server.add_insecure_port(addr)
     )

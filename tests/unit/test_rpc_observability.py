@@ -1,7 +1,8 @@
-"""The observability interceptor on a real grpc.aio server with small scripted servicers.
+"""The observability wrapper on a real grpc.aio server (``start_server``) with small scripted
+servicers.
 
 The servicers answer what each test asks for (over limit, suspended, an abort ...) so that the
-counters, decision labels and spans the interceptor derives from real RPCs can be checked.
+counters, decision labels and spans derived from real RPCs can be checked.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from google.rpc import status_pb2
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from quotaplane.telemetry import Telemetry
-from quotaplane.transport.grpc.observability import ObservabilityInterceptor, set_call_tenant
-from quotaplane_client.v1 import quota_pb2, quota_pb2_grpc, types_pb2
+from quotaplane.transport.grpc.observability import Observability, set_call_tenant
+from quotaplane.transport.grpc.server import Servicers, start_server
+from quotaplane_client.v1 import admin_pb2, admin_pb2_grpc, quota_pb2, quota_pb2_grpc, types_pb2
 from tests.unit.test_telemetry import samples, value
 
 pytestmark = pytest.mark.timeout(30)
@@ -57,6 +59,7 @@ class ScriptedAuthz(external_auth_pb2_grpc.AuthorizationServicer):  # type: igno
     ) -> external_auth_pb2.CheckResponse:
         code = int(request.attributes.request.http.headers["x-code"])
         if code == 0:
+            set_call_tenant("t-allowed")
             tenant = base_pb2.HeaderValue(key="x-tenant-id", value="t-allowed")
             ok = external_auth_pb2.OkHttpResponse(
                 headers=[base_pb2.HeaderValueOption(header=tenant)]
@@ -73,13 +76,14 @@ class Served:
     spans: InMemorySpanExporter
     quota: quota_pb2_grpc.QuotaServiceStub
     authz: external_auth_pb2_grpc.AuthorizationStub
+    admin: admin_pb2_grpc.AdminServiceStub
 
     def value(self, name: str, **labels: str) -> float | None:
         return value(self.telemetry.scrape(), name, **labels)
 
     async def settled(self, rpcs: int) -> None:
         """Wait until ``rpcs`` calls were recorded: an abort sends its status to the client
-        before the handler (and so the interceptor) has finished."""
+        before the handler (and so the observing wrapper) has finished."""
         for _ in range(200):
             text = self.telemetry.scrape()
             counted = sum(v for (n, _), v in samples(text).items() if n == RPC_TOTAL)
@@ -105,21 +109,25 @@ class Served:
 async def served() -> AsyncIterator[Served]:
     spans = InMemorySpanExporter()
     telemetry = Telemetry(tenant_labels=10, span_exporter=spans)
-    server = grpc.aio.server(interceptors=[ObservabilityInterceptor(telemetry)])
-    quota_pb2_grpc.add_QuotaServiceServicer_to_server(ScriptedQuota(), server)  # type: ignore[abstract]
-    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(ScriptedAuthz(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
+    servicers = Servicers(
+        quota=ScriptedQuota(),  # type: ignore[abstract]
+        admin=admin_pb2_grpc.AdminServiceServicer(),
+        authz=ScriptedAuthz(),
+    )
+    server = await start_server(
+        "127.0.0.1:0", servicers, admin_token="t", wrappers=[Observability(telemetry).wrap]
+    )
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             yield Served(
                 telemetry,
                 spans,
                 quota_pb2_grpc.QuotaServiceStub(channel),
                 external_auth_pb2_grpc.AuthorizationStub(channel),
+                admin_pb2_grpc.AdminServiceStub(channel),
             )
     finally:
-        await server.stop(None)
+        await server.stop(0)
         telemetry.shutdown()
 
 
@@ -134,6 +142,15 @@ async def test_rpcs_are_counted_by_method_and_status_code(served: Served) -> Non
         served.value("quotaplane_rpc_requests_total", method=CHECK_QUOTA, code="INVALID_ARGUMENT")
         == 1
     )
+
+
+async def test_calls_the_token_check_refuses_are_counted_too(served: Served) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await served.admin.ListTenants(admin_pb2.ListTenantsRequest(), timeout=5)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    await served.settled(1)
+    method = "quotaplane.v1.AdminService/ListTenants"
+    assert served.value(RPC_TOTAL, method=method, code="UNAUTHENTICATED") == 1
 
 
 async def test_every_rpc_adds_one_latency_sample(served: Served) -> None:
