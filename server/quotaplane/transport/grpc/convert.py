@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import calendar
-from datetime import datetime, timedelta
+from datetime import datetime
 
-from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from quotaplane.domain.model import Decision, DecisionCode, LimitState, QuotaRequest
@@ -42,37 +41,39 @@ def quota_request(message: quota_pb2.CheckQuotaRequest) -> QuotaRequest:
 
 
 def check_quota_response(decision: Decision) -> quota_pb2.CheckQuotaResponse:
+    """The response, filled in place (the hot path: about half the CPU of nested keyword
+    constructors, which copy each sub-message into its parent)."""
     response = quota_pb2.CheckQuotaResponse(
         allowed=decision.allowed,
         code=CODES[decision.code],
-        limits=[limit_status(state) for state in decision.limits],
         replayed=decision.replayed,
         cost=decision.cost,
         overage=decision.overage,
     )
+    for state in decision.limits:
+        fill_limit_status(response.limits.add(), state)
     if decision.retry_after is not None:
-        response.retry_after.CopyFrom(duration(decision.retry_after))
+        response.retry_after.FromTimedelta(decision.retry_after)
     return response
 
 
-def limit_status(state: LimitState) -> types_pb2.LimitStatus:
-    return types_pb2.LimitStatus(
-        name=state.name,
-        window=WINDOWS[state.window],
-        limit=state.limit,
-        remaining=state.remaining,
-        reset_at=timestamp(state.reset_at),
-        overage_policy=OVERAGE_POLICIES[state.overage_policy],
-        overage=state.overage,
-    )
+def fill_limit_status(status: types_pb2.LimitStatus, state: LimitState) -> None:
+    status.name = state.name
+    status.window = WINDOWS[state.window]
+    status.limit = state.limit
+    status.remaining = state.remaining
+    set_timestamp(status.reset_at, state.reset_at)
+    status.overage_policy = OVERAGE_POLICIES[state.overage_policy]
+    status.overage = state.overage
+
+
+def set_timestamp(message: Timestamp, at: datetime) -> None:
+    """Set ``message`` to ``at`` (naive = UTC, as FromDatetime; which costs ~8 us, this ~1 us)."""
+    message.seconds = calendar.timegm(at.utctimetuple())
+    message.nanos = at.microsecond * 1000
 
 
 def timestamp(at: datetime) -> Timestamp:
-    """``at`` as a Timestamp (naive = UTC, as FromDatetime; which costs ~8 us, this ~1 us)."""
-    return Timestamp(seconds=calendar.timegm(at.utctimetuple()), nanos=at.microsecond * 1000)
-
-
-def duration(span: timedelta) -> Duration:
-    message = Duration()
-    message.FromTimedelta(span)
+    message = Timestamp()
+    set_timestamp(message, at)
     return message

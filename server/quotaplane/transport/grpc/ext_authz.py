@@ -19,13 +19,13 @@ import json
 import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.type.v3 import http_status_pb2
-from google.rpc import code_pb2, status_pb2
+from google.rpc import code_pb2
 
 from quotaplane.domain.errors import InvalidArgument
 from quotaplane.domain.gateway import Gateway, GatewayDecision, GatewayRequest, Verdict
@@ -50,11 +50,15 @@ _DENIAL = {
 }
 
 
-def request_headers(request: external_auth_pb2.CheckRequest) -> dict[str, str]:
-    """Lower-cased request headers, whichever of Envoy's two encodings was used."""
+def request_headers(request: external_auth_pb2.CheckRequest) -> Mapping[str, str]:
+    """Lower-cased request headers, whichever of Envoy's two encodings was used.
+
+    Envoy lower-cases the keys of the ``headers`` map itself (AttributeContext docs), so that
+    map is used as it is; only the raw ``header_map`` is normalised here.
+    """
     http = request.attributes.request.http
     if http.headers:
-        return {k.lower(): v for k, v in http.headers.items()}
+        return cast(Mapping[str, str], http.headers)
     return {
         h.key.lower(): h.value or h.raw_value.decode("utf-8", "replace")
         for h in http.header_map.headers
@@ -80,56 +84,57 @@ def gateway_request(request: external_auth_pb2.CheckRequest) -> GatewayRequest:
     )
 
 
-def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
-    return base_pb2.HeaderValueOption(
-        header=base_pb2.HeaderValue(key=key, value=value), append_action=_OVERWRITE
-    )
+def _add_header(headers: Any, key: str, value: str) -> None:
+    """Append an overwrite-or-add header option to a repeated HeaderValueOption field.
+
+    Filled in place: building the same option with keyword constructors costs ~3x the CPU,
+    and Envoy's Check is the hottest path (~16 us against ~5 us per answer).
+    """
+    option = headers.add()
+    option.header.key = key
+    option.header.value = value
+    option.append_action = _OVERWRITE
 
 
 def _seconds_until(at: datetime, now: datetime) -> int:
     return max(0, math.ceil((at - now).total_seconds()))
 
 
-def rate_limit_headers(
-    decision: Decision | None, now: datetime
-) -> list[base_pb2.HeaderValueOption]:
+def add_rate_limit_headers(headers: Any, decision: Decision | None, now: datetime) -> None:
+    """The x-ratelimit-* headers of the tightest limit, and retry-after when denied."""
     if decision is None or not decision.limits:
-        return []
+        return
     tightest: LimitState = min(decision.limits, key=lambda s: (s.remaining, s.reset_at))
-    headers = [
-        _header("x-ratelimit-limit", str(tightest.limit)),
-        _header("x-ratelimit-remaining", str(tightest.remaining)),
-        _header("x-ratelimit-reset", str(_seconds_until(tightest.reset_at, now))),
-    ]
+    _add_header(headers, "x-ratelimit-limit", str(tightest.limit))
+    _add_header(headers, "x-ratelimit-remaining", str(tightest.remaining))
+    _add_header(headers, "x-ratelimit-reset", str(_seconds_until(tightest.reset_at, now)))
     if decision.retry_after is not None:
-        headers.append(_header("retry-after", str(math.ceil(decision.retry_after.total_seconds()))))
-    return headers
+        retry_after = str(math.ceil(decision.retry_after.total_seconds()))
+        _add_header(headers, "retry-after", retry_after)
 
 
 def check_response(outcome: GatewayDecision, now: datetime) -> external_auth_pb2.CheckResponse:
-    limits = rate_limit_headers(outcome.decision, now)
+    response = external_auth_pb2.CheckResponse()
     if outcome.verdict is Verdict.ALLOWED:
         assert outcome.tenant_id is not None
-        return external_auth_pb2.CheckResponse(
-            status=status_pb2.Status(code=code_pb2.OK),
-            ok_response=external_auth_pb2.OkHttpResponse(
-                headers=[_header("x-tenant-id", outcome.tenant_id)],
-                headers_to_remove=list(KEY_HEADERS),
-                response_headers_to_add=limits,
-            ),
-        )
+        response.status.code = code_pb2.OK
+        ok = response.ok_response
+        _add_header(ok.headers, "x-tenant-id", outcome.tenant_id)
+        ok.headers_to_remove.extend(KEY_HEADERS)
+        add_rate_limit_headers(ok.response_headers_to_add, outcome.decision, now)
+        return response
     http_code, grpc_code, error = _DENIAL[outcome.verdict]
     body = {"error": error, "message": outcome.reason}
     if outcome.decision is not None and outcome.decision.retry_after is not None:
         body["retry_after_seconds"] = str(math.ceil(outcome.decision.retry_after.total_seconds()))
-    return external_auth_pb2.CheckResponse(
-        status=status_pb2.Status(code=grpc_code, message=outcome.reason),
-        denied_response=external_auth_pb2.DeniedHttpResponse(
-            status=http_status_pb2.HttpStatus(code=http_code),
-            headers=[_header("content-type", "application/json"), *limits],
-            body=json.dumps(body, separators=(",", ":")),
-        ),
-    )
+    response.status.code = grpc_code
+    response.status.message = outcome.reason
+    denied = response.denied_response
+    denied.status.code = http_code
+    _add_header(denied.headers, "content-type", "application/json")
+    add_rate_limit_headers(denied.headers, outcome.decision, now)
+    denied.body = json.dumps(body, separators=(",", ":"))
+    return response
 
 
 class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
