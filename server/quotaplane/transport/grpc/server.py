@@ -25,6 +25,14 @@ log = logging.getLogger(__name__)
 
 AUTHZ_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
 SERVED = (QUOTA_SERVICE, ADMIN_SERVICE, AUTHZ_SERVICE)
+# The methods called per request (by Envoy and the internal services); see _WrappingRegistrar.
+HOT_METHODS = frozenset(
+    {
+        f"{QUOTA_SERVICE}/CheckQuota",
+        f"{QUOTA_SERVICE}/RecordUsage",
+        f"{AUTHZ_SERVICE}/Check",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -43,14 +51,25 @@ class _WrappingRegistrar:
     register their handlers: each handler is wrapped once and registered on the real server.
 
     Generated code (grpcio-tools >= 1.63) registers every service twice, as a generic handler
-    and as registered method handlers; the wrapped handlers are registered both ways, from the
-    second call. A service registered only as a generic handler could not be wrapped, so it is
-    refused (``close``) rather than served unprotected.
+    and as registered method handlers; both calls are turned into one registration of the
+    wrapped handlers, at the second. A service registered only as a generic handler could not
+    be wrapped, so it is refused (``close``) rather than served unprotected.
+
+    Only the ``hot`` methods become grpc "registered methods"; the rest are served through the
+    generic handler. grpc.aio keeps one pending accept per registered method and waits on all
+    of them (``asyncio.wait``) for every call it accepts: on uvloop that wait costs ~21 us
+    with 23 pending accepts (all 22 methods registered) and ~10 us with 4.
     """
 
-    def __init__(self, server: grpc.aio.Server, wrappers: Sequence[HandlerWrapper]) -> None:
+    def __init__(
+        self,
+        server: grpc.aio.Server,
+        wrappers: Sequence[HandlerWrapper],
+        hot: frozenset[str],
+    ) -> None:
         self._server = server
         self._wrappers = wrappers
+        self._hot = hot
         self._generic_only: set[str] = set()
 
     def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
@@ -69,7 +88,9 @@ class _WrappingRegistrar:
         self._server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(service, wrapped),)
         )
-        self._server.add_registered_method_handlers(service, wrapped)
+        registered = {n: h for n, h in wrapped.items() if f"{service}/{n}" in self._hot}
+        if registered:
+            self._server.add_registered_method_handlers(service, registered)
         self._generic_only.discard(service)
 
     def close(self) -> None:
@@ -114,7 +135,9 @@ async def start_server(
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ],
     )
-    registrar = _WrappingRegistrar(server, [*wrappers, TokenCheck(admin_token, service_token).wrap])
+    registrar = _WrappingRegistrar(
+        server, [*wrappers, TokenCheck(admin_token, service_token).wrap], HOT_METHODS
+    )
     quota_pb2_grpc.add_QuotaServiceServicer_to_server(servicers.quota, registrar)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(servicers.admin, registrar)
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(servicers.authz, registrar)
