@@ -195,12 +195,12 @@ class Telemetry:
         self.tenants = TenantLabels(tenant_labels)
         self._tracers = _tracer_provider(resource, traces, span_exporter)
         self.tracer: Tracer = self._tracers.get_tracer("quotaplane")
-        # False when spans are never sampled: the interceptor then skips them altogether.
+        # False when spans are never sampled: the observing wrapper then skips them altogether.
         self.tracing = span_exporter is not None or traces != "off"
         self._http: WSGIServer | None = None
         self._http_thread: threading.Thread | None = None
 
-    # -- recorded by the gRPC interceptor -------------------------------------------------
+    # -- recorded by the gRPC observing wrapper --------------------------------------------
 
     def record_rpc(self, method: str, code: str, seconds: float) -> None:
         """One finished RPC: ``method`` is "package.Service/Method", ``code`` e.g. "OK"."""

@@ -23,7 +23,7 @@ Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    """Operators' RPCs. Authentication is enforced by the admin-token interceptor."""
+    """Operators' RPCs. Authentication is enforced by the token check (auth.TokenCheck)."""
 
     def __init__(
         self,
