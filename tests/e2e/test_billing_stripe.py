@@ -222,7 +222,13 @@ async def test_generate_invoice_with_push_reaches_stripe_through_the_running_ser
         assert await _post(server.runtime.webhook_port, body, signature) == 200
         paid = await server.invoice(tenant, this_period())
         assert server.runtime.telemetry is not None
-        metrics = server.runtime.telemetry.scrape()
+        # The pusher counts the push once its outbox row is done, a commit after the invoice
+        # row shows the Stripe id: on a loaded machine the test can get here in between.
+        for _ in range(100):
+            metrics = server.runtime.telemetry.scrape()
+            if 'quotaplane_stripe_pushes_total{outcome="ok"}' in metrics:
+                break
+            await asyncio.sleep(0.05)
     assert paid.status == types_pb2.Invoice.PAID
     assert 'quotaplane_stripe_pushes_total{outcome="ok"} 1.0' in metrics
     assert 'quotaplane_invoiced_minor_units_total{currency="USD"} 52.0' in metrics
