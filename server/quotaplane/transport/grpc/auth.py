@@ -7,11 +7,11 @@ with PERMISSION_DENIED (it is a credential, just not one for this service).
 from __future__ import annotations
 
 import hmac
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
+from quotaplane.transport.grpc.handlers import Behavior, with_behavior
 from quotaplane_client.v1 import admin_pb2, quota_pb2
 
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
@@ -27,9 +27,6 @@ def bearer_token(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | 
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
     return None
-
-
-Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
 
 def refusal(
@@ -69,11 +66,7 @@ class TokenCheck:
             return handler
         if handler.unary_unary is None:
             raise ValueError(f"{method}: only unary methods can be token-protected")
-        return grpc.unary_unary_rpc_method_handler(
-            _checked(handler.unary_unary, *needed),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return with_behavior(handler, _checked(handler.unary_unary, *needed))
 
 
 def _checked(behavior: Behavior, expected: str, service: str) -> Behavior:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextvars import Token
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +31,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from quotaplane.domain.model import DEFAULT_METRIC
 from quotaplane.telemetry import Telemetry
+from quotaplane.transport.grpc.handlers import Behavior, with_behavior
 from quotaplane_client.v1 import quota_pb2
 
 CHECK_QUOTA = "quotaplane.v1.QuotaService/CheckQuota"
@@ -42,8 +43,6 @@ _CHECK_QUOTA_OUTCOMES = {
 }
 _AUTHZ_OUTCOMES = {0: "ok", 7: "suspended", 8: "over_limit", 16: "unauthenticated"}
 _PROPAGATOR = TraceContextTextMapPropagator()
-
-Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
 
 @dataclass
@@ -83,11 +82,7 @@ class Observability:
         """``handler`` observed; ``method`` is "package.Service/Method"."""
         if handler.unary_unary is None:
             return handler
-        return grpc.unary_unary_rpc_method_handler(
-            self._observed(method, handler.unary_unary),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return with_behavior(handler, self._observed(method, handler.unary_unary))
 
     def _observed(self, method: str, behavior: Behavior) -> Behavior:
         telemetry = self._telemetry

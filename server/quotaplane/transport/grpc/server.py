@@ -8,7 +8,7 @@ extra coroutines on every call, ~45 us of CPU per call on the 2-core bench machi
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from quotaplane.transport.grpc.auth import ADMIN_SERVICE, QUOTA_SERVICE, TokenCheck
+from quotaplane.transport.grpc.handlers import HandlerWrapper
 from quotaplane_client.v1 import admin_pb2_grpc, quota_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -40,10 +41,6 @@ class Servicers:
     quota: quota_pb2_grpc.QuotaServiceServicer
     admin: admin_pb2_grpc.AdminServiceServicer
     authz: Any
-
-
-# (method "package.Service/Method", handler) -> the handler to register instead
-HandlerWrapper = Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]
 
 
 class _WrappingRegistrar:
