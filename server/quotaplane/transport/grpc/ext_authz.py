@@ -108,9 +108,15 @@ def add_rate_limit_headers(headers: Any, decision: Decision | None, now: datetim
     _add_header(headers, "x-ratelimit-limit", str(tightest.limit))
     _add_header(headers, "x-ratelimit-remaining", str(tightest.remaining))
     _add_header(headers, "x-ratelimit-reset", str(_seconds_until(tightest.reset_at, now)))
-    if decision.retry_after is not None:
-        retry_after = str(math.ceil(decision.retry_after.total_seconds()))
+    if (retry_after := _retry_after_seconds(decision)) is not None:
         _add_header(headers, "retry-after", retry_after)
+
+
+def _retry_after_seconds(decision: Decision | None) -> str | None:
+    """Whole seconds until a denied call may succeed (rounded up), if the decision says."""
+    if decision is None or decision.retry_after is None:
+        return None
+    return str(math.ceil(decision.retry_after.total_seconds()))
 
 
 def check_response(outcome: GatewayDecision, now: datetime) -> external_auth_pb2.CheckResponse:
@@ -125,8 +131,8 @@ def check_response(outcome: GatewayDecision, now: datetime) -> external_auth_pb2
         return response
     http_code, grpc_code, error = _DENIAL[outcome.verdict]
     body = {"error": error, "message": outcome.reason}
-    if outcome.decision is not None and outcome.decision.retry_after is not None:
-        body["retry_after_seconds"] = str(math.ceil(outcome.decision.retry_after.total_seconds()))
+    if (retry_after := _retry_after_seconds(outcome.decision)) is not None:
+        body["retry_after_seconds"] = retry_after
     response.status.code = grpc_code
     response.status.message = outcome.reason
     denied = response.denied_response
