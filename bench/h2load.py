@@ -16,7 +16,7 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -30,6 +30,7 @@ class Result:
     p99: float
     p999: float
     ok_2xx: int = 0  # responses with a 2xx status (from the per-request log)
+    latencies: list[float] = field(default_factory=list, repr=False)  # ms, sorted
 
     def row(self, name: str) -> str:
         return (
@@ -108,6 +109,24 @@ def run(
         p99=percentile(latencies, 99),
         p999=percentile(latencies, 99.9),
         ok_2xx=sum(1 for entry in entries if entry[1].startswith("2")),
+        latencies=latencies,
+    )
+
+
+def pooled(results: Sequence[Result]) -> Result:
+    """Several passes of equal length as one: mean rate, summed counts, percentiles over
+    every request of every pass."""
+    latencies = sorted(latency for result in results for latency in result.latencies)
+    return Result(
+        rps=sum(result.rps for result in results) / len(results),
+        done=sum(result.done for result in results),
+        succeeded=sum(result.succeeded for result in results),
+        errors=sum(result.errors for result in results),
+        p50=percentile(latencies, 50),
+        p99=percentile(latencies, 99),
+        p999=percentile(latencies, 99.9),
+        ok_2xx=sum(result.ok_2xx for result in results),
+        latencies=latencies,
     )
 
 
