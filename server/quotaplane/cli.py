@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from quotaplane import cli_admin
+from quotaplane import cli_admin, cli_health
 from quotaplane.config import SETTINGS, ConfigError, Settings, load_settings
 from quotaplane.domain.errors import PlanFileError
 
@@ -152,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     downgrade.add_argument("revision")
     db_commands.add_parser("current", help="print the schema revision")
     db.set_defaults(func=_cmd_db)
+
+    cli_health.register(commands)
 
     settings = commands.add_parser("settings", help="list every setting, its variable and default")
     settings.add_argument("--markdown", action="store_true", help="print the README's table")

@@ -61,6 +61,22 @@ def test_health_and_reflection_through_grpcurl(embedded_server) -> None:  # type
 
 
 @pytest.mark.timeout(120)
+def test_quotaplane_health_answers_for_the_server_and_each_service(embedded_server) -> None:  # type: ignore[no-untyped-def]
+    _, port, _ = embedded_server
+
+    def health(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [str(BIN / "quotaplane"), "health", "--target", f"127.0.0.1:{port}", *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=20, check=False)
+
+    server = health()
+    assert (server.returncode, server.stdout.split()[0]) == (0, "SERVING"), server.stderr
+    assert health("--service", "envoy.service.auth.v3.Authorization").returncode == 0
+    unknown = health("--service", "no.such.Service")
+    assert unknown.returncode == 1
+    assert "NOT_FOUND" in unknown.stderr and "no.such.Service" in unknown.stderr
+
+
+@pytest.mark.timeout(120)
 def test_the_embedded_default_creates_its_files(embedded_server) -> None:  # type: ignore[no-untyped-def]
     _, _, data_dir = embedded_server
     assert (data_dir / "ledger.db").exists()

@@ -12,6 +12,7 @@ The health-check commands are run for real against the process they probe. Where
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import re
 import shlex
@@ -377,14 +378,34 @@ def test_the_build_context_leaves_out_local_state() -> None:
 
 
 def probe_argv(service: dict[str, Any], replace: tuple[str, str] | None = None) -> list[str]:
-    """The health check as a local command: python is this interpreter, ports as given."""
+    """The health check as a local command: ports as given, programs from this environment."""
     kind, *argv = service["healthcheck"]["test"]
     if kind == "CMD-SHELL":
         argv = ["sh", "-c", argv[0]]
     if replace:
         assert any(replace[0] in arg for arg in argv), f"the probe does not use {replace[0]}"
         argv = [arg.replace(*replace) for arg in argv]
-    return [sys.executable if arg == "python" else arg for arg in argv]
+    return local_command(argv)
+
+
+def local_command(argv: list[str]) -> list[str]:
+    """python is this interpreter and quotaplane this environment's entry point, as in the image."""
+    programs = {
+        "python": sys.executable,
+        "quotaplane": str(Path(sys.executable).parent / "quotaplane"),
+    }
+    return [programs.get(argv[0], argv[0]), *argv[1:]]
+
+
+def dockerfile_healthcheck() -> list[str]:
+    """The image's HEALTHCHECK command (exec form), as the local command it stands for."""
+    checks = [
+        line for line in (ROOT / "Dockerfile").read_text().splitlines()
+        if line.startswith("HEALTHCHECK ")
+    ]  # fmt: skip
+    assert len(checks) == 1, checks
+    _, _, command = checks[0].partition(" CMD ")
+    return local_command(json.loads(command))
 
 
 def run_probe(argv: list[str], env: dict[str, str] | None = None) -> int:
@@ -394,16 +415,26 @@ def run_probe(argv: list[str], env: dict[str, str] | None = None) -> int:
 
 
 @pytest.mark.timeout(90)
+@pytest.mark.parametrize("source", ["docker-compose.yml", "Dockerfile"])
 def test_quotaplane_health_check_passes_on_a_serving_server(
-    services: dict[str, dict[str, Any]], tmp_path: Path
+    services: dict[str, dict[str, Any]], tmp_path: Path, source: str
 ) -> None:
-    argv = probe_argv(services["quotaplane"])
+    argv = (
+        dockerfile_healthcheck() if source == "Dockerfile" else probe_argv(services["quotaplane"])
+    )
     nothing = {"QUOTAPLANE_GRPC_ADDR": f"0.0.0.0:{free_port()}"}
     assert run_probe(argv, nothing) != 0
     server = start_serve(tmp_path)
     with server.process:
         # The probe reads the port from the same setting the server listens on.
         assert run_probe(argv, {"QUOTAPLANE_GRPC_ADDR": f"0.0.0.0:{server.port}"}) == 0
+
+
+def test_the_one_shot_migrate_container_does_not_inherit_the_servers_health_check(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    for name in ONE_SHOTS:
+        assert services[name].get("healthcheck") == {"disable": True}, name
 
 
 @pytest.mark.timeout(60)
