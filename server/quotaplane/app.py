@@ -39,6 +39,7 @@ from quotaplane.domain.usage import UsageFlusher, UsageTrackingCounters
 from quotaplane.domain.usage_events import UsageRecorder
 from quotaplane.payments.stripe import StripeGateway, webhook_verifier
 from quotaplane.payments.webhooks import start_webhook_server
+from quotaplane.shutdown import push_bounded
 from quotaplane.storage.redis.client import command_pipe, redis_client
 from quotaplane.storage.redis.counters import RedisCounterStore
 from quotaplane.storage.redis.embedded import EmbeddedValkey
@@ -148,7 +149,8 @@ class Runtime:
             credentials=server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca),
             wrappers=[Observability(telemetry).wrap],
         )
-        self._stack.push_async_callback(self.grpc.stop, s.shutdown_grace.total_seconds())
+        grace = s.shutdown_grace.total_seconds()
+        push_bounded(self._stack, "grpc server", self.grpc.stop, grace, limit=grace + 5)
 
     async def _start_telemetry(self) -> Telemetry:
         """Metric instruments and tracer first, so every later part can record; the scrape
@@ -156,7 +158,7 @@ class Runtime:
         s = self.settings
         telemetry = Telemetry(tenant_labels=s.metrics_tenant_labels, traces=s.traces)
         # Off the event loop: stopping the HTTP thread waits for its poll interval.
-        self._stack.push_async_callback(asyncio.to_thread, telemetry.shutdown)
+        push_bounded(self._stack, "telemetry", asyncio.to_thread, telemetry.shutdown)
         if s.metrics_addr != "off":
             self.metrics_port = await asyncio.to_thread(telemetry.start_http, s.metrics_addr)
         self.telemetry = telemetry
@@ -166,15 +168,15 @@ class Runtime:
         """Redis counters, the SQL tenant store and its in-memory directory with its poller."""
         s = self.settings
         redis = command_pipe(self.redis_url, timeout=s.redis_timeout.total_seconds())
-        self._stack.push_async_callback(redis.aclose)
+        push_bounded(self._stack, "redis counters pipe", redis.aclose)
         database = create_async_engine_for(self.database_url)
-        self._stack.push_async_callback(database.dispose)
+        push_bounded(self._stack, "ledger engine", database.dispose)
         self.database = database
         self.tenants = SqlTenantStore(database)
         directory = TenantDirectory(self.tenants, ttl=s.cache_ttl)
         await directory.refresh()
         poller = asyncio.create_task(directory.run(), name="tenant-directory")
-        self._stack.push_async_callback(_cancel, poller)
+        push_bounded(self._stack, "tenant directory poller", _cancel, poller)
         counters = RedisCounterStore(
             redis,
             key_prefix=s.redis_key_prefix,
@@ -203,7 +205,7 @@ class Runtime:
         sender = HttpWebhookSender(s.webhook_url, s.webhook_secret)
         notifier = Notifier(SqlNotificationStore(database), sender, thresholds=s.notify_thresholds)
         task = asyncio.create_task(notifier.run(), name="quota-notifications")
-        self._stack.push_async_callback(_cancel, task)
+        push_bounded(self._stack, "quota notifier", _cancel, task)
         return notifier
 
     async def _start_flusher(self, database: AsyncEngine) -> UsageFlusher:
@@ -211,14 +213,14 @@ class Runtime:
         s = self.settings
         # The flush is off the hot path: it may wait longer than a CheckQuota may.
         client = redis_client(self.redis_url, timeout=max(1.0, s.redis_timeout.total_seconds()))
-        self._stack.push_async_callback(client.aclose)
+        push_bounded(self._stack, "redis flush client", client.aclose)
         unflushed = RedisUnflushedUsage(client, key_prefix=s.redis_key_prefix)
         lag = self.telemetry.set_flush_lag if self.telemetry else None
         flusher = UsageFlusher(
             unflushed, SqlUsageLedger(database), interval=s.flush_interval, on_lag=lag
         )
         task = asyncio.create_task(flusher.run(), name="usage-flush")
-        self._stack.push_async_callback(_stop_flusher, task, flusher)
+        push_bounded(self._stack, "usage flusher", _stop_flusher, task, flusher)
         self._flush_redis = client
         return flusher
 
@@ -253,7 +255,7 @@ class Runtime:
             )
         hooks = PaymentWebhooks(SqlPushOutbox(database), webhook_verifier(s.stripe_webhook_secret))
         server = await start_webhook_server(s.stripe_webhook_addr, hooks.receive)
-        self._stack.push_async_callback(server.close)
+        push_bounded(self._stack, "stripe webhook server", server.close)
         self.webhook_port = server.port
 
     def _start_stripe_push(self, database: AsyncEngine) -> None:
@@ -263,7 +265,7 @@ class Runtime:
         outcome = self.telemetry.record_stripe_push if self.telemetry else None
         pusher = InvoicePusher(SqlPushOutbox(database), gateway, on_outcome=outcome)
         task = asyncio.create_task(pusher.run(), name="stripe-outbox")
-        self._stack.push_async_callback(_cancel, task)
+        push_bounded(self._stack, "stripe outbox", _cancel, task)
 
     def _record_finalized(self, invoice: StoredInvoice) -> None:
         if self.telemetry is not None:
@@ -281,7 +283,7 @@ class Runtime:
         self.api_keys = ApiKeyCache(keys, ttl=self.settings.cache_ttl)
         await self.api_keys.refresh()
         poller = asyncio.create_task(self.api_keys.run(), name="api-key-cache")
-        self._stack.push_async_callback(_cancel, poller)
+        push_bounded(self._stack, "api key cache poller", _cancel, poller)
         queries = SqlTenantQueries(self.database)
         return AdminServicer(
             tenants=TenantAdmin(self.tenants, queries, self.plan_registry),
