@@ -54,7 +54,7 @@ import redis
 from h2load import Result, pooled, run, with_cpu
 from workspace import h2load_missing, new_workspace
 
-from quotaplane.domain.api_keys import ApiKeyAdmin
+from quotaplane.domain.tenants.api_keys import ApiKeyAdmin
 from quotaplane.domain.windows import Window, window_start
 from quotaplane.storage.redis import keys
 from quotaplane.storage.sql.api_keys import SqlApiKeyStore

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from quotaplane.cli import settings_markdown
+from quotaplane.cli.main import settings_markdown
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 HEADER = "| variable | flag | default | meaning |"

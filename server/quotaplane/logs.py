@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by '***', for logs and error messages."""
+    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url, count=1)
+
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 

@@ -18,12 +18,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from quotaplane.domain.billing_ports import StoredInvoice
-from quotaplane.domain.invoice_push import InvoicePusher
-from quotaplane.domain.plans import parse_plans
-from quotaplane.domain.pricing import price_period
+from quotaplane.domain.billing.ports import StoredInvoice
+from quotaplane.domain.billing.pricing import price_period
 from quotaplane.domain.windows import Period
-from quotaplane.payments.stripe import StripeGateway
+from quotaplane.integrations.plans_file import parse_plans
+from quotaplane.integrations.stripe.client import StripeGateway
+from quotaplane.services.invoice_push import InvoicePusher
 from quotaplane.storage.sql import migrate
 from quotaplane.storage.sql.invoices import SqlInvoiceLedger
 from quotaplane.storage.sql.outbox import SqlPushOutbox

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import stripe
 
-from quotaplane.domain.invoice_push import InvoicePusher
-from quotaplane.domain.plans import parse_plans
-from quotaplane.domain.pricing import price_period
+from quotaplane.domain.billing.pricing import price_period
 from quotaplane.domain.windows import Period
-from quotaplane.payments.stripe import API_VERSION, StripeGateway
+from quotaplane.integrations.plans_file import parse_plans
+from quotaplane.integrations.stripe.client import API_VERSION, StripeGateway
+from quotaplane.services.invoice_push import InvoicePusher
 from quotaplane.storage.sql import migrate
 from quotaplane.storage.sql.engine import create_async_engine_for
 from quotaplane.storage.sql.invoices import SqlInvoiceLedger

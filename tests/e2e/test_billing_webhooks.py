@@ -18,12 +18,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from quotaplane.domain.invoice_push import PaymentWebhooks
-from quotaplane.domain.plans import parse_plans
-from quotaplane.domain.pricing import price_period
+from quotaplane.domain.billing.payments import PaymentWebhooks
+from quotaplane.domain.billing.pricing import price_period
 from quotaplane.domain.windows import Period
-from quotaplane.payments.stripe import webhook_verifier
-from quotaplane.payments.webhooks import PATH, WebhookServer, start_webhook_server
+from quotaplane.integrations.plans_file import parse_plans
+from quotaplane.integrations.stripe.client import webhook_verifier
+from quotaplane.integrations.stripe.webhooks import PATH, WebhookServer, start_webhook_server
 from quotaplane.storage.sql.invoices import SqlInvoiceLedger
 from quotaplane.storage.sql.outbox import SqlPushOutbox
 from quotaplane.storage.sql.tables import invoices, stripe_webhook_events

@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 
-from quotaplane.app import Runtime
+from quotaplane.app.runtime import Runtime
 from quotaplane.config import Settings
 
 

@@ -19,7 +19,7 @@ import grpc
 import sqlalchemy as sa
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from quotaplane.app import Runtime
+from quotaplane.app.runtime import Runtime
 from quotaplane.config import Settings
 from quotaplane.storage.sql.tables import usage_hourly
 from quotaplane.storage.sql.tenants import SqlTenantStore

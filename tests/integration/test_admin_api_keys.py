@@ -15,9 +15,10 @@ from datetime import timedelta
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from quotaplane.domain.api_keys import ApiKeyAdmin, ApiKeyCache, hash_api_key
 from quotaplane.domain.errors import InvalidArgument, NotFound
-from quotaplane.domain.model import Tenant
+from quotaplane.domain.tenants.api_keys import ApiKeyAdmin, hash_api_key
+from quotaplane.domain.tenants.model import Tenant
+from quotaplane.services.key_cache import ApiKeyCache
 from quotaplane.storage.sql.api_keys import SqlApiKeyStore
 from quotaplane.storage.sql.tenants import SqlTenantStore
 

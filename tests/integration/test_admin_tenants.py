@@ -15,7 +15,7 @@ import grpc
 import pytest
 import sqlalchemy as sa
 
-from quotaplane.app import Runtime
+from quotaplane.app.runtime import Runtime
 from quotaplane.storage.sql import migrate
 from quotaplane_client.v1 import admin_pb2, admin_pb2_grpc, quota_pb2, quota_pb2_grpc, types_pb2
 from tests.harness.runtime import channel_to, runtime_settings

@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from quotaplane.domain.admin_billing import UsageReports, UsageTotal
-from quotaplane.domain.billing_ports import HourlyUsage, PendingFlush
+from quotaplane.domain.billing.admin import UsageReports, UsageTotal
+from quotaplane.domain.billing.ports import HourlyUsage, PendingFlush
 from quotaplane.domain.errors import InvalidArgument, NotFound
 from quotaplane.domain.windows import Window
 from quotaplane.storage.sql.ledger import SqlUsageLedger

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from quotaplane.cli import main
+from quotaplane.cli.main import main
 from quotaplane.storage.sql import migrate
 
 pytestmark = pytest.mark.timeout(120)

@@ -21,9 +21,9 @@ from psycopg import sql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from quotaplane.domain.errors import Unavailable
-from quotaplane.domain.ports import ConsumeCall, ConsumeResult, CounterLimit
-from quotaplane.domain.usage import UsageFlusher, UsageTrackingCounters
+from quotaplane.domain.quota.ports import ConsumeCall, ConsumeResult, CounterLimit
 from quotaplane.domain.windows import Window, window_start
+from quotaplane.services.usage_flusher import UsageFlusher, UsageTrackingCounters
 from quotaplane.storage.redis import keys
 from quotaplane.storage.redis.counters import consume_script_source, parse_reply
 from quotaplane.storage.redis.flush import RedisUnflushedUsage

@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from redis.asyncio import RedisCluster
 
-from quotaplane.domain.counter_rebuild import LedgerSeededCounters
-from quotaplane.domain.directory import TenantDirectory
-from quotaplane.domain.model import QuotaRequest
-from quotaplane.domain.plans import parse_plans
-from quotaplane.domain.quota import QuotaEngine
-from quotaplane.domain.usage import UsageFlusher
+from quotaplane.domain.quota.decisions import QuotaRequest
+from quotaplane.domain.quota.engine import QuotaEngine
+from quotaplane.integrations.plans_file import parse_plans
+from quotaplane.services.counter_seeding import LedgerSeededCounters
+from quotaplane.services.tenant_directory import TenantDirectory
+from quotaplane.services.usage_flusher import UsageFlusher
 from quotaplane.storage.redis.client import command_pipe, redis_client
 from quotaplane.storage.redis.counters import RedisCounterStore
 from quotaplane.storage.redis.flush import RedisQuotaCounters, RedisUnflushedUsage

@@ -15,13 +15,13 @@ import pytest
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from quotaplane.domain.counter_rebuild import LedgerSeededCounters
-from quotaplane.domain.directory import TenantDirectory
-from quotaplane.domain.model import QuotaRequest
-from quotaplane.domain.plans import parse_plans
-from quotaplane.domain.quota import QuotaEngine
-from quotaplane.domain.usage import UsageFlusher
-from quotaplane.domain.usage_events import RawUsageEvent, UsageRecorder
+from quotaplane.domain.billing.usage_events import RawUsageEvent, UsageRecorder
+from quotaplane.domain.quota.decisions import QuotaRequest
+from quotaplane.domain.quota.engine import QuotaEngine
+from quotaplane.integrations.plans_file import parse_plans
+from quotaplane.services.counter_seeding import LedgerSeededCounters
+from quotaplane.services.tenant_directory import TenantDirectory
+from quotaplane.services.usage_flusher import UsageFlusher
 from quotaplane.storage.redis import keys
 from quotaplane.storage.redis.client import command_pipe
 from quotaplane.storage.redis.counters import RedisCounterStore

@@ -15,8 +15,8 @@ import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from quotaplane.domain.errors import Unavailable
-from quotaplane.domain.usage import UsageFlusher
 from quotaplane.domain.windows import Window, window_start
+from quotaplane.services.usage_flusher import UsageFlusher
 from quotaplane.storage.redis import keys
 from quotaplane.storage.redis.flush import RedisUnflushedUsage
 from quotaplane.storage.sql.ledger import SqlUsageLedger

@@ -17,12 +17,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from quotaplane.domain.billing_ports import HourlyUsage, PlanChange, Recorded
-from quotaplane.domain.invoicing import price_tenant_period
-from quotaplane.domain.model import UsageEvent
-from quotaplane.domain.plans import parse_plans
-from quotaplane.domain.pricing import PricedInvoice
+from quotaplane.domain.billing.events import UsageEvent
+from quotaplane.domain.billing.invoicing import price_tenant_period
+from quotaplane.domain.billing.ports import HourlyUsage, PlanChange, Recorded
+from quotaplane.domain.billing.pricing import PricedInvoice
 from quotaplane.domain.windows import Period
+from quotaplane.integrations.plans_file import parse_plans
 from quotaplane.storage.sql.engine import create_async_engine_for
 from quotaplane.storage.sql.invoices import SqlInvoiceLedger
 from quotaplane.storage.sql.ledger import SqlUsageLedger

@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from quotaplane.app import Runtime
+from quotaplane.app.runtime import Runtime
 from quotaplane.config import Settings
 from quotaplane.storage.sql import migrate
 from quotaplane_client.v1 import quota_pb2, quota_pb2_grpc

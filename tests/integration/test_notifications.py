@@ -20,14 +20,14 @@ from typing import Any
 import grpc
 import pytest
 
-from quotaplane.app import Runtime
+from quotaplane.app.runtime import Runtime
 from quotaplane.config import Settings
-from quotaplane.domain.notifications import QuotaAlert
+from quotaplane.domain.quota.alerts import QuotaAlert
+from quotaplane.integrations.notify.webhooks import SIGNATURE_HEADER, verify
 from quotaplane.storage.sql import migrate
 from quotaplane.storage.sql.engine import create_async_engine_for
 from quotaplane.storage.sql.notifications import SqlNotificationStore
 from quotaplane.storage.sql.tenants import SqlTenantStore
-from quotaplane.webhooks.http import SIGNATURE_HEADER, verify
 from quotaplane_client.v1 import quota_pb2, quota_pb2_grpc
 
 pytestmark = pytest.mark.timeout(90)

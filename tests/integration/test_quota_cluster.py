@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from quotaplane.domain.directory import TenantDirectory
-from quotaplane.domain.model import QuotaRequest
-from quotaplane.domain.plans import parse_plans
-from quotaplane.domain.quota import QuotaEngine
+from quotaplane.domain.quota.decisions import QuotaRequest
+from quotaplane.domain.quota.engine import QuotaEngine
 from quotaplane.domain.windows import Window, window_start
+from quotaplane.integrations.plans_file import parse_plans
+from quotaplane.services.tenant_directory import TenantDirectory
 from quotaplane.storage.redis import keys
 from quotaplane.storage.redis.client import command_pipe
 from quotaplane.storage.redis.counters import RedisCounterStore

@@ -1,7 +1,11 @@
-"""QuotaEngine on the run's real Redis with tenants in a real SQLite ledger (no fakes).
+"""The quota engine's behaviour suite, run on every CounterStore: the in-memory store of
+``tests/fakes`` and the run's real Redis (with the Lua script), tenants in a real SQLite ledger.
 
-Each test makes its own tenant, so counters never collide; the keys live under the run's
-prefix and are deleted at session end.
+One definition, two stores (as limitador runs one suite over its storages): each test reads
+counters and unflushed usage through a ``Counters`` probe of its store, never through Redis
+keys, so a difference between the Lua script and the rule it implements fails a test. Each test
+makes its own tenant, so counters never collide; Redis keys live under the run's prefix and are
+deleted at session end.
 """
 
 from __future__ import annotations
@@ -14,13 +18,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis.asyncio as aioredis
+from fakes.memory_counters import MemoryCounterStore
 
-from quotaplane.domain.directory import TenantDirectory
 from quotaplane.domain.errors import FailedPrecondition, InvalidArgument, NotFound
-from quotaplane.domain.model import Decision, DecisionCode, QuotaRequest
-from quotaplane.domain.plans import PlanCatalog, parse_plans
-from quotaplane.domain.quota import QuotaEngine
+from quotaplane.domain.plans.model import PlanCatalog
+from quotaplane.domain.quota.decisions import Decision, DecisionCode, QuotaRequest
+from quotaplane.domain.quota.engine import QuotaEngine
+from quotaplane.domain.quota.ports import CounterStore
 from quotaplane.domain.windows import Window, window_start
+from quotaplane.integrations.plans_file import parse_plans
+from quotaplane.services.tenant_directory import TenantDirectory
 from quotaplane.storage.redis import keys
 from quotaplane.storage.redis.client import command_pipe, redis_client
 from quotaplane.storage.redis.counters import RedisCounterStore
@@ -49,13 +56,72 @@ plans:
 """
 
 
+Hour = tuple[str, int]  # metric, hour start (unix seconds)
+
+
+class Counters:
+    """What a test may read of a counter store: counters and unflushed usage."""
+
+    async def counter(self, tenant_id: str, window: Window) -> int:
+        raise NotImplementedError
+
+    async def unflushed(self, tenant_id: str) -> dict[Hour, int]:
+        """Admitted units per (metric, hour) that no flush has taken yet."""
+        raise NotImplementedError
+
+    async def overage(self, tenant_id: str) -> dict[Hour, int]:
+        raise NotImplementedError
+
+
+def _window_start(window: Window) -> int:
+    return int(window_start(window, datetime.now(UTC)).timestamp())
+
+
+class MemoryCounters(Counters):
+    def __init__(self, store: MemoryCounterStore) -> None:
+        self.store = store
+
+    async def counter(self, tenant_id: str, window: Window) -> int:
+        return self.store.counter(tenant_id, "requests", window.value, _window_start(window))
+
+    async def unflushed(self, tenant_id: str) -> dict[Hour, int]:
+        return self.store.unflushed(tenant_id)
+
+    async def overage(self, tenant_id: str) -> dict[Hour, int]:
+        return self.store.overage(tenant_id)
+
+
+class RedisCounters(Counters):
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+
+    async def counter(self, tenant_id: str, window: Window) -> int:
+        start = _window_start(window)
+        key = keys.counter_key(self.prefix, tenant_id, "requests", window.value, start)
+        return int(await self.client.get(key) or 0)
+
+    async def unflushed(self, tenant_id: str) -> dict[Hour, int]:
+        return {hour: units for (hour, over), units in (await self._hash(tenant_id)) if not over}
+
+    async def overage(self, tenant_id: str) -> dict[Hour, int]:
+        return {hour: units for (hour, over), units in (await self._hash(tenant_id)) if over}
+
+    async def _hash(self, tenant_id: str) -> list[tuple[tuple[Hour, bool], int]]:
+        raw: dict[str, str] = await self.client.hgetall(keys.unflushed_key(self.prefix, tenant_id))
+        parsed = []
+        for name, units in raw.items():
+            metric, hour, over = keys.parse_unflushed_field(name)
+            parsed.append((((metric, hour), over), int(units)))
+        return parsed
+
+
 @dataclass
 class Quota:
     engine: QuotaEngine
     tenants: SqlTenantStore
     directory: TenantDirectory
-    redis: aioredis.Redis
-    prefix: str
+    counters: Counters
 
     async def tenant(self, plan: str) -> str:
         return (await self.tenants.create(name=f"t-{plan}", plan=plan)).id
@@ -75,12 +141,10 @@ class Quota:
         return await self.engine.check(request)
 
     async def counter(self, tenant_id: str, window: Window) -> int:
-        start = int(window_start(window, datetime.now(UTC)).timestamp())
-        key = keys.counter_key(self.prefix, tenant_id, "requests", window.value, start)
-        return int(await self.redis.get(key) or 0)
+        return await self.counters.counter(tenant_id, window)
 
-    async def unflushed(self, tenant_id: str) -> dict[str, str]:
-        return await self.redis.hgetall(keys.unflushed_key(self.prefix, tenant_id))  # type: ignore[no-any-return]
+    async def unflushed(self, tenant_id: str) -> dict[Hour, int]:
+        return await self.counters.unflushed(tenant_id)
 
 
 @pytest.fixture(scope="module")
@@ -95,22 +159,37 @@ def catalog() -> PlanCatalog:
     return parse_plans(PLANS, "test-plans.yaml")
 
 
-@pytest.fixture
-async def quota(
-    redis_url: str, redis_key_prefix: str, sqlite_ledger: str, catalog: PlanCatalog
-) -> AsyncIterator[Quota]:
-    database = create_async_engine_for(sqlite_ledger)
+@pytest.fixture(params=["memory", "redis"])
+async def counter_store(
+    request: pytest.FixtureRequest, redis_url: str, redis_key_prefix: str
+) -> AsyncIterator[tuple[CounterStore, Counters]]:
+    """Each CounterStore the engine runs on, with the probe its tests read it through."""
+    if request.param == "memory":
+        memory = MemoryCounterStore()
+        yield memory, MemoryCounters(memory)
+        return
     client = redis_client(redis_url, timeout=1.0)
     pipe = command_pipe(redis_url, timeout=1.0)
     try:
-        store = SqlTenantStore(database)
-        directory = TenantDirectory(store)
-        counters = RedisCounterStore(pipe, key_prefix=redis_key_prefix, timeout=1.0)
-        engine = QuotaEngine(tenants=directory, plans=lambda: catalog, counters=counters)
-        yield Quota(engine, store, directory, client, redis_key_prefix)
+        store = RedisCounterStore(pipe, key_prefix=redis_key_prefix, timeout=1.0)
+        yield store, RedisCounters(client, redis_key_prefix)
     finally:
         await pipe.aclose()
         await client.aclose()
+
+
+@pytest.fixture
+async def quota(
+    sqlite_ledger: str, catalog: PlanCatalog, counter_store: tuple[CounterStore, Counters]
+) -> AsyncIterator[Quota]:
+    database = create_async_engine_for(sqlite_ledger)
+    try:
+        store = SqlTenantStore(database)
+        directory = TenantDirectory(store)
+        counters, probe = counter_store
+        engine = QuotaEngine(tenants=directory, plans=lambda: catalog, counters=counters)
+        yield Quota(engine, store, directory, probe)
+    finally:
         await database.dispose()
 
 
@@ -180,18 +259,16 @@ async def test_bill_overage_admits_past_the_quota_and_records_the_overage(quota:
     past = await quota.check(tenant, cost=5)
     assert past.allowed and past.overage == 3
     assert past.limits[0].overage == 3 and past.limits[0].remaining == 0
-    hour = int(window_start(Window.HOUR, datetime.now(UTC)).timestamp())
-    unflushed = await quota.unflushed(tenant)
-    assert unflushed[keys.unflushed_field("requests", hour)] == "13"
-    assert unflushed[keys.overage_field("requests", hour)] == "3"
+    hour = ("requests", _window_start(Window.HOUR))
+    assert await quota.unflushed(tenant) == {hour: 13}
+    assert await quota.counters.overage(tenant) == {hour: 3}
 
 
 async def test_admitted_units_enter_the_unflushed_hash(quota: Quota) -> None:
     tenant = await quota.tenant("unlimited")  # no limits at all: always admitted, still billed
     for cost in (1, 2, 3):
         assert (await quota.check(tenant, cost=cost)).allowed
-    hour = int(window_start(Window.HOUR, datetime.now(UTC)).timestamp())
-    assert await quota.unflushed(tenant) == {keys.unflushed_field("requests", hour): "6"}
+    assert await quota.unflushed(tenant) == {("requests", _window_start(Window.HOUR)): 6}
 
 
 async def test_a_suspended_tenant_gets_a_suspended_decision_and_pays_nothing(

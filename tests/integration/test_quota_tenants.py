@@ -15,9 +15,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from quotaplane.domain.directory import TenantDirectory
 from quotaplane.domain.errors import AlreadyExists, NotFound
-from quotaplane.domain.model import Tenant, TenantStatus
+from quotaplane.domain.tenants.model import Tenant, TenantStatus
+from quotaplane.services.tenant_directory import TenantDirectory
 from quotaplane.storage.sql.tenants import SqlTenantStore
 
 pytestmark = pytest.mark.timeout(60)

@@ -16,7 +16,7 @@ from envoy.service.auth.v3 import external_auth_pb2
 from google.protobuf import descriptor_pool, message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from quotaplane.app import Runtime
+from quotaplane.app.runtime import Runtime
 from quotaplane.config import Settings
 from quotaplane.transport.grpc.admin import AdminServicer
 from quotaplane.transport.grpc.ext_authz import AuthorizationServicer

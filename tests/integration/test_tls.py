@@ -12,7 +12,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from quotaplane.app import Runtime
+from quotaplane.app.runtime import Runtime
 from quotaplane.config import Settings
 from quotaplane.storage.sql import migrate
 from quotaplane.transport.grpc.tls import TlsConfigError, server_credentials

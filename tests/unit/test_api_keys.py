@@ -6,14 +6,14 @@ import hashlib
 
 import pytest
 
-from quotaplane.domain.api_keys import (
+from quotaplane.domain.errors import InvalidArgument
+from quotaplane.domain.tenants.api_keys import (
     display_prefix,
     generate_secret,
     hash_api_key,
     looks_like_secret,
     parse_key_name,
 )
-from quotaplane.domain.errors import InvalidArgument
 
 
 def test_a_secret_is_qp_live_and_32_urlsafe_bytes() -> None:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from quotaplane.app import default_plans_path
-from quotaplane.cli import build_parser, main, settings_markdown
+from quotaplane.app.runtime import default_plans_path
+from quotaplane.cli.main import build_parser, main, settings_markdown
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = """\

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from quotaplane.cli import EXIT_USAGE, main
-from quotaplane.cli_health import EXIT_NOT_SERVING, dial_address
+from quotaplane.cli.health import EXIT_NOT_SERVING, dial_address
+from quotaplane.cli.main import EXIT_USAGE, main
 from tests.harness.net import free_port
 
 

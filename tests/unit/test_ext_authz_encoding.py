@@ -9,8 +9,8 @@ import pytest
 from envoy.service.auth.v3 import external_auth_pb2
 
 from quotaplane.domain.errors import InvalidArgument
-from quotaplane.domain.gateway import GatewayDecision, Verdict
-from quotaplane.domain.model import Decision, DecisionCode, LimitState
+from quotaplane.domain.quota.decisions import Decision, DecisionCode, LimitState
+from quotaplane.domain.quota.gateway import GatewayDecision, Verdict
 from quotaplane.transport.grpc.ext_authz import (
     api_key_of,
     check_response,

@@ -9,11 +9,11 @@ from itertools import pairwise
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quotaplane.domain.billing_ports import HourlyUsage, PlanChange
-from quotaplane.domain.invoicing import plan_spans, split_usage
-from quotaplane.domain.plans import parse_plans
-from quotaplane.domain.pricing import Segment, price_invoice
+from quotaplane.domain.billing.invoicing import plan_spans, split_usage
+from quotaplane.domain.billing.ports import HourlyUsage, PlanChange
+from quotaplane.domain.billing.pricing import Segment, price_invoice
 from quotaplane.domain.windows import Period
+from quotaplane.integrations.plans_file import parse_plans
 
 NOV = Period(2026, 11)
 MID = datetime(2026, 11, 16, tzinfo=UTC)

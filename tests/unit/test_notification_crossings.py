@@ -7,9 +7,9 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quotaplane.domain.model import Decision, DecisionCode, LimitState, QuotaRequest
-from quotaplane.domain.notifications import crossings, payload
-from quotaplane.webhooks.http import sign, verify
+from quotaplane.domain.quota.alerts import crossings
+from quotaplane.domain.quota.decisions import Decision, DecisionCode, LimitState, QuotaRequest
+from quotaplane.integrations.notify.webhooks import payload, sign, verify
 
 NOW = datetime(2026, 11, 24, 12, tzinfo=UTC)
 TENANT = "6f1c7a1e-0000-4000-8000-000000000001"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from quotaplane.domain.errors import NotFound, PlanFileError
-from quotaplane.domain.plans import (
+from quotaplane.domain.plans.model import (
     Graduated,
     Limit,
     MetricPlan,
@@ -19,12 +19,10 @@ from quotaplane.domain.plans import (
     PlanCatalog,
     Tier,
     Volume,
-    load_default_plans,
-    load_plans,
-    parse_plans,
-    summarize,
 )
+from quotaplane.domain.plans.summary import summarize
 from quotaplane.domain.windows import Window
+from quotaplane.integrations.plans_file import load_default_plans, load_plans, parse_plans
 
 FIXTURES = Path(__file__).parent / "plans"
 SEED_TEXT = (FIXTURES / "seed.yaml").read_text()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from quotaplane.domain.polling import NEGATIVE_MAX, OVERLAP, NegativeCache, poll_since
+from quotaplane.services.polled_cache import NEGATIVE_MAX, OVERLAP, NegativeCache, poll_since
 
 
 class Clock:

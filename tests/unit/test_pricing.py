@@ -10,21 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quotaplane.domain.errors import InvalidArgument
-from quotaplane.domain.plans import (
-    Charge,
-    Graduated,
-    MetricPlan,
-    Package,
-    PerUnit,
-    Plan,
-    Tier,
-    Volume,
-    load_default_plans,
-    load_plans,
-    parse_plans,
-)
-from quotaplane.domain.pricing import (
+from quotaplane.domain.billing.pricing import (
     BASE_FEE,
     Segment,
     TierLine,
@@ -35,7 +21,19 @@ from quotaplane.domain.pricing import (
     price_metric,
     price_period,
 )
+from quotaplane.domain.errors import InvalidArgument
+from quotaplane.domain.plans.model import (
+    Charge,
+    Graduated,
+    MetricPlan,
+    Package,
+    PerUnit,
+    Plan,
+    Tier,
+    Volume,
+)
 from quotaplane.domain.windows import Period
+from quotaplane.integrations.plans_file import load_default_plans, load_plans, parse_plans
 
 FULL = load_plans(Path(__file__).parent / "plans" / "full.yaml")
 SEED = load_default_plans()

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from hypothesis import given
 from hypothesis import strategies as st
 
-from quotaplane.domain.quota import window_bounds
+from quotaplane.domain.quota.engine import window_bounds
 from quotaplane.domain.windows import Window, window_reset, window_start
 
 INSTANTS = st.datetimes(

@@ -9,7 +9,7 @@ from contextlib import AsyncExitStack
 
 import pytest
 
-from quotaplane.shutdown import push_bounded
+from quotaplane.app.shutdown import push_bounded
 
 
 async def _record(ran: list[str], name: str) -> None:
@@ -35,14 +35,14 @@ async def test_a_stuck_step_is_logged_and_the_next_steps_still_run(
     ran: list[str] = []
     release = asyncio.Event()
     started = time.monotonic()
-    with caplog.at_level(logging.ERROR, logger="quotaplane.shutdown"):
+    with caplog.at_level(logging.ERROR, logger="quotaplane.app.shutdown"):
         async with AsyncExitStack() as stack:
             push_bounded(stack, "last to stop", _record, ran, "last")  # registered first, runs last
             push_bounded(stack, "stuck part", stuck, release, limit=0.2)  # type: ignore[arg-type]
             push_bounded(stack, "first to stop", _record, ran, "first")
     assert time.monotonic() - started < 5
     assert ran == ["first", "last"]
-    [logged] = [r for r in caplog.records if r.name == "quotaplane.shutdown"]
+    [logged] = [r for r in caplog.records if r.name == "quotaplane.app.shutdown"]
     assert "'stuck part' did not finish within 0.2 s" in logged.getMessage()
     assert stuck.__name__ in logged.stuck_at  # type: ignore[attr-defined]
     release.set()  # let the abandoned step end: the test loop outlives this test

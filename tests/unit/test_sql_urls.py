@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from quotaplane.domain.errors import InvalidArgument
+from quotaplane.logs import redact_url
 from quotaplane.storage.sql.engine import (
     dialect_of,
     normalize_database_url,
-    safe_database_url,
     validate_schema_name,
 )
 
@@ -74,10 +74,12 @@ def test_dialect_of(url: str, dialect: str) -> None:
         ("postgresql://user:hunter2@host:5432/db", "postgresql://user:***@host:5432/db"),
         ("postgresql://user@host/db", "postgresql://user@host/db"),
         ("sqlite:////tmp/ledger.db", "sqlite:////tmp/ledger.db"),
+        ("redis://:s3cret@redis:6379/0", "redis://:***@redis:6379/0"),
+        ("rediss://default:s3cret@cache.example:6380", "rediss://default:***@cache.example:6380"),
     ],
 )
-def test_safe_database_url_hides_only_the_password(url: str, shown: str) -> None:
-    assert safe_database_url(url) == shown
+def test_redact_url_hides_only_the_password(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
 
 
 @pytest.mark.parametrize("schema", ["public", "qpt_1a2b", "_x"])

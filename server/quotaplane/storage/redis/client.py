@@ -52,7 +52,10 @@ class CommandPipe(Protocol):
     async def aclose(self) -> None: ...
 
 
-def redis_client(url: str, *, timeout: float) -> Redis | RedisCluster:
+RedisClient = Redis | RedisCluster  # what ``redis_client`` returns for an operator URL
+
+
+def redis_client(url: str, *, timeout: float) -> RedisClient:
     """A redis-py client for ``url`` whose connects and reads give up after ``timeout`` s."""
     options: dict[str, Any] = {
         "socket_timeout": timeout,

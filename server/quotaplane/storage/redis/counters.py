@@ -18,7 +18,7 @@ from importlib import resources
 from redis.exceptions import RedisError
 
 from quotaplane.domain.errors import Unavailable
-from quotaplane.domain.ports import ConsumeCall, ConsumeResult
+from quotaplane.domain.quota.ports import ConsumeCall, ConsumeResult
 from quotaplane.storage.redis import keys
 from quotaplane.storage.redis.batching import ScriptBatcher
 from quotaplane.storage.redis.client import Arg, CommandPipe

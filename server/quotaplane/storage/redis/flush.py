@@ -1,7 +1,7 @@
 """Redis side of the ledger: draining unflushed usage, and charging recorded usage to counters.
 
 ``RedisUnflushedUsage`` implements the crash-safe half of the usage flush
-(``domain/usage.py`` has the whole protocol). Its keys extend the layout of ``keys.py``
+(``services/usage_flusher.py`` has the whole protocol). Its keys extend the layout of ``keys.py``
 under the tenant's hash tag:
 
 - ``<p>:{<tenant>}:unflushed:<flush_id>``: a pending record, the unflushed hash renamed by
@@ -25,22 +25,22 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
-from quotaplane.domain.billing_ports import HourlyUsage, PendingFlush
+from quotaplane.domain.billing.ports import HourlyUsage, PendingFlush
 from quotaplane.domain.errors import Unavailable
+from quotaplane.domain.quota.engine import COUNTER_GRACE
 from quotaplane.domain.windows import Period, Window
 from quotaplane.storage.redis import keys
 
 PENDING_SET = "pending"
 SCAN_COUNT = 1000
 # Same margin consume.lua's counters get past their window's end.
-COUNTER_GRACE = timedelta(seconds=10)
 
 
 def _script(name: str) -> str:

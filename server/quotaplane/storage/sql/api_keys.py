@@ -18,9 +18,9 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from quotaplane.domain.admin_ports import KeyGrant
 from quotaplane.domain.errors import NotFound, Unavailable
-from quotaplane.domain.model import ApiKey
+from quotaplane.domain.tenants.model import ApiKey
+from quotaplane.domain.tenants.ports import KeyGrant
 from quotaplane.storage.sql.access import SqlStore, database_errors, utc_now
 from quotaplane.storage.sql.tables import api_keys
 

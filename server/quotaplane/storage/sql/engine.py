@@ -63,11 +63,6 @@ def dialect_of(url: str) -> str:
     return normalize_database_url(url, async_=False).partition(":")[0].partition("+")[0]
 
 
-def safe_database_url(url: str) -> str:
-    """The URL with any password replaced by '***', for logs and error messages."""
-    return re.sub(r"(://[^/@:]*:)[^/@]*@", r"\1***@", url, count=1)
-
-
 def create_async_engine_for(url: str, *, schema: str | None = None) -> AsyncEngine:
     """An async engine for the server: pooled, pre-pinged, SQLite pragmas on every connection."""
     sa_url = normalize_database_url(url, async_=True)

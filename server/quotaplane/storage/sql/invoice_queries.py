@@ -18,8 +18,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from quotaplane.domain.admin_ports import InvoiceFilter
-from quotaplane.domain.billing_ports import StoredInvoice
+from quotaplane.domain.billing.ports import InvoiceFilter, StoredInvoice
 from quotaplane.domain.paging import MAX_PAGE_SIZE, Cursor
 from quotaplane.storage.sql.access import database_errors, utc_now
 from quotaplane.storage.sql.invoices import load_invoice

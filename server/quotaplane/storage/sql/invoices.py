@@ -24,9 +24,9 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from quotaplane.domain.billing_ports import HourlyUsage, PlanChange, Pricer, StoredInvoice
+from quotaplane.domain.billing.ports import HourlyUsage, PlanChange, Pricer, StoredInvoice
+from quotaplane.domain.billing.pricing import PricedInvoice, PricedLine, TierLine
 from quotaplane.domain.money import round_money
-from quotaplane.domain.pricing import PricedInvoice, PricedLine, TierLine
 from quotaplane.domain.windows import Period
 from quotaplane.storage.sql.access import database_errors, dialect_insert, utc_now
 from quotaplane.storage.sql.tables import (

@@ -25,9 +25,9 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from quotaplane.domain.billing_ports import HourlyUsage, PendingFlush, Recorded
+from quotaplane.domain.billing.events import UsageEvent
+from quotaplane.domain.billing.ports import HourlyUsage, PendingFlush, Recorded
 from quotaplane.domain.errors import FailedPrecondition
-from quotaplane.domain.model import UsageEvent
 from quotaplane.domain.windows import Period, Window, window_start
 from quotaplane.storage.sql.access import database_errors, dialect_insert, utc_now
 from quotaplane.storage.sql.tables import (

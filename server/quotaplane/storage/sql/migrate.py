@@ -24,10 +24,10 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
 
 from quotaplane.domain.errors import InvalidArgument
+from quotaplane.logs import redact_url
 from quotaplane.storage.sql.engine import (
     create_sync_engine_for,
     dialect_of,
-    safe_database_url,
     validate_schema_name,
 )
 
@@ -66,26 +66,22 @@ def upgrade(url: str, revision: str = "head", *, schema: str | None = None) -> N
         ).get_current_revision()
         log.info(
             "ledger schema upgrade starting",
-            extra={"database": safe_database_url(url), "from": before, "to": revision},
+            extra={"database": redact_url(url), "from": before, "to": revision},
         )
         with _ALEMBIC_LOCK:
             command.upgrade(_config(connection, schema), revision)
-    log.info(
-        "ledger schema upgrade done", extra={"database": safe_database_url(url), "to": revision}
-    )
+    log.info("ledger schema upgrade done", extra={"database": redact_url(url), "to": revision})
 
 
 def downgrade(url: str, revision: str, *, schema: str | None = None) -> None:
     """Migrate the database at ``url`` down to ``revision`` ('base' removes every table)."""
     log.info(
         "ledger schema downgrade starting",
-        extra={"database": safe_database_url(url), "to": revision},
+        extra={"database": redact_url(url), "to": revision},
     )
     with _connection(url, schema) as connection, _ALEMBIC_LOCK:
         command.downgrade(_config(connection, schema), revision)
-    log.info(
-        "ledger schema downgrade done", extra={"database": safe_database_url(url), "to": revision}
-    )
+    log.info("ledger schema downgrade done", extra={"database": redact_url(url), "to": revision})
 
 
 def new_revision(message: str) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from quotaplane.domain.notifications import PendingNotification, QuotaAlert
+from quotaplane.domain.quota.alerts import PendingNotification, QuotaAlert
 from quotaplane.storage.sql.access import database_errors, dialect_insert
 from quotaplane.storage.sql.tables import quota_notifications as qn
 

@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from quotaplane.domain.billing_ports import PaymentEvent, PushJob
+from quotaplane.domain.billing.ports import PaymentEvent, PushJob
 from quotaplane.storage.sql.access import database_errors, dialect_insert, utc_now
 from quotaplane.storage.sql.invoices import PUSH, load_invoice
 from quotaplane.storage.sql.tables import invoices, stripe_outbox, stripe_webhook_events, tenants

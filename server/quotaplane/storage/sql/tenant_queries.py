@@ -10,9 +10,9 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from quotaplane.domain.admin_ports import TenantFilter
-from quotaplane.domain.model import Tenant
 from quotaplane.domain.paging import MAX_PAGE_SIZE, Cursor
+from quotaplane.domain.tenants.model import Tenant
+from quotaplane.domain.tenants.ports import TenantFilter
 from quotaplane.storage.sql.tables import tenants
 
 # One row mapping and one error translation for the tenants table: the tenant store's.

@@ -1,7 +1,7 @@
 """SQL tenant store: the ``tenants`` table (and its ``plan_changes`` history) behind TenantStore.
 
 Every change sets ``updated_at`` and bumps ``version``; replicas' tenant directories poll
-``list_changed_since`` on that column (see ``domain/directory.py``). A plan is recorded in
+``list_changed_since`` on that column (see ``services/tenant_directory.py``). A plan is recorded in
 ``plan_changes`` when a tenant is created and whenever it changes, in the same transaction,
 so billing can prorate by the plan in force at each instant. Whether a plan name exists is the
 caller's check (the catalog lives in memory, not in SQL).
@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from quotaplane.domain.errors import AlreadyExists, NotFound
-from quotaplane.domain.model import Tenant, TenantStatus
+from quotaplane.domain.tenants.model import Tenant, TenantStatus
 from quotaplane.storage.sql.access import SqlStore, database_errors, utc_now
 from quotaplane.storage.sql.tables import plan_changes, tenants
 

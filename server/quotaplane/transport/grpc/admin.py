@@ -6,10 +6,11 @@ from typing import Any, TypeAlias
 
 import grpc
 
-from quotaplane.domain.admin import PlanAdmin, TenantAdmin
-from quotaplane.domain.admin_billing import InvoiceAdmin, UsageReports
-from quotaplane.domain.api_keys import ApiKeyAdmin
+from quotaplane.domain.billing.admin import InvoiceAdmin, UsageReports
 from quotaplane.domain.errors import Unimplemented
+from quotaplane.domain.plans.registry import PlanAdmin
+from quotaplane.domain.tenants.admin import TenantAdmin
+from quotaplane.domain.tenants.api_keys import ApiKeyAdmin
 from quotaplane.transport.grpc import admin_convert as convert
 from quotaplane.transport.grpc.billing_convert import invoice as invoice_message
 from quotaplane.transport.grpc.status import rpc

@@ -6,11 +6,12 @@ from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from quotaplane.domain.admin import PlanRegistry, price_summary
-from quotaplane.domain.admin_billing import UsageReport
+from quotaplane.domain.billing.admin import UsageReport
 from quotaplane.domain.errors import InvalidArgument
-from quotaplane.domain.model import ApiKey, Tenant, TenantStatus
-from quotaplane.domain.plans import MetricPlan, Plan
+from quotaplane.domain.plans.model import MetricPlan, Plan
+from quotaplane.domain.plans.registry import PlanRegistry
+from quotaplane.domain.plans.summary import price_summary
+from quotaplane.domain.tenants.model import ApiKey, Tenant, TenantStatus
 from quotaplane.domain.windows import Window
 from quotaplane.transport.grpc.convert import OVERAGE_POLICIES, WINDOWS, timestamp
 from quotaplane_client.v1 import admin_pb2, types_pb2

@@ -11,12 +11,12 @@ from typing import Any
 
 import grpc
 
+from quotaplane.domain.tenants.api_keys import SECRET_PREFIX
 from quotaplane.transport.grpc.handlers import Behavior, with_behavior
 from quotaplane_client.v1 import admin_pb2, quota_pb2
 
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 QUOTA_SERVICE = quota_pb2.DESCRIPTOR.services_by_name["QuotaService"].full_name
-API_KEY_PREFIX = "qp_live_"
 
 
 def bearer_token(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
@@ -40,7 +40,7 @@ def refusal(
         )
     if hmac.compare_digest(presented.encode(), expected.encode()):
         return None
-    if presented.startswith(API_KEY_PREFIX):
+    if presented.startswith(SECRET_PREFIX):
         return grpc.StatusCode.PERMISSION_DENIED, f"API keys cannot call {service}"
     return grpc.StatusCode.UNAUTHENTICATED, f"wrong token for {service}"
 

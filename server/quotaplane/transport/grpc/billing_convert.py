@@ -12,12 +12,12 @@ from decimal import Decimal
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from quotaplane.domain.billing_ports import StoredInvoice
-from quotaplane.domain.invoicing import InvoiceRequest
-from quotaplane.domain.model import EventOutcome, EventResult
+from quotaplane.domain.billing.events import EventOutcome, EventResult
+from quotaplane.domain.billing.invoicing import InvoiceRequest
+from quotaplane.domain.billing.ports import StoredInvoice
+from quotaplane.domain.billing.pricing import PricedLine, TierLine
+from quotaplane.domain.billing.usage_events import RawUsageEvent
 from quotaplane.domain.money import decimal_str
-from quotaplane.domain.pricing import PricedLine, TierLine
-from quotaplane.domain.usage_events import RawUsageEvent
 from quotaplane_client.v1 import quota_pb2, types_pb2
 
 Outcome = quota_pb2.RecordUsageResponse.Outcome

@@ -7,7 +7,7 @@ from datetime import datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from quotaplane.domain.model import Decision, DecisionCode, LimitState, QuotaRequest
+from quotaplane.domain.quota.decisions import Decision, DecisionCode, LimitState, QuotaRequest
 from quotaplane_client.v1 import quota_pb2, types_pb2
 
 WINDOWS: dict[str, types_pb2.Window.ValueType] = {

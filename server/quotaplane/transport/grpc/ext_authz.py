@@ -28,8 +28,8 @@ from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2
 
 from quotaplane.domain.errors import InvalidArgument
-from quotaplane.domain.gateway import Gateway, GatewayDecision, GatewayRequest, Verdict
-from quotaplane.domain.model import DEFAULT_METRIC, Decision, LimitState
+from quotaplane.domain.quota.decisions import DEFAULT_METRIC, Decision, LimitState
+from quotaplane.domain.quota.gateway import Gateway, GatewayDecision, GatewayRequest, Verdict
 from quotaplane.transport.grpc.observability import set_call_tenant
 from quotaplane.transport.grpc.status import rpc
 

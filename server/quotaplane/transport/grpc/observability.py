@@ -29,7 +29,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from quotaplane.domain.model import DEFAULT_METRIC
+from quotaplane.domain.quota.decisions import DEFAULT_METRIC
 from quotaplane.telemetry import Telemetry
 from quotaplane.transport.grpc.handlers import Behavior, with_behavior
 from quotaplane_client.v1 import quota_pb2

@@ -6,10 +6,10 @@ from typing import Any
 
 import grpc
 
+from quotaplane.domain.billing.invoicing import InvoiceService
+from quotaplane.domain.billing.usage_events import UsageRecorder
 from quotaplane.domain.errors import Unimplemented
-from quotaplane.domain.invoicing import InvoiceService
-from quotaplane.domain.quota import QuotaEngine
-from quotaplane.domain.usage_events import UsageRecorder
+from quotaplane.domain.quota.engine import QuotaEngine
 from quotaplane.transport.grpc import billing_convert, convert
 from quotaplane.transport.grpc.status import rpc
 from quotaplane_client.v1 import quota_pb2, quota_pb2_grpc, types_pb2

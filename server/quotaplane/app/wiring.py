@@ -1,0 +1,225 @@
+"""Pure factories: from settings and open connections to the objects one replica serves with.
+
+Nothing here starts, awaits, connects or reads a file: ``runtime.py`` opens the connections,
+calls these, then starts what they return in order. Tests that need a stack build it with the
+same functions, so what they exercise is what ``serve`` runs.
+
+The counter store a replica decides with is a chain, outermost first:
+``UsageTrackingCounters`` (tells the flusher which tenants it admitted usage for) ->
+``LedgerSeededCounters`` (a month counter lost by Redis is rebuilt from the ledger before it is
+used) -> ``RedisCounterStore`` (the atomic Lua script).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from quotaplane.config import Settings
+from quotaplane.domain.billing.admin import InvoiceAdmin, UsageReports
+from quotaplane.domain.billing.invoicing import InvoiceService
+from quotaplane.domain.billing.payments import PaymentWebhooks
+from quotaplane.domain.billing.ports import StoredInvoice
+from quotaplane.domain.billing.usage_events import UsageRecorder
+from quotaplane.domain.plans.registry import PlanAdmin, PlanRegistry
+from quotaplane.domain.quota.engine import QuotaEngine
+from quotaplane.domain.quota.gateway import Gateway
+from quotaplane.domain.quota.ports import CounterStore
+from quotaplane.domain.tenants.admin import TenantAdmin
+from quotaplane.domain.tenants.api_keys import ApiKeyAdmin
+from quotaplane.integrations.notify.webhooks import HttpWebhookSender
+from quotaplane.integrations.stripe.client import StripeGateway, webhook_verifier
+from quotaplane.services.counter_seeding import LedgerSeededCounters
+from quotaplane.services.invoice_push import InvoicePusher
+from quotaplane.services.key_cache import ApiKeyCache
+from quotaplane.services.notifier import Notifier
+from quotaplane.services.tenant_directory import TenantDirectory
+from quotaplane.services.usage_flusher import UsageFlusher, UsageTrackingCounters
+from quotaplane.storage.redis.client import CommandPipe, RedisClient
+from quotaplane.storage.redis.counters import RedisCounterStore
+from quotaplane.storage.redis.flush import RedisQuotaCounters, RedisUnflushedUsage
+from quotaplane.storage.sql.api_keys import SqlApiKeyStore
+from quotaplane.storage.sql.invoice_queries import SqlInvoiceQueries
+from quotaplane.storage.sql.invoices import SqlInvoiceLedger
+from quotaplane.storage.sql.ledger import SqlUsageLedger
+from quotaplane.storage.sql.notifications import SqlNotificationStore
+from quotaplane.storage.sql.outbox import SqlPushOutbox
+from quotaplane.storage.sql.tenant_queries import SqlTenantQueries
+from quotaplane.storage.sql.tenants import SqlTenantStore
+from quotaplane.telemetry import Telemetry
+from quotaplane.transport.grpc.admin import AdminServicer
+from quotaplane.transport.grpc.ext_authz import AuthorizationServicer
+from quotaplane.transport.grpc.quota import QuotaServicer
+from quotaplane.transport.grpc.server import Servicers
+
+
+@dataclass(frozen=True)
+class Connections:
+    """What one replica holds open: the ledger engine and two Redis clients."""
+
+    database: AsyncEngine
+    counters: CommandPipe  # the hot path: one pipelined connection, batched per loop tick
+    redis: RedisClient  # the flush and recorded usage: may wait longer than a CheckQuota may
+
+
+@dataclass(frozen=True)
+class Loop:
+    """A background service: ``run`` until cancelled, then ``final`` once (if any)."""
+
+    name: str
+    run: Callable[[], Coroutine[Any, Any, None]]
+    final: Callable[[], Coroutine[Any, Any, Any]] | None = None
+
+
+@dataclass(frozen=True)
+class Replica:
+    """Everything one replica serves with, built and not yet started."""
+
+    plans: PlanRegistry
+    tenants: SqlTenantStore
+    directory: TenantDirectory
+    api_keys: ApiKeyCache
+    flusher: UsageFlusher
+    engine: QuotaEngine
+    usage: UsageRecorder
+    invoices: InvoiceService
+    payment_webhooks: PaymentWebhooks | None
+    servicers: Servicers
+    loops: tuple[Loop, ...]
+
+
+def counter_store(
+    settings: Settings,
+    connections: Connections,
+    flusher: UsageFlusher,
+    *,
+    observe: Callable[[float], None] | None = None,
+) -> CounterStore:
+    """The counter chain of the module docstring."""
+    prefix = settings.redis_key_prefix
+    redis = RedisCounterStore(
+        connections.counters,
+        key_prefix=prefix,
+        timeout=settings.redis_timeout.total_seconds(),
+        observe=observe,
+    )
+    month_counters = RedisQuotaCounters(connections.redis, key_prefix=prefix)
+    seeded = LedgerSeededCounters(redis, month_counters, SqlUsageLedger(connections.database))
+    return UsageTrackingCounters(seeded, flusher.mark_dirty)
+
+
+def usage_flusher(
+    settings: Settings, connections: Connections, telemetry: Telemetry | None = None
+) -> UsageFlusher:
+    """Admitted usage: Redis unflushed hashes -> usage_hourly every flush interval."""
+    unflushed = RedisUnflushedUsage(connections.redis, key_prefix=settings.redis_key_prefix)
+    return UsageFlusher(
+        unflushed,
+        SqlUsageLedger(connections.database),
+        interval=settings.flush_interval,
+        on_lag=telemetry.set_flush_lag if telemetry else None,
+    )
+
+
+def build_replica(
+    settings: Settings, connections: Connections, plans: PlanRegistry, telemetry: Telemetry
+) -> Replica:
+    """Stores, caches, use cases, loops and servicers of one replica, wired and not started."""
+    database = connections.database
+    tenants = SqlTenantStore(database)
+    directory = TenantDirectory(tenants, ttl=settings.cache_ttl)
+    key_store = SqlApiKeyStore(database)
+    api_keys = ApiKeyCache(key_store, ttl=settings.cache_ttl)
+    flusher = usage_flusher(settings, connections, telemetry)
+    notifier = _notifier(settings, database)
+    engine = QuotaEngine(
+        tenants=directory,
+        plans=plans,
+        counters=counter_store(settings, connections, flusher, observe=telemetry.observe_redis),
+        observers=[notifier.observe] if notifier else [],
+    )
+    usage = UsageRecorder(
+        tenants=directory,
+        plans=plans,
+        ledger=SqlUsageLedger(database),
+        counters=RedisQuotaCounters(connections.redis, key_prefix=settings.redis_key_prefix),
+    )
+    invoices = InvoiceService(
+        tenants=directory,
+        plans=plans,
+        invoices=SqlInvoiceLedger(database),
+        flush=flusher.flush_tenant,
+        on_finalized=_record_finalized(telemetry),
+    )
+    queries = SqlTenantQueries(database)
+    servicers = Servicers(
+        quota=QuotaServicer(engine, usage=usage, invoices=invoices),
+        admin=AdminServicer(
+            tenants=TenantAdmin(tenants, queries, plans),
+            keys=ApiKeyAdmin(key_store, tenants),
+            plans=PlanAdmin(plans, queries),
+            usage=UsageReports(tenants, SqlUsageLedger(database), flush=flusher.flush_tenant),
+            invoices=InvoiceAdmin(tenants, SqlInvoiceQueries(database)),
+        ),
+        authz=AuthorizationServicer(Gateway(api_keys, engine)),
+    )
+    loops = [
+        Loop("tenant directory poller", directory.run),
+        Loop("api key cache poller", api_keys.run),
+        Loop("usage flusher", flusher.run, final=flusher.tick),
+        *_stripe_push(settings, database, telemetry),
+        *([Loop("quota notifier", notifier.run)] if notifier else []),
+    ]
+    return Replica(
+        plans=plans,
+        tenants=tenants,
+        directory=directory,
+        api_keys=api_keys,
+        flusher=flusher,
+        engine=engine,
+        usage=usage,
+        invoices=invoices,
+        payment_webhooks=_payment_webhooks(settings, database),
+        servicers=servicers,
+        loops=tuple(loops),
+    )
+
+
+def _notifier(settings: Settings, database: AsyncEngine) -> Notifier | None:
+    """Quota threshold webhooks, when QUOTAPLANE_WEBHOOK_URL is set."""
+    if not settings.webhook_url:
+        return None
+    sender = HttpWebhookSender(settings.webhook_url, settings.webhook_secret)
+    store = SqlNotificationStore(database)
+    return Notifier(store, sender, thresholds=settings.notify_thresholds)
+
+
+def _stripe_push(settings: Settings, database: AsyncEngine, telemetry: Telemetry) -> Sequence[Loop]:
+    """The Stripe outbox worker, when STRIPE_API_KEY is set: pushes finalized invoices."""
+    if not settings.stripe_api_key:
+        return ()
+    gateway = StripeGateway(settings.stripe_api_key, api_base=settings.stripe_api_base or None)
+    pusher = InvoicePusher(
+        SqlPushOutbox(database), gateway, on_outcome=telemetry.record_stripe_push
+    )
+    return (Loop("stripe outbox", pusher.run),)
+
+
+def _payment_webhooks(settings: Settings, database: AsyncEngine) -> PaymentWebhooks | None:
+    """Incoming Stripe events, when QUOTAPLANE_STRIPE_WEBHOOK_ADDR is set."""
+    if settings.stripe_webhook_addr == "off":
+        return None
+    if not settings.stripe_webhook_secret:
+        raise RuntimeError("QUOTAPLANE_STRIPE_WEBHOOK_ADDR is set: STRIPE_WEBHOOK_SECRET must be")
+    verifier = webhook_verifier(settings.stripe_webhook_secret)
+    return PaymentWebhooks(SqlPushOutbox(database), verifier)
+
+
+def _record_finalized(telemetry: Telemetry) -> Callable[[StoredInvoice], None]:
+    def record(invoice: StoredInvoice) -> None:
+        telemetry.record_invoice_total(invoice.currency, invoice.total_minor)
+
+    return record

@@ -1,0 +1,185 @@
+"""The ``quotaplane`` command: serve, validate plans, migrate the ledger.
+
+Exit codes: 0 success, 1 the thing checked is invalid (e.g. a plans file), 2 bad usage or
+configuration (the message names the variable or flag), 3 a dependency failed at run time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from quotaplane.cli import admin as cli_admin
+from quotaplane.cli import health as cli_health
+from quotaplane.config import SETTINGS, ConfigError, Settings, load_settings
+from quotaplane.domain.errors import PlanFileError
+
+EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("settings (flags override QUOTAPLANE_* variables)")
+    for s in SETTINGS:
+        group.add_argument(
+            "--" + s.name.replace("_", "-"),
+            dest=f"setting_{s.name}",
+            metavar="VALUE",
+            help=f"{s.help} [env {s.env}, default {s.default!r}]",
+        )
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides = {
+        s.name: value
+        for s in SETTINGS
+        if (value := getattr(args, f"setting_{s.name}", None)) is not None
+    }
+    return load_settings(os.environ, overrides)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from quotaplane.app.serve import serve
+    from quotaplane.logs import configure_logging
+
+    settings = _settings(args)
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        import uvloop
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(serve(settings))
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
+        asyncio.run(serve(settings))
+    return EXIT_OK
+
+
+def _cmd_plans_validate(args: argparse.Namespace) -> int:
+    from quotaplane.domain.plans.summary import summarize
+    from quotaplane.integrations.plans_file import load_plans
+
+    worst = EXIT_OK
+    for path in args.files:
+        try:
+            catalog = load_plans(Path(path))
+        except PlanFileError as exc:
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+            print(f"{path}: INVALID ({len(exc.problems)} problem(s))", file=sys.stderr)
+            worst = EXIT_INVALID
+            continue
+        print(f"{path}: OK, {len(catalog.plans)} plan(s)")
+        for line in summarize(catalog):
+            print(f"  {line}")
+    return worst
+
+
+def _database_url(args: argparse.Namespace) -> str:
+    if args.database_url:
+        return str(args.database_url)
+    settings = load_settings(os.environ)
+    if settings.database_url:
+        return settings.database_url
+    from quotaplane.app.runtime import embedded_database_url
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return embedded_database_url(settings.data_dir)
+
+
+def _cmd_db(args: argparse.Namespace) -> int:
+    from quotaplane.storage.sql import migrate
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    url = _database_url(args)
+    if args.db_command == "upgrade":
+        migrate.upgrade(url, args.revision)
+    elif args.db_command == "downgrade":
+        migrate.downgrade(url, args.revision)
+    print(f"schema revision: {migrate.current(url) or 'none'} (head {migrate.head()})")
+    return EXIT_OK
+
+
+def settings_markdown() -> str:
+    """The README's settings table, generated from the declarations."""
+    rows = ["| variable | flag | default | meaning |", "| --- | --- | --- | --- |"]
+    for s in SETTINGS:
+        flag = "--" + s.name.replace("_", "-")
+        default = f"`{s.default}`" if s.default else "(empty)"
+        rows.append(f"| `{s.env}` | `{flag}` | {default} | {s.help} |")
+    return "\n".join(rows)
+
+
+def _cmd_settings(args: argparse.Namespace) -> int:
+    if args.markdown:
+        print(settings_markdown())
+        return EXIT_OK
+    width = max(len(s.env) for s in SETTINGS)
+    for s in SETTINGS:
+        print(f"{s.env:<{width}}  default {s.default!r:<20} {s.help}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="quotaplane", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve", help="run the gRPC server (embedded valkey + SQLite by default)"
+    )
+    _add_setting_flags(serve)
+    serve.set_defaults(func=_cmd_serve)
+
+    plans = commands.add_parser("plans", help="work with plans files")
+    plans_commands = plans.add_subparsers(dest="plans_command", required=True, metavar="COMMAND")
+    validate = plans_commands.add_parser(
+        "validate", help="check plans files without starting anything"
+    )
+    validate.add_argument("files", nargs="+", metavar="FILE")
+    validate.set_defaults(func=_cmd_plans_validate)
+
+    cli_admin.register(commands, plans_commands)
+
+    db = commands.add_parser("db", help="ledger schema migrations (Alembic)")
+    db.add_argument(
+        "--database-url", help="default: QUOTAPLANE_DATABASE_URL, else the embedded SQLite file"
+    )
+    db_commands = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
+    upgrade = db_commands.add_parser("upgrade", help="migrate to a revision (default head)")
+    upgrade.add_argument("revision", nargs="?", default="head")
+    downgrade = db_commands.add_parser("downgrade", help="migrate down to a revision (e.g. base)")
+    downgrade.add_argument("revision")
+    db_commands.add_parser("current", help="print the schema revision")
+    db.set_defaults(func=_cmd_db)
+
+    cli_health.register(commands)
+
+    settings = commands.add_parser("settings", help="list every setting, its variable and default")
+    settings.add_argument("--markdown", action="store_true", help="print the README's table")
+    settings.set_defaults(func=_cmd_settings)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as exc:
+        print(f"quotaplane: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK
+    except Exception as exc:  # the one place a start-up failure becomes a readable line
+        from quotaplane.app.datadir import DataDirInUse
+
+        if isinstance(exc, DataDirInUse | PlanFileError | OSError | RuntimeError):
+            print(f"quotaplane: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""Admin use cases over the ledger: usage reports (GetUsage) and invoices (list, get, void).
+
+Tenants and plans are in ``admin.py``; this module only reads usage and invoices the billing
+code wrote, and voids invoices that Stripe does not hold yet.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from quotaplane.domain.billing.ports import (
+    HourlyUsage,
+    InvoiceFilter,
+    InvoiceQueries,
+    StoredInvoice,
+    UsageHistory,
+)
+from quotaplane.domain.errors import FailedPrecondition, InvalidArgument, NotFound
+from quotaplane.domain.paging import Cursor, decode_page_token, parse_page_size
+from quotaplane.domain.quota.decisions import parse_metric
+from quotaplane.domain.tenants.admin import MAX_REASON
+from quotaplane.domain.tenants.model import parse_tenant_id
+from quotaplane.domain.tenants.ports import TenantSource
+from quotaplane.domain.windows import Period, Window, as_utc, window_reset, window_start
+
+log = logging.getLogger(__name__)
+
+MAX_USAGE_RANGE = timedelta(days=400)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class UsageTotal:
+    start: datetime
+    end: datetime
+    quantity: int
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    tenant_id: str
+    metric: str
+    buckets: list[UsageTotal]
+    total: int
+    unflushed: int = 0
+
+
+class UsageReports:
+    """GetUsage: a tenant's usage of a metric over a time range, in hour/day/month buckets.
+
+    The ledger counts usage per UTC hour, so an hour counts when it overlaps the range (the
+    range is widened to whole hours). Before reading, the tenant's usage still waiting in Redis
+    is flushed (the same crash-safe flush the background task runs), so the report is current
+    to the request and ``unflushed`` is always 0: nothing reported lives outside the ledger.
+    """
+
+    def __init__(
+        self,
+        tenants: TenantSource,
+        ledger: UsageHistory,
+        *,
+        flush: Callable[[str], Awaitable[int]] | None = None,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        self._tenants = tenants
+        self._ledger = ledger
+        self._flush = flush
+        self._clock = clock
+
+    async def usage(
+        self,
+        *,
+        tenant_id: str,
+        metric: str,
+        start: datetime | None,
+        end: datetime | None,
+        bucket: Window,
+    ) -> UsageReport:
+        tenant_id = parse_tenant_id(tenant_id)
+        metric = parse_metric(metric)
+        start, end = self._range(start, end)
+        if await self._tenants.get(tenant_id) is None:
+            raise NotFound(f"tenant {tenant_id} does not exist")
+        if self._flush is not None:
+            await self._flush(tenant_id)
+        rows = await self._ledger.usage(tenant_id, window_start(Window.HOUR, start), end)
+        buckets = bucket_totals((r for r in rows if r.metric == metric), bucket)
+        return UsageReport(tenant_id, metric, buckets, sum(b.quantity for b in buckets))
+
+    def _range(self, start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
+        now = self._clock()
+        start = (
+            as_utc(start, field_name="start")
+            if start is not None
+            else window_start(Window.MONTH, now)
+        )
+        end = as_utc(end, field_name="end") if end is not None else now
+        if end <= start:
+            raise InvalidArgument(
+                f"end ({end.isoformat()}) must be after start ({start.isoformat()})"
+            )
+        if end - start > MAX_USAGE_RANGE:
+            raise InvalidArgument(
+                f"the range from start to end must be at most {MAX_USAGE_RANGE.days} days, "
+                f"got {(end - start).days} days"
+            )
+        return start, end
+
+
+def bucket_totals(rows: Iterable[HourlyUsage], bucket: Window) -> list[UsageTotal]:
+    """Hourly rows summed per bucket; only buckets with usage, in time order."""
+    sums: dict[datetime, int] = {}
+    for row in rows:
+        key = window_start(bucket, row.hour_start)
+        sums[key] = sums.get(key, 0) + row.quantity
+    return [
+        UsageTotal(start=at, end=window_reset(bucket, at), quantity=quantity)
+        for at, quantity in sorted(sums.items())
+        if quantity
+    ]
+
+
+@dataclass(frozen=True)
+class InvoicePage:
+    invoices: list[StoredInvoice]
+    next_page_token: str
+
+
+class InvoiceAdmin:
+    """ListInvoices, GetInvoice, VoidInvoice.
+
+    Voiding is allowed for drafts and finalized invoices that were never queued for Stripe. A
+    paid invoice, or one queued for or pushed to Stripe, is FAILED_PRECONDITION: Stripe holds
+    it (or the outbox is about to push it), so it must be voided or refunded in Stripe.
+    Voiding a void invoice answers it unchanged (a retried void must not fail). After a void,
+    GenerateInvoice may create the period's next version. The reason is logged; the ledger has
+    no column for it.
+    """
+
+    def __init__(self, tenants: TenantSource, invoices: InvoiceQueries) -> None:
+        self._tenants = tenants
+        self._invoices = invoices
+
+    async def list(
+        self, *, tenant_id: str, period: str, page_size: int, page_token: str
+    ) -> InvoicePage:
+        size = parse_page_size(page_size)
+        filters = InvoiceFilter(
+            tenant_id=await self._known_tenant(tenant_id) if tenant_id else None,
+            period=str(Period.parse(period)) if period else None,
+        )
+        token_fields = filters.as_token_fields()
+        after = decode_page_token(page_token, token_fields)
+        rows = await self._invoices.list_page(after=after, size=size + 1, filters=filters)
+        page, token = rows[:size], ""
+        if len(rows) > size:
+            last = page[-1]
+            token = Cursor(last.created_at, last.id, token_fields, sort=last.period).encode()
+        return InvoicePage(invoices=page, next_page_token=token)
+
+    async def get(self, invoice_id: str) -> StoredInvoice:
+        invoice_id = parse_tenant_id(invoice_id, field_name="invoice_id")
+        invoice = await self._invoices.get(invoice_id)
+        if invoice is None:
+            raise NotFound(f"invoice {invoice_id} does not exist")
+        return invoice
+
+    async def void(self, *, invoice_id: str, reason: str = "") -> StoredInvoice:
+        reason = reason.strip()
+        if len(reason) > MAX_REASON:
+            raise InvalidArgument(f"reason must be at most {MAX_REASON} characters")
+        invoice = await self.get(invoice_id)
+        if invoice.status == "void":
+            return invoice
+        if invoice.status == "paid":
+            raise FailedPrecondition(
+                f"invoice {invoice.id} is paid and cannot be voided; refund it in Stripe instead"
+            )
+        if invoice.stripe_invoice_id or await self._invoices.queued_for_stripe(invoice.id):
+            raise FailedPrecondition(
+                f"invoice {invoice.id} is queued for or pushed to Stripe; "
+                "void or refund it in Stripe instead"
+            )
+        voided = await self._invoices.void(invoice.id, from_status=invoice.status)
+        if voided is None:
+            raise FailedPrecondition(
+                f"invoice {invoice.id} changed while it was being voided; read it and retry"
+            )
+        log.info("invoice voided", extra={"invoice_id": invoice.id, "reason": reason})
+        return voided
+
+    async def _known_tenant(self, tenant_id: str) -> str:
+        tenant_id = parse_tenant_id(tenant_id)
+        if await self._tenants.get(tenant_id) is None:
+            raise NotFound(f"tenant {tenant_id} does not exist")
+        return tenant_id

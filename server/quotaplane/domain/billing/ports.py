@@ -1,0 +1,327 @@
+"""Billing ports: the Protocols the ledger, the Redis drain and the counters implement.
+
+The billing use cases (``usage_events.py``, ``invoicing.py``, ``admin.py``, ``payments.py``)
+and the services that drain usage and push invoices call these; ``storage/`` and
+``integrations/stripe`` implement them; ``app/`` plugs them together. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Protocol
+
+from quotaplane.domain.billing.events import UsageEvent
+from quotaplane.domain.billing.pricing import PricedInvoice, PricedLine
+from quotaplane.domain.paging import Cursor
+from quotaplane.domain.windows import Period
+
+# --- usage -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HourlyUsage:
+    """Units of one metric in one UTC hour; ``overage`` is the part admitted past a limit."""
+
+    metric: str
+    hour_start: datetime
+    quantity: int
+    overage: int = 0
+
+
+class Recorded(enum.Enum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class PendingFlush:
+    """Usage moved out of Redis's unflushed hash under a flush id, not yet known applied."""
+
+    flush_id: str
+    tenant_id: str
+    usage: tuple[HourlyUsage, ...]
+
+
+class UnflushedUsage(Protocol):
+    """Redis side of the flush: where admitted usage waits until the ledger has it."""
+
+    async def take(self, tenant_id: str) -> PendingFlush | None:
+        """Atomically move the tenant's unflushed usage into a new pending record."""
+        ...
+
+    async def pending(self, tenant_id: str) -> list[PendingFlush]:
+        """The tenant's pending records (left by a crash or a failed ledger write)."""
+        ...
+
+    async def complete(self, flush: PendingFlush) -> None:
+        """Forget a pending record the ledger has applied."""
+        ...
+
+    async def tenants_with_usage(self) -> set[str]:
+        """Every tenant with unflushed usage or pending records (a slow full sweep)."""
+        ...
+
+
+class UsageHistory(Protocol):
+    """The ledger's hourly usage, read-only (usage reports)."""
+
+    async def usage(self, tenant_id: str, start: datetime, end: datetime) -> list[HourlyUsage]:
+        """Hourly usage of every metric with ``start <= hour_start < end``."""
+        ...
+
+
+class UsageLedger(UsageHistory, Protocol):
+    """The ledger's usage tables."""
+
+    async def apply_flush(self, flush: PendingFlush) -> bool:
+        """Add the flush to the hourly usage once; False if this flush id was applied before."""
+        ...
+
+    async def apply_flushes(self, flushes: Sequence[PendingFlush]) -> list[bool]:
+        """``apply_flush`` for many flushes in one transaction; one flag per flush, in order."""
+        ...
+
+    async def record_events(self, events: Sequence[UsageEvent]) -> list[Recorded]:
+        """Store new events and add them to hourly usage in one transaction.
+
+        One result per event, in order: STORED; DUPLICATE if ``(tenant_id, event_id)`` was
+        recorded before (also by an earlier event of the same batch); CLOSED if the event's
+        period has a finalized or paid invoice (checked in the same transaction, after
+        waiting for any finalize of the tenant in progress).
+        """
+        ...
+
+
+class QuotaCounters(Protocol):
+    """Charging usage recorded elsewhere to the tenant's quota counter."""
+
+    async def add(self, tenant_id: str, metric: str, month_start: datetime, units: int) -> None:
+        """Add ``units`` to the month counter of ``metric`` without any limit check.
+
+        Only once the counter is seeded (see ``CounterSeeds``): before that, the seed reads
+        these units from the ledger, which already holds them.
+        """
+        ...
+
+
+class CounterSeeds(Protocol):
+    """Month counters rebuilt from the ledger after Redis lost them."""
+
+    async def is_seeded(self, tenant_id: str, metric: str, month_start: datetime) -> bool:
+        """Whether the month counter of ``metric`` was seeded since Redis last lost it."""
+        ...
+
+    async def seed(self, tenant_id: str, metric: str, month_start: datetime, units: int) -> bool:
+        """Add the ledger's ``units`` to the counter and mark it seeded, unless already seeded."""
+        ...
+
+
+# --- invoices ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PlanChange:
+    plan: str
+    effective_at: datetime
+
+
+@dataclass(frozen=True)
+class StoredInvoice:
+    """An invoice as the ledger holds it."""
+
+    id: str
+    tenant_id: str
+    period: str
+    version: int
+    status: str  # draft | finalized | paid | void
+    currency: str
+    lines: tuple[PricedLine, ...]
+    subtotal: Decimal  # at the currency's minor unit
+    total: Decimal
+    total_minor: int
+    created_at: datetime
+    replaces_invoice_id: str | None = None
+    stripe_invoice_id: str | None = None
+    finalized_at: datetime | None = None
+    last_error: str | None = None
+
+    @property
+    def frozen(self) -> bool:
+        return self.status in ("finalized", "paid")
+
+
+# Prices a period from its hourly usage and the tenant's plan history (pure, no I/O).
+Pricer = Callable[[Sequence[HourlyUsage], Sequence[PlanChange]], PricedInvoice]
+
+
+class InvoiceLedger(Protocol):
+    """The ledger's invoice tables."""
+
+    async def open_invoice(self, tenant_id: str, period: Period) -> StoredInvoice | None:
+        """The tenant's invoice for the period that is not void, if any."""
+        ...
+
+    async def save_invoice(
+        self, tenant_id: str, priced: PricedInvoice, *, finalize_at: datetime | None
+    ) -> StoredInvoice:
+        """Create the period's draft, or regenerate it in place; finalize it if asked.
+
+        Concurrent calls for one (tenant, period) end with one invoice (the database's UNIQUE
+        index decides); a frozen invoice is returned unchanged.
+        """
+        ...
+
+    async def generate(
+        self, tenant_id: str, period: Period, price: Pricer, *, finalize_at: datetime | None
+    ) -> StoredInvoice:
+        """``save_invoice`` of ``price(usage, plan changes)``, read in the same transaction.
+
+        When finalizing, the transaction holds the tenant against new usage: an event or a
+        flush of the tenant commits either before (and is on the invoice) or after (and sees
+        the period closed); none slips in between the read and the freeze.
+        """
+        ...
+
+    async def enqueue_push(self, invoice_id: str) -> None:
+        """Queue the invoice for the Stripe outbox (once, whatever the number of calls)."""
+        ...
+
+
+# --- Stripe push -------------------------------------------------------------------------------
+
+
+class PaymentError(Exception):
+    """A payment provider call failed. ``retryable``: 429, 5xx, network; else permanent."""
+
+    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None):
+        super().__init__(message)
+        self.message = message
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class RemoteInvoice:
+    """The provider's view of a pushed invoice."""
+
+    id: str
+    status: str  # draft | open | paid | void | uncollectible
+    total_minor: int
+    line_keys: frozenset[str]  # the ledger line keys its items carry
+
+
+@dataclass(frozen=True)
+class PushJob:
+    """One claimed outbox row: push this finalized invoice."""
+
+    outbox_id: str
+    invoice: StoredInvoice
+    tenant_name: str
+    stripe_customer_id: str | None
+    idempotency_base: str
+    attempts: int
+
+
+class PaymentGateway(Protocol):
+    """The payment provider (Stripe). Every write carries the caller's idempotency key."""
+
+    async def create_customer(self, tenant_id: str, name: str, *, idempotency_key: str) -> str: ...
+
+    async def create_invoice(
+        self, customer_id: str, invoice: StoredInvoice, *, idempotency_key: str
+    ) -> str:
+        """A draft invoice that leaves the customer's pending items out."""
+        ...
+
+    async def get_invoice(self, remote_id: str) -> RemoteInvoice: ...
+
+    async def add_line(
+        self,
+        remote_id: str,
+        invoice: StoredInvoice,
+        position: int,
+        *,
+        idempotency_key: str,
+    ) -> None: ...
+
+    async def finalize(self, remote_id: str, *, idempotency_key: str) -> None: ...
+
+
+class PushOutbox(Protocol):
+    """The ``stripe_outbox`` table and the Stripe ids the ledger keeps."""
+
+    async def claim_due(self, *, limit: int, lease_seconds: float) -> list[PushJob]:
+        """Due rows, each leased to this caller for ``lease_seconds`` (other workers skip it)."""
+        ...
+
+    async def set_customer(self, tenant_id: str, customer_id: str) -> None: ...
+
+    async def set_remote_invoice(self, invoice_id: str, remote_id: str) -> None: ...
+
+    async def done(self, job: PushJob) -> None: ...
+
+    async def retry_later(self, job: PushJob, *, delay_seconds: float, error: str) -> None: ...
+
+    async def fail(self, job: PushJob, error: str) -> None:
+        """Give up: the row is failed and the error is shown on the invoice."""
+        ...
+
+
+@dataclass(frozen=True)
+class PaymentEvent:
+    """A verified webhook event from the payment provider."""
+
+    id: str
+    type: str  # e.g. "invoice.paid"
+    remote_invoice_id: str | None
+
+
+class PaymentEventLedger(Protocol):
+    async def apply_event(self, event: PaymentEvent) -> bool:
+        """Record the event once and apply it (``invoice.paid`` marks the invoice paid).
+
+        False if the event id was seen before: nothing changes.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class InvoiceFilter:
+    tenant_id: str | None = None
+    period: str | None = None
+
+    def as_token_fields(self) -> dict[str, str]:
+        fields = {}
+        if self.tenant_id is not None:
+            fields["tenant_id"] = self.tenant_id
+        if self.period is not None:
+            fields["period"] = self.period
+        return fields
+
+
+class InvoiceQueries(Protocol):
+    """Invoice reads and the void transition for the admin RPCs."""
+
+    async def list_page(
+        self, *, after: Cursor | None, size: int, filters: InvoiceFilter
+    ) -> list[StoredInvoice]:
+        """Up to ``size`` invoices, newest period first (then newest created), after ``after``."""
+        ...
+
+    async def get(self, invoice_id: str) -> StoredInvoice | None: ...
+
+    async def queued_for_stripe(self, invoice_id: str) -> bool:
+        """True once the invoice has a row in the Stripe outbox."""
+        ...
+
+    async def void(self, invoice_id: str, *, from_status: str) -> StoredInvoice | None:
+        """Set status ``void`` if it is still ``from_status`` and not queued for Stripe.
+
+        None if either changed meanwhile.
+        """
+        ...

@@ -1,0 +1,181 @@
+"""Plans: what each plan limits and charges per metric, and the catalog of all plans.
+
+Plans come from a YAML file (``QUOTAPLANE_PLANS``, else the packaged
+``default_plans.yaml``) read by :func:`load_plans`, which validates it strictly and
+reports every problem as ``<file>:<path.to.key>: <message>``
+(``integrations/plans_file.py`` reads it, ``rules.py`` validates it).
+
+The seed shorthand loads unchanged::
+
+    plans:
+      growth: {price_per_1000_requests: 0.04, monthly_quota: 50000}
+
+and means: currency USD (or the file's ``currency``), metric ``requests`` charged by the
+package model (packages of 1,000 at the price, a started package counted whole) and a
+monthly limit of ``monthly_quota`` that blocks at the quota. A shorthand plan may also set
+``currency`` and ``base_fee``, but not ``metrics``.
+
+The full format::
+
+    currency: USD                    # optional default for every plan (default USD)
+    plans:
+      pro:                           # plan name: [a-z0-9][a-z0-9_-]{0,63}
+        currency: EUR                # optional, overrides the default
+        base_fee: "49.00"            # optional, per month, at most the currency's places
+        metrics:                     # at least one metric
+          requests:                  # metric name: [a-z][a-z0-9_.-]{0,63}
+            included: 10000          # optional free units per month, before any charge
+            charge:                  # optional (no charge = free); one of four models:
+              model: graduated       # per_unit | package | graduated | volume
+              tiers:
+                - {up_to: 100000, unit_price: "0.0005"}
+                - {up_to: null, unit_price: "0.0003", flat_fee: "1.00"}
+            limits:                  # optional; window -> limit
+              month: {limit: 1000000, overage: bill}
+              second: 50             # short form: the limit, overage block
+              minute: 1000
+          rating.bulk:
+            charge: {model: per_unit, unit_price: "0.002"}
+            limits: {day: 5000}
+
+Charge models (``unit_price`` up to 6 decimal places; ``package_price``, ``flat_fee`` and
+``base_fee`` at most the currency's minor unit, e.g. 2 for USD, 0 for JPY):
+
+- ``per_unit``: ``unit_price`` per billable unit.
+- ``package``: ``package_size`` (>= 1) and ``package_price``; a started package counts whole.
+- ``graduated``: ``tiers``; each unit is priced by the tier it falls in, and a tier's
+  optional ``flat_fee`` is charged once when any unit falls in it.
+- ``volume``: ``tiers``; all units are priced by the tier the total falls in, plus that
+  tier's ``flat_fee``.
+
+Tiers: ``up_to`` strictly increasing whole numbers, the last one ``null`` (open-ended).
+Tiers count billable units, i.e. usage minus ``included``.
+
+Limits: windows ``second``, ``minute``, ``hour``, ``day``, ``month`` (fixed, UTC; month =
+calendar month). ``overage: block`` (default) refuses at the limit; ``overage: bill``
+admits and bills usage beyond it, which only makes sense for ``month`` on a charged metric.
+
+Numbers may be written as YAML numbers or strings: the loader never turns them into
+floats, so ``0.05`` is exactly five cents.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from types import MappingProxyType
+from typing import ClassVar
+
+from quotaplane.domain.errors import NotFound
+from quotaplane.domain.windows import Window
+
+DEFAULT_CURRENCY = "USD"
+SEED_METRIC = "requests"
+SEED_PACKAGE_SIZE = 1000
+UNIT_PRICE_PLACES = 6
+
+
+class Overage(enum.StrEnum):
+    """What happens beyond a limit: refuse (429), or admit and bill the extra usage."""
+
+    BLOCK = "block"
+    BILL = "bill"
+
+
+@dataclass(frozen=True)
+class Limit:
+    metric: str
+    window: Window
+    limit: int
+    overage: Overage = Overage.BLOCK
+
+    @property
+    def name(self) -> str:
+        return f"{self.metric}/{self.window.value}"
+
+
+@dataclass(frozen=True)
+class PerUnit:
+    model: ClassVar[str] = "per_unit"
+    unit_price: Decimal
+
+
+@dataclass(frozen=True)
+class Package:
+    model: ClassVar[str] = "package"
+    package_size: int
+    package_price: Decimal
+
+
+@dataclass(frozen=True)
+class Tier:
+    up_to: int | None  # inclusive upper bound in billable units; None = open-ended
+    unit_price: Decimal
+    flat_fee: Decimal = Decimal(0)
+
+
+@dataclass(frozen=True)
+class Graduated:
+    model: ClassVar[str] = "graduated"
+    tiers: tuple[Tier, ...]
+
+
+@dataclass(frozen=True)
+class Volume:
+    model: ClassVar[str] = "volume"
+    tiers: tuple[Tier, ...]
+
+
+Charge = PerUnit | Package | Graduated | Volume
+
+
+@dataclass(frozen=True)
+class MetricPlan:
+    metric: str
+    charge: Charge | None = None  # None: the metric is limited but free
+    included: int = 0
+    limits: tuple[Limit, ...] = ()
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    currency: str
+    base_fee: Decimal
+    metrics: Mapping[str, MetricPlan] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Plans are shared by every request handler: keep them read-only.
+        object.__setattr__(self, "metrics", MappingProxyType(dict(self.metrics)))
+
+    def has_metric(self, metric: str) -> bool:
+        return metric in self.metrics
+
+    def limits_for(self, metric: str) -> tuple[Limit, ...]:
+        """The metric's limits, shortest window first; empty for a metric the plan lacks."""
+        metric_plan = self.metrics.get(metric)
+        return metric_plan.limits if metric_plan else ()
+
+
+@dataclass(frozen=True)
+class PlanCatalog:
+    plans: Mapping[str, Plan]
+    source: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "plans", MappingProxyType(dict(self.plans)))
+
+    def get(self, name: str) -> Plan:
+        try:
+            return self.plans[name]
+        except KeyError:
+            known = ", ".join(self.names()) or "none"
+            raise NotFound(f"unknown plan {name!r}; known plans: {known}") from None
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(sorted(self.plans))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.plans

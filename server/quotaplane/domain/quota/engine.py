@@ -1,0 +1,232 @@
+"""The CheckQuota use case: tenant and plan from memory, one atomic consume in the counter store.
+
+``QuotaEngine.check`` resolves the tenant (in-process directory), refuses suspended tenants
+without touching the counters, takes the metric's limits from the in-memory plan catalog,
+computes each limit's fixed UTC window, and asks the counter store to check and consume the
+cost on every limit at once: either every ``block`` limit has room and all are charged, or
+nothing is. ``bill`` limits admit past their limit; the excess is reported as overage.
+
+Semantics the callers rely on:
+
+- ``remaining`` is what is left after this decision (for a dry run or a denial: now).
+- ``retry_after`` on OVER_LIMIT is the time until the *last* of the blocking windows that
+  lack room resets: only then can the same request succeed.
+- A request id's first decision is kept until the shortest window of the call ends (at most
+  24 h); a repeat within that time is answered from it and charged nothing. Dry runs neither
+  store nor consume anything.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from quotaplane.domain.errors import FailedPrecondition, InvalidArgument, NotFound
+from quotaplane.domain.plans.model import Limit, Overage, Plan, PlanCatalog
+from quotaplane.domain.quota.decisions import Decision, DecisionCode, LimitState, QuotaRequest
+from quotaplane.domain.quota.ports import (
+    ConsumeCall,
+    ConsumeResult,
+    CounterLimit,
+    CounterStore,
+    TenantLookup,
+)
+from quotaplane.domain.tenants.model import Tenant
+from quotaplane.domain.windows import Window, window_reset, window_start
+
+DEDUP_MAX_AGE = timedelta(hours=24)
+# Counters outlive their window a little, so a late reply or a slow clock never reads a
+# counter that has just expired as empty.
+COUNTER_GRACE = timedelta(seconds=10)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class QuotaEngine:
+    """Decides CheckQuota requests. ``plans`` returns the catalog in force (plans reload)."""
+
+    def __init__(
+        self,
+        *,
+        tenants: TenantLookup,
+        plans: Callable[[], PlanCatalog],
+        counters: CounterStore,
+        clock: Callable[[], datetime] = utc_now,
+        observers: Sequence[Callable[[QuotaRequest, Decision], None]] = (),
+    ) -> None:
+        self._tenants = tenants
+        self._plans = plans
+        self._counters = counters
+        self._clock = clock
+        self._observers = tuple(observers)
+
+    async def check(self, request: QuotaRequest) -> Decision:
+        tenant = await self._tenants.get(request.tenant_id)
+        limits = self._limits(tenant, request.metric)
+        if not tenant.active:
+            return Decision(allowed=False, code=DecisionCode.SUSPENDED, cost=request.cost)
+        now = self._clock()
+        windows = _windows(limits, now)
+        result = await self._counters.consume(consume_call(request, windows))
+        decision = decision_of(request, limits, result, windows.resets, now)
+        for observe in self._observers:  # cheap, synchronous: e.g. threshold notifications
+            observe(request, decision)
+        return decision
+
+    def _limits(self, tenant: Tenant, metric: str) -> tuple[Limit, ...]:
+        plan = self._plan(tenant)
+        if not plan.has_metric(metric):
+            metrics = ", ".join(sorted(plan.metrics)) or "none"
+            raise InvalidArgument(
+                f"metric {metric!r} is not part of plan {plan.name!r} (its metrics: {metrics})"
+            )
+        return plan.limits_for(metric)
+
+    def _plan(self, tenant: Tenant) -> Plan:
+        try:
+            return self._plans().get(tenant.plan)
+        except NotFound:
+            raise FailedPrecondition(
+                f"tenant {tenant.id} is on plan {tenant.plan!r}, which the plans file no longer has"
+            ) from None
+
+
+@functools.lru_cache(maxsize=256)
+def window_bounds(window: Window, second: int) -> tuple[int, datetime]:
+    """(start as unix seconds, reset) of the window holding the unix second ``second``.
+
+    Every window is a whole number of seconds aligned to UTC, so the bounds depend on the
+    second only; caching them keeps calendar arithmetic off the hot path.
+    """
+    at = datetime.fromtimestamp(second, UTC)
+    return int(window_start(window, at).timestamp()), window_reset(window, at)
+
+
+@dataclass(frozen=True)
+class _Windows:
+    """What a request needs to know about its limits' windows at one UTC second."""
+
+    counters: tuple[CounterLimit, ...]
+    resets: tuple[datetime, ...]
+    hour_start: int
+    dedup_expires_at_ms: int
+
+
+@functools.lru_cache(maxsize=1024)
+def _windows_at(limits: tuple[Limit, ...], second: int) -> _Windows:
+    """Cached per (limits, second): every request of one second shares the window arithmetic."""
+    bounds = [window_bounds(limit.window, second) for limit in limits]
+    at = datetime.fromtimestamp(second, UTC)
+    dedup_until = min([*(reset for _, reset in bounds), at + DEDUP_MAX_AGE])
+    return _Windows(
+        counters=tuple(
+            CounterLimit(
+                window=limit.window,
+                window_start=start,
+                limit=limit.limit,
+                bill=limit.overage is Overage.BILL,
+                expires_at_ms=_epoch_ms(reset + COUNTER_GRACE),
+            )
+            for limit, (start, reset) in zip(limits, bounds, strict=True)
+        ),
+        resets=tuple(reset for _, reset in bounds),
+        hour_start=window_bounds(Window.HOUR, second)[0],
+        dedup_expires_at_ms=_epoch_ms(dedup_until),
+    )
+
+
+def _windows(limits: Sequence[Limit], now: datetime) -> _Windows:
+    return _windows_at(tuple(limits), int(now.timestamp()))
+
+
+def consume_call(request: QuotaRequest, windows: _Windows) -> ConsumeCall:
+    """The counter-store call for a request in these windows."""
+    return ConsumeCall(
+        tenant_id=request.tenant_id,
+        metric=request.metric,
+        cost=request.cost,
+        limits=windows.counters,
+        hour_start=windows.hour_start,
+        dedup_expires_at_ms=windows.dedup_expires_at_ms,
+        request_id=request.request_id,
+        dry_run=request.dry_run,
+    )
+
+
+def decision_of(
+    request: QuotaRequest,
+    limits: Sequence[Limit],
+    result: ConsumeResult,
+    resets: Sequence[datetime],
+    now: datetime,
+) -> Decision:
+    """The Decision for the counter store's answer (``resets``: each limit's window end)."""
+    states = tuple(
+        _limit_state(limit, used, reset)
+        for limit, used, reset in zip(limits, result.used, resets, strict=True)
+    )
+    if not result.allowed:
+        return Decision(
+            allowed=False,
+            code=DecisionCode.OVER_LIMIT,
+            cost=request.cost,
+            limits=states,
+            retry_after=_retry_after(request.cost, limits, result.used, resets, now),
+            replayed=result.replayed,
+        )
+    # A dry run reports counters before the (hypothetical) charge.
+    after = [used + request.cost for used in result.used] if request.dry_run else result.used
+    return Decision(
+        allowed=True,
+        code=DecisionCode.OK,
+        cost=request.cost,
+        limits=states,
+        overage=_overage(request.cost, limits, after),
+        replayed=result.replayed,
+    )
+
+
+def _limit_state(limit: Limit, used: int, reset: datetime) -> LimitState:
+    bill = limit.overage is Overage.BILL
+    return LimitState(
+        metric=limit.metric,
+        window=limit.window.value,
+        limit=limit.limit,
+        remaining=max(0, limit.limit - used),
+        reset_at=reset,
+        overage_policy=limit.overage.value,
+        overage=max(0, used - limit.limit) if bill else 0,
+    )
+
+
+def _overage(cost: int, limits: Sequence[Limit], used_after: Sequence[int]) -> int:
+    """Units of this decision past a ``bill`` limit (the largest excess over those limits)."""
+    excess = [
+        min(cost, max(0, used - limit.limit))
+        for limit, used in zip(limits, used_after, strict=True)
+        if limit.overage is Overage.BILL
+    ]
+    return max(excess, default=0)
+
+
+def _retry_after(
+    cost: int,
+    limits: Sequence[Limit],
+    used: Sequence[int],
+    resets: Sequence[datetime],
+    now: datetime,
+) -> timedelta:
+    blocking = [
+        reset
+        for limit, count, reset in zip(limits, used, resets, strict=True)
+        if limit.overage is Overage.BLOCK and count + cost > limit.limit
+    ]
+    return max(blocking, default=now) - now
+
+
+def _epoch_ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)

@@ -1,0 +1,71 @@
+"""Quota ports: the Protocols the hot path calls, and the values that cross them.
+
+The counter store (``storage/redis/counters.py``) checks and consumes a request's limits in
+one atomic step; the tenant lookup and key resolver are the in-process caches of
+``services/``. ``app/`` plugs them in. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from quotaplane.domain.tenants.model import Tenant
+from quotaplane.domain.windows import Window
+
+# --- counters (hot path) ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CounterLimit:
+    """One limit as the counter store sees it: which window, how much, when the key may go."""
+
+    window: Window
+    window_start: int  # unix seconds of the window's start: names the counter
+    limit: int
+    bill: bool  # overage policy "bill": admit past the limit, mark the excess as overage
+    expires_at_ms: int  # unix milliseconds after which the counter is no longer needed
+
+
+@dataclass(frozen=True)
+class ConsumeCall:
+    """Check ``cost`` units against every limit and consume them on all or none."""
+
+    tenant_id: str
+    metric: str
+    cost: int
+    limits: tuple[CounterLimit, ...]
+    hour_start: int  # unix seconds of the UTC hour the admitted units are billed in
+    dedup_expires_at_ms: int  # how long a request id's first decision is kept
+    request_id: str | None = None
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class ConsumeResult:
+    """``used[i]``: limit i's counter after the decision (unchanged for denials and dry runs)."""
+
+    allowed: bool
+    used: tuple[int, ...]
+    replayed: bool = False
+
+
+class CounterStore(Protocol):
+    async def consume(self, call: ConsumeCall) -> ConsumeResult:
+        """Atomically decide and consume; raises Unavailable when the store cannot answer."""
+        ...
+
+
+# --- tenants -----------------------------------------------------------------------------------
+
+
+class TenantLookup(Protocol):
+    async def get(self, tenant_id: str) -> Tenant:
+        """The tenant; NotFound if it does not exist."""
+        ...
+
+
+class KeyResolver(Protocol):
+    async def tenant_for_key(self, secret: str) -> tuple[str, str] | None:
+        """(tenant_id, key_id) of a valid, unrevoked key; None for anything else."""
+        ...

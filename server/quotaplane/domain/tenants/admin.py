@@ -1,0 +1,117 @@
+"""Admin use cases for tenants: create, get, list, change plan, suspend, resume.
+
+Tenant writes that name a plan take the plan registry's lock (``domain/plans/registry.py``),
+so a tenant cannot be put on a plan that a concurrent reload is removing.
+
+Tenant changes go through the tenant store, which bumps ``version``/``updated_at`` (replicas'
+directories refresh from that) and records plan changes in ``plan_changes`` (billing prorates
+from it). Usage reports and invoices are in ``domain/billing/admin.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from quotaplane.domain.errors import InvalidArgument, NotFound
+from quotaplane.domain.paging import Cursor, decode_page_token, parse_page_size
+from quotaplane.domain.plans.registry import PlanRegistry
+from quotaplane.domain.tenants.model import Tenant, TenantStatus, parse_tenant_id
+from quotaplane.domain.tenants.ports import TenantFilter, TenantQueries, TenantStore
+
+MAX_TENANT_NAME = 200
+MAX_EXTERNAL_ID = 128
+MAX_REASON = 500
+
+
+@dataclass(frozen=True)
+class TenantPage:
+    tenants: list[Tenant]
+    next_page_token: str
+
+
+class TenantAdmin:
+    """CreateTenant, GetTenant, ListTenants, UpdateTenantPlan, SuspendTenant, ResumeTenant."""
+
+    def __init__(self, store: TenantStore, queries: TenantQueries, plans: PlanRegistry) -> None:
+        self._store = store
+        self._queries = queries
+        self._plans = plans
+
+    async def create(self, *, name: str, plan: str, external_id: str = "") -> Tenant:
+        name = parse_tenant_name(name)
+        external = parse_external_id(external_id)
+        async with self._plans.lock:
+            plan = self._known_plan(plan)
+            return await self._store.create(name=name, plan=plan, external_id=external)
+
+    async def get(self, tenant_id: str) -> Tenant:
+        tenant_id = parse_tenant_id(tenant_id)
+        tenant = await self._store.get(tenant_id)
+        if tenant is None:
+            raise NotFound(f"tenant {tenant_id} does not exist")
+        return tenant
+
+    async def list(
+        self, *, page_size: int, page_token: str, plan: str = "", status: TenantStatus | None
+    ) -> TenantPage:
+        size = parse_page_size(page_size)
+        filters = TenantFilter(plan=self._known_plan(plan) if plan else None, status=status)
+        token_fields = filters.as_token_fields()
+        after = decode_page_token(page_token, token_fields)
+        rows = await self._queries.list_page(after=after, size=size + 1, filters=filters)
+        page, more = rows[:size], len(rows) > size
+        token = ""
+        if more:
+            last = page[-1]
+            token = Cursor(created_at=last.created_at, id=last.id, filters=token_fields).encode()
+        return TenantPage(tenants=page, next_page_token=token)
+
+    async def update_plan(self, *, tenant_id: str, plan: str) -> Tenant:
+        tenant = await self.get(tenant_id)
+        async with self._plans.lock:
+            plan = self._known_plan(plan)
+            if tenant.plan == plan:
+                return tenant  # no change: no plan_changes row, no cache churn
+            return await self._store.update_plan(tenant.id, plan)
+
+    async def suspend(self, *, tenant_id: str, reason: str = "") -> Tenant:
+        tenant_id = parse_tenant_id(tenant_id)
+        reason = reason.strip()
+        if len(reason) > MAX_REASON:
+            raise InvalidArgument(f"reason must be at most {MAX_REASON} characters")
+        return await self._store.suspend(tenant_id, reason)
+
+    async def resume(self, *, tenant_id: str) -> Tenant:
+        tenant = await self.get(tenant_id)
+        if tenant.active:
+            return tenant  # resuming an active tenant changes nothing
+        return await self._store.resume(tenant.id)
+
+    def _known_plan(self, plan: str) -> str:
+        if not plan:
+            known = ", ".join(self._plans.current.names())
+            raise InvalidArgument(f"plan is required; known plans: {known}")
+        return self._plans.current.get(plan).name  # NotFound names the known plans
+
+
+def parse_tenant_name(name: str) -> str:
+    name = name.strip()
+    if not name:
+        raise InvalidArgument(f"name is required (1-{MAX_TENANT_NAME} characters)")
+    if len(name) > MAX_TENANT_NAME:
+        raise InvalidArgument(f"name must be at most {MAX_TENANT_NAME} characters, got {len(name)}")
+    if not name.isprintable():
+        raise InvalidArgument("name must not contain control characters")
+    return name
+
+
+def parse_external_id(external_id: str) -> str | None:
+    if not external_id:
+        return None
+    if len(external_id) > MAX_EXTERNAL_ID:
+        raise InvalidArgument(f"external_id must be at most {MAX_EXTERNAL_ID} characters")
+    if not external_id.isprintable() or external_id != external_id.strip():
+        raise InvalidArgument(
+            "external_id must not contain control characters or surrounding spaces"
+        )
+    return external_id

@@ -1,0 +1,152 @@
+"""The one place that talks to Stripe: the ``stripe`` SDK with a pinned API version.
+
+``StripeGateway`` implements ``PaymentGateway`` with customers, draft invoices that leave
+pending items out, one invoice item per ledger line (carrying the line's position in its
+metadata, so a retry long after Stripe forgot an idempotency key still adds each line once),
+and finalize. The SDK is synchronous; every call runs in a worker thread so the event loop
+never blocks. The SDK's own retries are off: the outbox worker retries with backoff and
+honours ``Retry-After``.
+
+Errors become ``PaymentError``: 429, 409 (a concurrent request with the same key), 5xx and
+network failures are retryable; everything else (bad parameters, auth, an idempotency key
+reused with other parameters) is permanent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import stripe
+
+from quotaplane.domain.billing.ports import PaymentError, PaymentEvent, RemoteInvoice, StoredInvoice
+
+API_VERSION = "2026-10-28.endive"
+LINE_KEY = "quotaplane_line"
+T = TypeVar("T")
+
+
+class StripeGateway:
+    """PaymentGateway on Stripe (or any server speaking its v1 API, e.g. the test emulator)."""
+
+    def __init__(self, api_key: str, *, api_base: str | None = None) -> None:
+        # The SDK logs every request at INFO; our own logs say what matters (retries, failures).
+        logging.getLogger("stripe").setLevel(logging.WARNING)
+        addresses: Any = {"api": api_base} if api_base else {}
+        self._client = stripe.StripeClient(
+            api_key, stripe_version=API_VERSION, base_addresses=addresses, max_network_retries=0
+        )
+
+    async def create_customer(self, tenant_id: str, name: str, *, idempotency_key: str) -> str:
+        params: Any = {"name": name, "metadata": {"tenant_id": tenant_id}}
+        customer = await self._call(
+            lambda: self._client.v1.customers.create(
+                params=params, options={"idempotency_key": idempotency_key}
+            )
+        )
+        return str(customer.id)
+
+    async def create_invoice(
+        self, customer_id: str, invoice: StoredInvoice, *, idempotency_key: str
+    ) -> str:
+        params: Any = {
+            "customer": customer_id,
+            "currency": invoice.currency.lower(),
+            "auto_advance": False,
+            "collection_method": "charge_automatically",
+            "pending_invoice_items_behavior": "exclude",
+            "description": f"quotaplane {invoice.period}",
+            "metadata": {
+                "invoice_id": invoice.id,
+                "tenant_id": invoice.tenant_id,
+                "period": invoice.period,
+            },
+        }
+        created = await self._call(
+            lambda: self._client.v1.invoices.create(
+                params=params, options={"idempotency_key": idempotency_key}
+            )
+        )
+        return str(created.id)
+
+    async def get_invoice(self, remote_id: str) -> RemoteInvoice:
+        found = await self._call(lambda: self._client.v1.invoices.retrieve(remote_id))
+        items: Any = {"invoice": remote_id, "limit": 100}
+        page = await self._call(lambda: self._client.v1.invoice_items.list(params=items))
+        keys = frozenset(
+            str(item.metadata[LINE_KEY])
+            for item in page.auto_paging_iter()
+            if item.metadata and LINE_KEY in item.metadata
+        )
+        return RemoteInvoice(str(found.id), str(found.status), int(found.total), keys)
+
+    async def add_line(
+        self, remote_id: str, invoice: StoredInvoice, position: int, *, idempotency_key: str
+    ) -> None:
+        line = invoice.lines[position]
+        params: Any = {
+            "invoice": remote_id,
+            "amount": line.amount_minor,
+            "currency": invoice.currency.lower(),
+            "description": line.description,
+            "metadata": {LINE_KEY: str(position), "invoice_id": invoice.id},
+        }
+        await self._call(
+            lambda: self._client.v1.invoice_items.create(
+                params=params, options={"idempotency_key": idempotency_key}
+            )
+        )
+
+    async def finalize(self, remote_id: str, *, idempotency_key: str) -> None:
+        params: Any = {"auto_advance": False}
+        await self._call(
+            lambda: self._client.v1.invoices.finalize_invoice(
+                remote_id, params=params, options={"idempotency_key": idempotency_key}
+            )
+        )
+
+    async def _call(self, call: Callable[[], T]) -> T:
+        try:
+            return await asyncio.to_thread(call)
+        except stripe.StripeError as error:
+            raise payment_error(error) from None
+
+
+def payment_error(error: stripe.StripeError) -> PaymentError:
+    """Classify a Stripe SDK error as retryable or permanent."""
+    status = error.http_status or 0
+    message = (
+        f"Stripe: {type(error).__name__} ({status or 'no response'}): {error.user_message or error}"
+    )
+    retryable = (
+        isinstance(error, stripe.APIConnectionError | stripe.RateLimitError)
+        or status in (409, 429)
+        or status >= 500
+    )
+    return PaymentError(message, retryable=retryable, retry_after=_retry_after(error))
+
+
+def _retry_after(error: stripe.StripeError) -> float | None:
+    headers = error.headers or {}
+    value = headers.get("Retry-After") or headers.get("retry-after")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def webhook_verifier(secret: str) -> Callable[[bytes, str], PaymentEvent]:
+    """Verifies ``Stripe-Signature`` (HMAC-SHA256, 5 min tolerance) and reads the event."""
+
+    def verify(payload: bytes, signature: str) -> PaymentEvent:
+        try:
+            event = stripe.Webhook.construct_event(payload, signature, secret)
+        except (stripe.SignatureVerificationError, ValueError) as error:
+            raise PaymentError(f"webhook rejected: {error}", retryable=False) from None
+        obj = event.data.object if event.data else None
+        invoice_id = getattr(obj, "id", None) if event.type.startswith("invoice.") else None
+        return PaymentEvent(str(event.id), str(event.type), str(invoice_id) if invoice_id else None)
+
+    return verify

@@ -1,0 +1,95 @@
+"""The in-process API key cache: which tenant a presented secret belongs to, from memory.
+
+Same mechanism as the tenant directory (``polled_cache.py``): a full load at start, then a
+poll every ``cache_ttl / 2`` for keys created or revoked since the newest change seen (minus
+``OVERLAP`` for clock skew between replicas and late commits). A revoked key therefore stops
+working on every replica within ``cache_ttl`` (1 s) of the revoke's commit. A miss (a key
+created a moment ago) does one lookup by hash; unknown hashes are remembered for one poll
+interval so a flood of made-up keys cannot hammer the database. If the database is down,
+polls log and retry; cached keys keep working (a ledger outage must not stop the API), and the
+revocations made meanwhile apply at the first successful poll.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from quotaplane.domain.tenants.api_keys import hash_api_key, looks_like_secret
+from quotaplane.domain.tenants.ports import ApiKeyStore, KeyGrant
+from quotaplane.services.polled_cache import NegativeCache, poll_forever, poll_since
+
+
+class ApiKeyCache:
+    """Secret -> (tenant_id, key_id) from memory; see the module docstring for freshness."""
+
+    def __init__(
+        self,
+        store: ApiKeyStore,
+        *,
+        ttl: timedelta = timedelta(seconds=1),
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._ttl = ttl.total_seconds()
+        self._monotonic = monotonic
+        self._grants: dict[str, KeyGrant] = {}  # key hash -> valid (unrevoked) key
+        self._unknown = NegativeCache(self._ttl / 2, monotonic)  # key hashes matching nothing
+        # Revocations seen: a lookup that raced with a poll must not bring a revoked key back.
+        self._revoked: set[str] = set()
+        self._watermark: datetime | None = None
+        self.loaded = False
+
+    @property
+    def poll_interval(self) -> float:
+        return self._ttl / 2
+
+    def __len__(self) -> int:
+        return len(self._grants)
+
+    async def tenant_for_key(self, secret: str) -> tuple[str, str] | None:
+        """``(tenant_id, key_id)`` of a valid key, None for an unknown or revoked one."""
+        if not looks_like_secret(secret):
+            return None
+        key_hash = hash_api_key(secret)
+        grant = self._grants.get(key_hash)
+        if grant is None:
+            grant = await self._lookup(key_hash)
+        return None if grant is None else (grant.tenant_id, grant.key_id)
+
+    async def refresh(self) -> int:
+        """Apply every key created or revoked since the last poll; the number of rows read."""
+        changed = await self._store.changed_since(poll_since(self._watermark))
+        for grant in changed:
+            self._apply(grant)
+        self.loaded = True
+        return len(changed)
+
+    async def run(self) -> None:
+        """Poll forever (cancel the task to stop). Errors are logged, never fatal."""
+        await poll_forever(self.refresh, self.poll_interval, "API key")
+
+    def _apply(self, grant: KeyGrant) -> None:
+        if grant.revoked_at is None:
+            if grant.key_hash not in self._revoked:
+                self._grants[grant.key_hash] = grant
+                self._unknown.discard(grant.key_hash)
+        else:
+            self._revoked.add(grant.key_hash)
+            self._grants.pop(grant.key_hash, None)
+        if self._watermark is None or grant.changed_at > self._watermark:
+            self._watermark = grant.changed_at
+
+    async def _lookup(self, key_hash: str) -> KeyGrant | None:
+        if key_hash in self._unknown:
+            return None
+        grant = await self._store.find_by_hash(key_hash)
+        if grant is None or grant.revoked_at is not None or key_hash in self._revoked:
+            self._unknown.add(key_hash)
+            return None
+        # Not _apply: the watermark only moves with polls, or a poll could skip a revocation
+        # committed between the last poll and this key's creation.
+        self._grants[key_hash] = grant
+        self._unknown.discard(key_hash)
+        return grant

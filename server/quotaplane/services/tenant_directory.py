@@ -1,0 +1,126 @@
+"""TenantDirectory: every tenant in process memory, with bounded staleness.
+
+The hot path never queries the database. The mechanism, and why a change reaches every
+replica within ``cache_ttl`` (1 s by default):
+
+1. At start, ``refresh()`` loads every tenant from the store.
+2. A background task (``run()``, started by the composition root) polls the store every
+   ``cache_ttl / 2`` for rows whose ``updated_at`` is at or after the newest ``updated_at``
+   seen so far minus ``OVERLAP`` (2 s). The overlap covers clocks of different replicas that
+   write ``updated_at``, SQLite's whole-second timestamps and transactions that commit after a
+   later one. Rows seen again are harmless: a row replaces the cached one unless its
+   ``version`` is older. Any admin change (plan, suspension, resume) bumps ``updated_at`` and
+   ``version``, so it is in memory on every replica at most one poll interval plus one query
+   after its commit. Pub/sub is not needed: the poll is one indexed range query per replica
+   per half second, and it cannot miss a message.
+3. A miss (a tenant created a moment ago) does one store lookup; concurrent misses for the
+   same id share it. Unknown ids are remembered for ``cache_ttl / 2`` (at most
+   ``NEGATIVE_MAX`` of them), so a flood of made-up ids cannot hammer the database.
+
+If the store is unreachable, polls log and retry at the next interval; the cached tenants keep
+serving (a store outage must not stop CheckQuota), and a miss answers Unavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from quotaplane.domain.errors import NotFound, QuotaplaneError, Unavailable
+from quotaplane.domain.tenants.model import Tenant
+from quotaplane.domain.tenants.ports import TenantSource
+from quotaplane.services.polled_cache import NegativeCache, poll_forever, poll_since
+
+log = logging.getLogger(__name__)
+
+
+class TenantDirectory:
+    """In-memory tenants with a poller; ``get`` is the hot-path lookup."""
+
+    def __init__(
+        self,
+        source: TenantSource,
+        *,
+        ttl: timedelta = timedelta(seconds=1),
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._source = source
+        self._ttl = ttl.total_seconds()
+        self._monotonic = monotonic
+        self._tenants: dict[str, Tenant] = {}
+        self._unknown = NegativeCache(self.poll_interval, monotonic)  # ids that do not exist
+        self._lookups: dict[str, asyncio.Future[Tenant | None]] = {}
+        self._watermark: datetime | None = None
+        self.loaded = False
+
+    @property
+    def poll_interval(self) -> float:
+        return self._ttl / 2
+
+    def __len__(self) -> int:
+        return len(self._tenants)
+
+    async def get(self, tenant_id: str) -> Tenant:
+        """The tenant with this id; NotFound if the store does not have it."""
+        tenant = self._tenants.get(tenant_id)
+        if tenant is not None:
+            return tenant
+        if tenant_id in self._unknown:
+            raise NotFound(f"tenant {tenant_id} does not exist")
+        tenant = await self._lookup(tenant_id)
+        if tenant is None:
+            self._unknown.add(tenant_id)
+            raise NotFound(f"tenant {tenant_id} does not exist")
+        return tenant
+
+    async def refresh(self) -> int:
+        """Apply every change since the last poll; the number of rows read."""
+        changed = await self._source.list_changed_since(poll_since(self._watermark))
+        for tenant in changed:
+            self._apply(tenant)
+        self.loaded = True
+        return len(changed)
+
+    async def run(self) -> None:
+        """Poll forever (cancel the task to stop). Errors are logged, never fatal."""
+        await poll_forever(self.refresh, self.poll_interval, "tenant")
+
+    def _apply(self, tenant: Tenant) -> None:
+        cached = self._tenants.get(tenant.id)
+        if cached is None or tenant.version >= cached.version:
+            self._tenants[tenant.id] = tenant
+        self._unknown.discard(tenant.id)
+        if self._watermark is None or tenant.updated_at > self._watermark:
+            self._watermark = tenant.updated_at
+
+    async def _lookup(self, tenant_id: str) -> Tenant | None:
+        pending = self._lookups.get(tenant_id)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[Tenant | None] = asyncio.get_running_loop().create_future()
+        self._lookups[tenant_id] = future
+        try:
+            tenant = await self._source.get(tenant_id)
+        except Exception as error:
+            failure = _as_unavailable(error)
+            future.set_exception(failure)
+            future.exception()  # retrieved here, so a lone caller leaves no warning behind
+            raise failure from None
+        except BaseException:
+            future.cancel()  # cancelled: callers sharing the lookup must not wait forever
+            raise
+        finally:
+            self._lookups.pop(tenant_id, None)
+        if tenant is not None:
+            self._apply(tenant)
+        future.set_result(tenant)
+        return tenant
+
+
+def _as_unavailable(error: Exception) -> QuotaplaneError:
+    if isinstance(error, QuotaplaneError):
+        return error
+    return Unavailable(f"tenant store is unavailable: {type(error).__name__}")

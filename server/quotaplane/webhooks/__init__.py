@@ -1,1 +1,0 @@
-"""Outgoing webhooks (quota threshold notifications)."""
