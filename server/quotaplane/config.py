@@ -10,130 +10,34 @@ A malformed value stops start-up with a one-line ``ConfigError`` naming the vari
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+
+from quotaplane.config_values import (
+    parse_addr,
+    parse_database_url,
+    parse_key_prefix,
+    parse_log_format,
+    parse_log_level,
+    parse_metrics_addr,
+    parse_optional_path,
+    parse_path,
+    parse_positive_duration,
+    parse_positive_int,
+    parse_redis_url,
+    parse_tenant_labels,
+    parse_text,
+    parse_thresholds,
+    parse_traces,
+    parse_webhook_url,
+)
 
 
 class ConfigError(ValueError):
     """A setting has a malformed value. The message is one line and names the variable."""
-
-
-def parse_duration(text: str) -> timedelta:
-    """'250ms', '1s', '1.5s', '2m', '1h' -> timedelta; a bare number is seconds."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", text)
-    if not match:
-        raise ValueError("expected a duration like 100ms, 1s, 2m or 1h")
-    number, unit = float(match.group(1)), match.group(2) or "s"
-    seconds = number * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
-    return timedelta(seconds=seconds)
-
-
-def parse_positive_duration(text: str) -> timedelta:
-    value = parse_duration(text)
-    if value <= timedelta(0):
-        raise ValueError("must be greater than zero")
-    return value
-
-
-def parse_addr(text: str) -> str:
-    """host:port with a port in 0..65535 (0 = any free port; IPv6 hosts in brackets)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError("expected host:port, e.g. 127.0.0.1:50051")
-    return text
-
-
-def parse_redis_url(text: str) -> str:
-    if text and urlsplit(text).scheme not in ("redis", "rediss", "unix", "redis+cluster"):
-        raise ValueError("expected redis://, rediss://, unix:// or redis+cluster:// URL")
-    return text
-
-
-def parse_database_url(text: str) -> str:
-    scheme = urlsplit(text).scheme.split("+")[0]
-    if text and scheme not in ("postgresql", "postgres", "sqlite"):
-        raise ValueError("expected postgresql://user@host:5432/db or sqlite:///path")
-    return text
-
-
-def parse_webhook_url(text: str) -> str:
-    if text and urlsplit(text).scheme not in ("http", "https"):
-        raise ValueError("expected an http:// or https:// URL")
-    return text
-
-
-def parse_thresholds(text: str) -> tuple[int, ...]:
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if not parts or not all(p.isdigit() and 0 < int(p) <= 1000 for p in parts):
-        raise ValueError("expected percentages like 80,100 (each 1..1000)")
-    return tuple(sorted({int(p) for p in parts}))
-
-
-def parse_log_level(text: str) -> str:
-    level = text.strip().upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise ValueError("expected DEBUG, INFO, WARNING or ERROR")
-    return level
-
-
-def parse_log_format(text: str) -> str:
-    if text not in ("json", "text"):
-        raise ValueError("expected json or text")
-    return text
-
-
-def parse_positive_int(text: str) -> int:
-    if not text.strip().isdigit() or int(text) <= 0:
-        raise ValueError("expected a whole number greater than zero")
-    return int(text)
-
-
-def parse_key_prefix(text: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,32}", text):
-        raise ValueError("expected 1-32 characters from A-Z a-z 0-9 _ . : -")
-    return text
-
-
-def parse_metrics_addr(text: str) -> str:
-    """host:port of the Prometheus endpoint, or 'off' (an empty value also means off)."""
-    if text.strip().lower() in ("off", ""):
-        return "off"
-    return parse_addr(text)
-
-
-def parse_tenant_labels(text: str) -> int:
-    """'off' -> 0 (one 'all' label); 'top-N' -> at most N tenant label values."""
-    value = text.strip().lower()
-    if value == "off":
-        return 0
-    match = re.fullmatch(r"top-(\d{1,5})", value)
-    if not match or int(match.group(1)) == 0:
-        raise ValueError("expected off or top-N with N from 1 to 99999, e.g. top-50")
-    return int(match.group(1))
-
-
-def parse_traces(text: str) -> str:
-    value = text.strip().lower()
-    if value not in ("off", "console"):
-        raise ValueError("expected off or console")
-    return value
-
-
-def _text(value: str) -> str:
-    return value
-
-
-def _path(value: str) -> Path:
-    return Path(value).expanduser()
-
-
-def _optional_path(value: str) -> Path | None:
-    return Path(value).expanduser() if value else None
 
 
 @dataclass(frozen=True)
@@ -176,21 +80,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "data_dir",
         "QUOTAPLANE_DATA_DIR",
-        _path,
+        parse_path,
         ".data",
         "Directory for the embedded valkey and SQLite ledger; one server per directory.",
     ),
     Setting(
         "plans_path",
         "QUOTAPLANE_PLANS",
-        _optional_path,
+        parse_optional_path,
         "",
         "Plans YAML file. Empty: the packaged default (the starter/growth/enterprise plans).",
     ),
     Setting(
         "admin_token",
         "QUOTAPLANE_ADMIN_TOKEN",
-        _text,
+        parse_text,
         "",
         "Bearer token AdminService calls must carry. Empty: a random token is generated at "
         "start, logged once and written to <data dir>/admin-token.",
@@ -199,7 +103,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "service_token",
         "QUOTAPLANE_SERVICE_TOKEN",
-        _text,
+        parse_text,
         "",
         "When set, QuotaService calls must carry 'authorization: Bearer <token>'.",
         secret=True,
@@ -242,7 +146,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "stripe_api_key",
         "STRIPE_API_KEY",
-        _text,
+        parse_text,
         "",
         "Stripe secret key. When set, each replica pushes invoices queued by GenerateInvoice "
         "(push_to_stripe) through the outbox. Empty: queued invoices wait.",
@@ -251,7 +155,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "stripe_api_base",
         "QUOTAPLANE_STRIPE_API_BASE",
-        _text,
+        parse_text,
         "",
         "Base URL of the Stripe API. Empty: Stripe itself (tests point it at a local emulator).",
     ),
@@ -266,7 +170,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "stripe_webhook_secret",
         "STRIPE_WEBHOOK_SECRET",
-        _text,
+        parse_text,
         "",
         "Signing secret (whsec_...) of the Stripe webhook endpoint.",
         secret=True,
@@ -325,7 +229,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "webhook_secret",
         "QUOTAPLANE_WEBHOOK_SECRET",
-        _text,
+        parse_text,
         "",
         "HMAC-SHA256 key of the Quotaplane-Signature header; required with the webhook URL.",
         secret=True,
@@ -340,17 +244,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "tls_cert",
         "QUOTAPLANE_TLS_CERT",
-        _optional_path,
+        parse_optional_path,
         "",
         "PEM certificate chain for the gRPC port. Set with QUOTAPLANE_TLS_KEY to serve TLS only.",
     ),
     Setting(
-        "tls_key", "QUOTAPLANE_TLS_KEY", _optional_path, "", "PEM private key of that certificate."
+        "tls_key",
+        "QUOTAPLANE_TLS_KEY",
+        parse_optional_path,
+        "",
+        "PEM private key of that certificate.",
     ),
     Setting(
         "tls_client_ca",
         "QUOTAPLANE_TLS_CLIENT_CA",
-        _optional_path,
+        parse_optional_path,
         "",
         "PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS).",
     ),
@@ -359,36 +267,42 @@ SETTINGS: tuple[Setting, ...] = (
 
 @dataclass(frozen=True)
 class Settings:
-    """The running configuration. Build it with ``load_settings``; never mutate it."""
+    """The running configuration. Build it with ``load_settings`` (or ``Settings.defaults``,
+    with some values replaced); never mutate it. The defaults live in ``SETTINGS`` only."""
 
-    grpc_addr: str = "127.0.0.1:50051"
-    redis_url: str = ""
-    database_url: str = ""
-    data_dir: Path = field(default_factory=lambda: Path(".data"))
-    plans_path: Path | None = None
-    admin_token: str = ""
-    service_token: str = ""
-    redis_key_prefix: str = "qp"
-    redis_timeout: timedelta = timedelta(milliseconds=100)
-    cache_ttl: timedelta = timedelta(seconds=1)
-    shutdown_grace: timedelta = timedelta(seconds=10)
-    flush_interval: timedelta = timedelta(seconds=1)
-    stripe_api_key: str = ""
-    stripe_api_base: str = ""
-    stripe_webhook_addr: str = "off"
-    stripe_webhook_secret: str = ""
-    log_level: str = "INFO"
-    log_format: str = "json"
-    max_concurrent_streams: int = 1000
-    metrics_addr: str = "127.0.0.1:9464"
-    metrics_tenant_labels: int = 0
-    traces: str = "off"
-    webhook_url: str = ""
-    webhook_secret: str = ""
-    notify_thresholds: tuple[int, ...] = (80, 100)
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_client_ca: Path | None = None
+    grpc_addr: str
+    redis_url: str
+    database_url: str
+    data_dir: Path
+    plans_path: Path | None
+    admin_token: str
+    service_token: str
+    redis_key_prefix: str
+    redis_timeout: timedelta
+    cache_ttl: timedelta
+    shutdown_grace: timedelta
+    flush_interval: timedelta
+    stripe_api_key: str
+    stripe_api_base: str
+    stripe_webhook_addr: str
+    stripe_webhook_secret: str
+    log_level: str
+    log_format: str
+    max_concurrent_streams: int
+    metrics_addr: str
+    metrics_tenant_labels: int
+    traces: str
+    webhook_url: str
+    webhook_secret: str
+    notify_thresholds: tuple[int, ...]
+    tls_cert: Path | None
+    tls_key: Path | None
+    tls_client_ca: Path | None
+
+    @classmethod
+    def defaults(cls, **values: Any) -> Settings:
+        """The settings of an empty environment, with ``values`` (already parsed) instead."""
+        return replace(load_settings({}), **values)
 
     def redacted(self) -> dict[str, str]:
         """The settings as strings for the start-up log, with secrets masked."""

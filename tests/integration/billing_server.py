@@ -126,7 +126,7 @@ async def billing_server(
 ) -> AsyncIterator[BillingServer]:
     plans = tmp_path / "plans.yaml"
     plans.write_text(PLANS)
-    settings = Settings(
+    settings = Settings.defaults(
         grpc_addr="127.0.0.1:0",
         redis_url=redis_url,
         database_url=database_url,

@@ -50,7 +50,7 @@ async def server(
     tmp_path: Path, redis_url: str, redis_key_prefix: str, sqlite_url: str
 ) -> AsyncIterator[Server]:
     await asyncio.to_thread(migrate.upgrade, sqlite_url)
-    settings = Settings(
+    settings = Settings.defaults(
         grpc_addr="127.0.0.1:0",
         metrics_addr="127.0.0.1:0",
         metrics_tenant_labels=5,

@@ -102,7 +102,7 @@ async def replicas(
     async with AsyncExitStack() as stack:
         stubs = []
         for i in range(2):
-            settings = Settings(
+            settings = Settings.defaults(
                 grpc_addr="127.0.0.1:0", redis_url=redis_url, database_url=ledger_url,
                 redis_key_prefix=prefix, admin_token="t", metrics_addr="off",
                 data_dir=tmp_path / f"data{i}", plans_path=tmp_path / "plans.yaml",

@@ -54,7 +54,7 @@ async def served(tmp_path: Path, private_redis: PrivateRedis) -> AsyncIterator[S
     plans.write_text(PLANS)
     database_url = f"sqlite:///{tmp_path / 'ledger.db'}"
     await asyncio.to_thread(migrate.upgrade, database_url)
-    settings = Settings(
+    settings = Settings.defaults(
         grpc_addr="127.0.0.1:0",
         redis_url=private_redis.url,
         database_url=database_url,

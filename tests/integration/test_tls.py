@@ -75,7 +75,7 @@ async def tls_port(
 ) -> AsyncIterator[int]:
     database = f"sqlite:///{tmp_path / 'ledger.db'}"
     migrate.upgrade(database)
-    settings = Settings(
+    settings = Settings.defaults(
         grpc_addr="127.0.0.1:0", redis_url=redis_url, database_url=database,
         redis_key_prefix=f"{redis_key_prefix}-tls", admin_token="t", metrics_addr="off",
         data_dir=tmp_path / "data", tls_cert=pki.server_cert, tls_key=pki.server_key,

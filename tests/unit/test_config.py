@@ -11,11 +11,11 @@ from quotaplane.config import SETTINGS, ConfigError, Settings, load_settings
 
 
 def test_defaults_match_the_declared_table() -> None:
-    assert load_settings({}) == Settings()
+    assert load_settings({}) == Settings.defaults()
 
 
 def test_every_declared_setting_is_a_field_with_the_declared_default() -> None:
-    defaults = Settings()
+    defaults = Settings.defaults()
     for s in SETTINGS:
         assert getattr(defaults, s.name) == s.parse(s.default), s.env
 
@@ -80,4 +80,4 @@ def test_secrets_are_not_echoed_in_errors_or_logs() -> None:
 
 def test_settings_are_frozen() -> None:
     with pytest.raises(AttributeError):
-        Settings().grpc_addr = "x"  # type: ignore[misc]
+        Settings.defaults().grpc_addr = "x"  # type: ignore[misc]

@@ -136,16 +136,19 @@ def test_catalog_contains() -> None:
 
 def test_summarize_gives_one_line_per_plan_in_name_order() -> None:
     assert summarize(load_default_plans()) == [
-        "enterprise (USD, no base fee): requests: 0.03 USD per 1,000, limit 200,000/month (block)",
-        "growth (USD, no base fee): requests: 0.04 USD per 1,000, limit 50,000/month (block)",
-        "starter (USD, no base fee): requests: 0.05 USD per 1,000, limit 10,000/month (block)",
+        "enterprise (USD, no base fee): requests: 0.03 USD per started 1,000, "
+        "limit 200,000/month (block)",
+        "growth (USD, no base fee): requests: 0.04 USD per started 1,000, "
+        "limit 50,000/month (block)",
+        "starter (USD, no base fee): requests: 0.05 USD per started 1,000, "
+        "limit 10,000/month (block)",
     ]
 
 
 def test_summarize_shows_base_fee_included_units_and_tiers() -> None:
     line = summarize(PlanCatalog({"pro": load_plans(FIXTURES / "full.yaml").get("pro")}, "x"))[0]
     assert line.startswith("pro (EUR, base fee 49.00 EUR/month): rating.bulk: 0.002 EUR per unit")
-    assert "10,000 included, graduated tiers up to 100,000 at 0.0005 EUR" in line
+    assert "10,000 included, graduated tiers: up to 100,000 at 0.0005 EUR each" in line
 
 
 # --- strict validation: every problem, as file:path: message ---

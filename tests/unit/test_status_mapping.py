@@ -37,7 +37,6 @@ def test_the_table_is_exactly_the_contract() -> None:
         "Unauthenticated": "UNAUTHENTICATED",
         "PermissionDenied": "PERMISSION_DENIED",
         "Unavailable": "UNAVAILABLE",
-        "Unimplemented": "UNIMPLEMENTED",
     }
     assert {cls.__name__: code.name for cls, code in STATUS_BY_ERROR.items()} == expected
 

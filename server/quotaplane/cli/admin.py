@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 
 from quotaplane.cli.output import BUCKET, INVOICE, KEY, PLAN, TENANT, Progress, emit, print_table
-from quotaplane.config import ConfigError
+from quotaplane.config import ConfigError, load_settings
 from quotaplane_client import QuotaplaneClient, RetryPolicy
 from quotaplane_client.v1 import admin_pb2, types_pb2
 
@@ -41,7 +41,7 @@ EXIT_BY_CODE = {
 def admin_token(args: argparse.Namespace) -> str:
     if args.admin_token:
         return str(args.admin_token)
-    path = Path(os.environ.get("QUOTAPLANE_DATA_DIR", ".data")) / "admin-token"
+    path = load_settings(os.environ).data_dir / "admin-token"
     if path.exists():
         return path.read_text().strip()
     raise ConfigError("no admin token: pass --admin-token or set QUOTAPLANE_ADMIN_TOKEN")

@@ -44,10 +44,6 @@ class Unavailable(QuotaplaneError):
     """A dependency (Redis, the ledger database, Stripe) cannot be reached now; retry later."""
 
 
-class Unimplemented(QuotaplaneError):
-    """The RPC exists in the contract but this build does not serve it yet."""
-
-
 class PlanFileError(InvalidArgument):
     """A plans file failed validation; ``problems`` holds one ``file:path: message`` line each."""
 

@@ -47,26 +47,9 @@ def _summarize_plan(plan: Plan) -> str:
 
 def _summarize_metric(metric: MetricPlan, currency: str) -> str:
     parts = [f"{metric.included:,} included"] if metric.included else []
-    parts.append(_summarize_charge(metric.charge, currency))
+    parts.append(price_summary(metric.charge, currency))
     parts.extend(
         f"limit {limit.limit:,}/{limit.window.value} ({limit.overage.value})"
         for limit in metric.limits
     )
     return f"{metric.metric}: " + ", ".join(parts)
-
-
-def _summarize_charge(charge: Charge | None, currency: str) -> str:
-    if charge is None:
-        return "free"
-    if isinstance(charge, PerUnit):
-        return f"{format_money(charge.unit_price, currency)} per unit"
-    if isinstance(charge, Package):
-        return f"{format_money(charge.package_price, currency)} per {charge.package_size:,}"
-    tiers = " / ".join(_summarize_tier(tier, currency) for tier in charge.tiers)
-    return f"{charge.model} tiers {tiers}"
-
-
-def _summarize_tier(tier: Tier, currency: str) -> str:
-    bound = "rest" if tier.up_to is None else f"up to {tier.up_to:,}"
-    text = f"{bound} at {format_money(tier.unit_price, currency)}"
-    return text + (f" + {format_money(tier.flat_fee, currency)}" if tier.flat_fee else "")

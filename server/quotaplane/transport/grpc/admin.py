@@ -7,7 +7,6 @@ from typing import Any, TypeAlias
 import grpc
 
 from quotaplane.domain.billing.admin import InvoiceAdmin, UsageReports
-from quotaplane.domain.errors import Unimplemented
 from quotaplane.domain.plans.registry import PlanAdmin
 from quotaplane.domain.tenants.admin import TenantAdmin
 from quotaplane.domain.tenants.api_keys import ApiKeyAdmin
@@ -15,10 +14,6 @@ from quotaplane.transport.grpc import admin_convert as convert
 from quotaplane.transport.grpc.billing_convert import invoice as invoice_message
 from quotaplane.transport.grpc.status import rpc
 from quotaplane_client.v1 import admin_pb2, admin_pb2_grpc, types_pb2
-
-_SVC = "quotaplane.v1.AdminService"
-_USAGE = "usage reporting: issue #7"
-_INVOICES = "invoice administration: issue #7"
 
 Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
@@ -32,8 +27,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         tenants: TenantAdmin,
         keys: ApiKeyAdmin,
         plans: PlanAdmin,
-        usage: UsageReports | None = None,
-        invoices: InvoiceAdmin | None = None,
+        usage: UsageReports,
+        invoices: InvoiceAdmin,
     ) -> None:
         self._tenants = tenants
         self._keys = keys
@@ -137,8 +132,6 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def GetUsage(
         self, request: admin_pb2.GetUsageRequest, context: Context
     ) -> admin_pb2.GetUsageResponse:
-        if self._usage is None:
-            raise Unimplemented(f"{_SVC}/GetUsage is not served by this build yet ({_USAGE})")
         report = await self._usage.usage(
             tenant_id=request.tenant_id,
             metric=request.metric,
@@ -154,7 +147,7 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ListInvoices(
         self, request: admin_pb2.ListInvoicesRequest, context: Context
     ) -> admin_pb2.ListInvoicesResponse:
-        page = await self._invoice_admin().list(
+        page = await self._invoices.list(
             tenant_id=request.tenant_id,
             period=request.period,
             page_size=request.page_size,
@@ -169,18 +162,11 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def GetInvoice(
         self, request: admin_pb2.GetInvoiceRequest, context: Context
     ) -> types_pb2.Invoice:
-        return invoice_message(await self._invoice_admin().get(request.invoice_id))
+        return invoice_message(await self._invoices.get(request.invoice_id))
 
     @rpc
     async def VoidInvoice(
         self, request: admin_pb2.VoidInvoiceRequest, context: Context
     ) -> types_pb2.Invoice:
-        voided = await self._invoice_admin().void(
-            invoice_id=request.invoice_id, reason=request.reason
-        )
+        voided = await self._invoices.void(invoice_id=request.invoice_id, reason=request.reason)
         return invoice_message(voided)
-
-    def _invoice_admin(self) -> InvoiceAdmin:
-        if self._invoices is None:
-            raise Unimplemented(f"invoice RPCs are not served by this build yet ({_INVOICES})")
-        return self._invoices

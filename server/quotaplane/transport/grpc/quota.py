@@ -8,13 +8,10 @@ import grpc
 
 from quotaplane.domain.billing.invoicing import InvoiceService
 from quotaplane.domain.billing.usage_events import UsageRecorder
-from quotaplane.domain.errors import Unimplemented
 from quotaplane.domain.quota.engine import QuotaEngine
 from quotaplane.transport.grpc import billing_convert, convert
 from quotaplane.transport.grpc.status import rpc
 from quotaplane_client.v1 import quota_pb2, quota_pb2_grpc, types_pb2
-
-_SVC = "quotaplane.v1.QuotaService"
 
 
 class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
@@ -24,8 +21,8 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
         self,
         engine: QuotaEngine,
         *,
-        usage: UsageRecorder | None = None,
-        invoices: InvoiceService | None = None,
+        usage: UsageRecorder,
+        invoices: InvoiceService,
     ) -> None:
         self._engine = engine
         self._usage = usage
@@ -42,8 +39,6 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
     async def RecordUsage(
         self, request: quota_pb2.RecordUsageRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> quota_pb2.RecordUsageResponse:
-        if self._usage is None:
-            raise Unimplemented(f"{_SVC}/RecordUsage: no usage ledger is configured")
         results = await self._usage.record(billing_convert.usage_events(request))
         return billing_convert.record_usage_response(results)
 
@@ -53,7 +48,5 @@ class QuotaServicer(quota_pb2_grpc.QuotaServiceServicer):
         request: quota_pb2.GenerateInvoiceRequest,
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> types_pb2.Invoice:
-        if self._invoices is None:
-            raise Unimplemented(f"{_SVC}/GenerateInvoice: no invoice ledger is configured")
         stored = await self._invoices.generate(billing_convert.invoice_request(request))
         return billing_convert.invoice(stored)
