@@ -13,20 +13,22 @@ import shutil
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import redis
 
+from quotaplane.app import wiring
+from quotaplane.app.wiring import Connections
+from quotaplane.config import Settings
 from quotaplane.domain.quota.decisions import QuotaRequest
 from quotaplane.domain.quota.engine import QuotaEngine
 from quotaplane.domain.windows import Window, window_start
 from quotaplane.integrations.plans_file import parse_plans
 from quotaplane.services.tenant_directory import TenantDirectory
 from quotaplane.storage.redis import keys
-from quotaplane.storage.redis.client import command_pipe
-from quotaplane.storage.redis.counters import RedisCounterStore
+from quotaplane.storage.redis.client import command_pipe, redis_client
 from quotaplane.storage.sql import migrate
 from quotaplane.storage.sql.engine import create_async_engine_for
 from quotaplane.storage.sql.tenants import SqlTenantStore
@@ -139,17 +141,22 @@ async def engine_and_store(
     database_url = f"sqlite:///{tmp_path / 'ledger.db'}"
     await asyncio.to_thread(migrate.upgrade, database_url)
     database = create_async_engine_for(database_url)
-    client = command_pipe(cluster_url, timeout=2.0)
+    connections = Connections(
+        database=database,
+        counters=command_pipe(cluster_url, timeout=2.0),
+        redis=redis_client(cluster_url, timeout=2.0),
+    )
+    settings = Settings.defaults(redis_key_prefix=PREFIX, redis_timeout=timedelta(seconds=2))
     catalog = parse_plans(PLANS, "cluster-plans.yaml")
     try:
         store = SqlTenantStore(database)
-        counters = RedisCounterStore(client, key_prefix=PREFIX, timeout=2.0)
-        engine = QuotaEngine(
-            tenants=TenantDirectory(store), plans=lambda: catalog, counters=counters
-        )
+        flusher = wiring.usage_flusher(settings, connections)
+        directory = TenantDirectory(store)
+        engine = wiring.quota_engine(settings, connections, directory, lambda: catalog, flusher)
         yield engine, store
     finally:
-        await client.aclose()
+        await connections.counters.aclose()
+        await connections.redis.aclose()
         await database.dispose()
 
 

@@ -24,10 +24,12 @@ from quotaplane.domain.billing.invoicing import InvoiceService
 from quotaplane.domain.billing.payments import PaymentWebhooks
 from quotaplane.domain.billing.ports import StoredInvoice
 from quotaplane.domain.billing.usage_events import UsageRecorder
+from quotaplane.domain.plans.model import PlanCatalog
 from quotaplane.domain.plans.registry import PlanAdmin, PlanRegistry
+from quotaplane.domain.quota.decisions import Decision, QuotaRequest
 from quotaplane.domain.quota.engine import QuotaEngine
 from quotaplane.domain.quota.gateway import Gateway
-from quotaplane.domain.quota.ports import CounterStore
+from quotaplane.domain.quota.ports import CounterStore, TenantLookup
 from quotaplane.domain.tenants.admin import TenantAdmin
 from quotaplane.domain.tenants.api_keys import ApiKeyAdmin
 from quotaplane.integrations.notify.webhooks import HttpWebhookSender
@@ -111,6 +113,26 @@ def counter_store(
     return UsageTrackingCounters(seeded, flusher.mark_dirty)
 
 
+def quota_engine(
+    settings: Settings,
+    connections: Connections,
+    tenants: TenantLookup,
+    plans: Callable[[], PlanCatalog],
+    flusher: UsageFlusher,
+    *,
+    telemetry: Telemetry | None = None,
+    observers: Sequence[Callable[[QuotaRequest, Decision], None]] = (),
+) -> QuotaEngine:
+    """CheckQuota's engine on the counter chain of the module docstring."""
+    observe = telemetry.observe_redis if telemetry else None
+    return QuotaEngine(
+        tenants=tenants,
+        plans=plans,
+        counters=counter_store(settings, connections, flusher, observe=observe),
+        observers=observers,
+    )
+
+
 def usage_flusher(
     settings: Settings, connections: Connections, telemetry: Telemetry | None = None
 ) -> UsageFlusher:
@@ -135,10 +157,13 @@ def build_replica(
     api_keys = ApiKeyCache(key_store, ttl=settings.cache_ttl)
     flusher = usage_flusher(settings, connections, telemetry)
     notifier = _notifier(settings, database)
-    engine = QuotaEngine(
-        tenants=directory,
-        plans=plans,
-        counters=counter_store(settings, connections, flusher, observe=telemetry.observe_redis),
+    engine = quota_engine(
+        settings,
+        connections,
+        directory,
+        plans,
+        flusher,
+        telemetry=telemetry,
         observers=[notifier.observe] if notifier else [],
     )
     usage = UsageRecorder(
