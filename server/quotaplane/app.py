@@ -29,7 +29,8 @@ from quotaplane.domain.api_keys import ApiKeyAdmin, ApiKeyCache
 from quotaplane.domain.billing_ports import StoredInvoice
 from quotaplane.domain.counter_rebuild import LedgerSeededCounters
 from quotaplane.domain.directory import TenantDirectory
-from quotaplane.domain.gateway import Gateway
+from quotaplane.domain.exhausted import ExhaustedQuotaCache
+from quotaplane.domain.gateway import Gateway, GatewayDecision, GatewayRequest
 from quotaplane.domain.invoice_push import InvoicePusher, PaymentWebhooks
 from quotaplane.domain.invoicing import InvoiceService
 from quotaplane.domain.notifications import Notifier
@@ -61,11 +62,15 @@ from quotaplane.transport.grpc.observability import Observability
 from quotaplane.transport.grpc.quota import QuotaServicer
 from quotaplane.transport.grpc.server import RunningServer, Servicers, start_server
 from quotaplane.transport.grpc.tls import server_credentials
+from quotaplane.transport.http.authz import HttpAuthz
+from quotaplane.transport.http.server import RunningHttp, start_http
 from quotaplane.webhooks.http import HttpWebhookSender
 
 log = logging.getLogger(__name__)
 
 FINAL_FLUSH_TIMEOUT_S = 5.0
+# Gateway verdicts as the decisions metric names them.
+_HTTP_OUTCOMES = {"allowed": "ok"}
 
 
 def default_plans_path() -> Path:
@@ -93,6 +98,7 @@ class Runtime:
         self.invoice_service: InvoiceService | None = None
         self.webhook_port: int | None = None
         self.grpc: RunningServer | None = None
+        self.http: RunningHttp | None = None
         self.telemetry: Telemetry | None = None
         self.metrics_port: int | None = None
         self._stack = contextlib.AsyncExitStack()
@@ -139,7 +145,8 @@ class Runtime:
         quota = QuotaServicer(engine, usage=self.usage_recorder, invoices=self.invoice_service)
         admin = await self._start_admin()
         assert self.api_keys is not None
-        authz = AuthorizationServicer(Gateway(self.api_keys, engine))
+        gateway = Gateway(self.api_keys, engine)
+        authz = AuthorizationServicer(gateway)
         self.grpc = await start_server(
             s.grpc_addr,
             Servicers(quota=quota, admin=admin, authz=authz),
@@ -148,9 +155,28 @@ class Runtime:
             max_concurrent_streams=s.max_concurrent_streams,
             credentials=server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca),
             wrappers=[Observability(telemetry).wrap],
+            reuse_port=s.reuse_port,
         )
         grace = s.shutdown_grace.total_seconds()
         push_bounded(self._stack, "grpc server", self.grpc.stop, grace, limit=grace + 5)
+        await self._start_http_authz(gateway, telemetry)
+
+    async def _start_http_authz(self, gateway: Gateway, telemetry: Telemetry) -> None:
+        """Envoy's HTTP ext_authz (the fast path), unless QUOTAPLANE_AUTHZ_HTTP_ADDR is off."""
+        s = self.settings
+        if s.authz_http_addr == "off":
+            return
+
+        def record(request: GatewayRequest, outcome: GatewayDecision) -> None:
+            outcome_name = _HTTP_OUTCOMES.get(outcome.verdict.value, outcome.verdict.value)
+            tenant = outcome.tenant_id or "unknown"
+            telemetry.record_decision(request.metric, outcome_name, tenant, "ext_authz_http")
+
+        app = HttpAuthz(gateway, s.authz_routes, on_decision=record)
+        self.http = await start_http(s.authz_http_addr, app, reuse_port=s.reuse_port)
+        grace = s.shutdown_grace.total_seconds()
+        # Pushed after the gRPC server: stopped first, so Envoy's checks drain before the rest.
+        push_bounded(self._stack, "http ext_authz", self.http.stop, grace, limit=grace + 5)
 
     async def _start_telemetry(self) -> Telemetry:
         """Metric instruments and tracer first, so every later part can record; the scrape
@@ -193,7 +219,7 @@ class Runtime:
         return QuotaEngine(
             tenants=directory,
             plans=self._current_plans,
-            counters=tracked,
+            counters=ExhaustedQuotaCache(tracked),
             observers=[notifier.observe] if notifier else [],
         )
 
@@ -362,6 +388,7 @@ async def serve(settings: Settings) -> None:
             "quotaplane serving",
             extra={
                 "grpc_addr": settings.grpc_addr,
+                "authz_http_addr": settings.authz_http_addr,
                 "redis": _safe(runtime.redis_url),
                 "database": _safe(runtime.database_url or ""),
             },

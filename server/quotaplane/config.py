@@ -18,6 +18,11 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from quotaplane.domain.errors import InvalidArgument
+from quotaplane.domain.routes import RouteTable
+
+MAX_WORKERS = 64
+
 
 class ConfigError(ValueError):
     """A setting has a malformed value. The message is one line and names the variable."""
@@ -124,6 +129,20 @@ def parse_traces(text: str) -> str:
     return value
 
 
+def parse_routes(text: str) -> RouteTable:
+    try:
+        return RouteTable.parse(text)
+    except InvalidArgument as exc:
+        raise ValueError(str(exc)) from None
+
+
+def parse_workers(text: str) -> int:
+    workers = parse_positive_int(text)
+    if workers > MAX_WORKERS:
+        raise ValueError(f"expected 1..{MAX_WORKERS} worker processes")
+    return workers
+
+
 def _text(value: str) -> str:
     return value
 
@@ -156,6 +175,30 @@ SETTINGS: tuple[Setting, ...] = (
         "127.0.0.1:50051",
         "Address the gRPC server listens on (QuotaService, AdminService, ext_authz, health, "
         "reflection).",
+    ),
+    Setting(
+        "authz_http_addr",
+        "QUOTAPLANE_AUTHZ_HTTP_ADDR",
+        parse_metrics_addr,
+        "127.0.0.1:50052",
+        "Address of Envoy's HTTP ext_authz (http_service), the gateway's fast path; 'off' "
+        "disables it. The gRPC Authorization service stays on QUOTAPLANE_GRPC_ADDR.",
+    ),
+    Setting(
+        "authz_routes",
+        "QUOTAPLANE_AUTHZ_ROUTES",
+        parse_routes,
+        "",
+        "Metric and cost per request path on the HTTP ext_authz: comma-separated "
+        "PATH=METRIC[:COST] (PATH ending in * matches a prefix). Unlisted paths cost 1 request.",
+    ),
+    Setting(
+        "workers",
+        "QUOTAPLANE_WORKERS",
+        parse_workers,
+        "1",
+        "Server processes sharing the gRPC and HTTP ports (SO_REUSEPORT), each a full replica; "
+        "worker i serves metrics on the metrics port + i.",
     ),
     Setting(
         "redis_url",
@@ -362,6 +405,9 @@ class Settings:
     """The running configuration. Build it with ``load_settings``; never mutate it."""
 
     grpc_addr: str = "127.0.0.1:50051"
+    authz_http_addr: str = "127.0.0.1:50052"
+    authz_routes: RouteTable = field(default_factory=lambda: RouteTable.parse(""))
+    workers: int = 1
     redis_url: str = ""
     database_url: str = ""
     data_dir: Path = field(default_factory=lambda: Path(".data"))
@@ -389,6 +435,8 @@ class Settings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
+    # Not a setting: true in the worker processes of ``serve --workers N``.
+    reuse_port: bool = False
 
     def redacted(self) -> dict[str, str]:
         """The settings as strings for the start-up log, with secrets masked."""
