@@ -49,14 +49,10 @@ AUTHZ_SERVICES = {
     "grpc": """grpc_service:
   envoy_grpc: {cluster_name: quotaplane}
   timeout: 0.25s""",
-    # Envoy always forwards authorization (and host, method, path); x-api-key must be allowed.
     # x-tenant-id goes to the upstream, the rate-limit headers to the client on success; on a
     # denial every header of quotaplane's answer reaches the client (Envoy's default).
     "http": """http_service:
   server_uri: {uri: "http://quotaplane", cluster: quotaplane_http, timeout: 0.25s}
-  authorization_request:
-    allowed_headers:
-      patterns: [{exact: x-api-key, ignore_case: true}]
   authorization_response:
     allowed_upstream_headers:
       patterns: [{exact: x-tenant-id}]
