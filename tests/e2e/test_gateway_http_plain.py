@@ -10,6 +10,7 @@ Route costs come from QUOTAPLANE_AUTHZ_ROUTES. A private valkey counts Redis cal
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,9 @@ plans:
   plain:
     metrics:
       requests: {{limits: {{month: {QUOTA}}}}}
+  bigger:
+    metrics:
+      requests: {{limits: {{month: {QUOTA * 10}}}}}
 """
 ROUTES = "/v1/rate/bulk=requests:5,/v1/export/*=exports:1"
 # The usage flush also runs scripts (EVALSHA); an hour's interval keeps it out of the count.
@@ -221,6 +225,19 @@ def test_an_exhausted_tenant_is_denied_without_redis_calls(plain: Plain) -> None
     assert plain.evalsha_calls() == before
     assert {status for status, _, _ in answers} == {429}
     assert answers[-1][1]["x-ratelimit-remaining"] == "0"
+
+
+def test_a_raised_quota_takes_effect_within_a_second(plain: Plain) -> None:
+    tenant_id, key = plain.key()
+    for _ in range(QUOTA):
+        rate(plain.envoy, key)
+    assert rate(plain.envoy, key)[0] == 429  # remembered as exhausted from here on
+    request = admin_pb2.UpdateTenantPlanRequest(tenant_id=tenant_id, plan="bigger")
+    plain.admin.admin_call("UpdateTenantPlan", request)
+    start = time.monotonic()
+    while rate(plain.envoy, key)[0] != 200:
+        assert time.monotonic() - start < 1.5, "the raised quota did not apply within 1 s"
+        time.sleep(0.02)
 
 
 def test_storage_failure_is_an_error_that_envoys_failure_mode_decides(tmp_path: Path) -> None:
