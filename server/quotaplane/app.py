@@ -140,7 +140,7 @@ class Runtime:
             await asyncio.to_thread(migrate.upgrade, self.database_url)
         else:
             await asyncio.to_thread(_require_current_schema, s.database_url)
-        self.admin_token = s.admin_token or _generated_admin_token(s.data_dir)
+        self.admin_token = s.admin_token or generated_admin_token(s.data_dir)
         engine = await self._start_quota_engine()
         quota = QuotaServicer(engine, usage=self.usage_recorder, invoices=self.invoice_service)
         admin = await self._start_admin()
@@ -356,7 +356,7 @@ def _require_current_schema(url: str) -> None:
         )
 
 
-def _generated_admin_token(data_dir: Path) -> str:
+def generated_admin_token(data_dir: Path) -> str:
     """A random admin token for local runs, kept in <data dir>/admin-token (mode 0600)."""
     path = data_dir / "admin-token"
     data_dir.mkdir(parents=True, exist_ok=True)
