@@ -41,6 +41,7 @@ def serve_process(
     http_port: int | None = None,
     env: Mapping[str, str] | None = None,
     name: str = "serve",
+    args: tuple[str, ...] = (),
 ) -> ServeProcess:
     """A configured, not yet started server; ``process.start()`` then wait on ``port``.
 
@@ -65,7 +66,7 @@ def serve_process(
         **(env or {}),
     }
     process = ManagedProcess(
-        [str(BIN / "quotaplane"), "serve"],
+        [str(BIN / "quotaplane"), "serve", *args],
         env=settings,
         log_path=workdir / f"{name}.log",
         name=name,
