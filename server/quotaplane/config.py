@@ -10,6 +10,7 @@ A malformed value stops start-up with a one-line ``ConfigError`` naming the vari
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -137,6 +138,9 @@ def parse_routes(text: str) -> RouteTable:
 
 
 def parse_workers(text: str) -> int:
+    """A count, or 'auto': the CPUs this process may run on."""
+    if text.strip().lower() == "auto":
+        return min(MAX_WORKERS, len(os.sched_getaffinity(0)))
     workers = parse_positive_int(text)
     if workers > MAX_WORKERS:
         raise ValueError(f"expected 1..{MAX_WORKERS} worker processes")
@@ -198,7 +202,7 @@ SETTINGS: tuple[Setting, ...] = (
         parse_workers,
         "1",
         "Server processes sharing the gRPC and HTTP ports (SO_REUSEPORT), each a full replica; "
-        "worker i serves metrics on the metrics port + i.",
+        "'auto' = one per CPU. The parent serves one /metrics summing every worker.",
     ),
     Setting(
         "redis_url",

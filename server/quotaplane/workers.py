@@ -10,8 +10,14 @@ The parent owns what must exist once per host and hands it to every worker:
   so the kernel spreads connections over them. Ports must therefore be fixed (not 0).
 
 Each worker is ``quotaplane serve`` itself, configured through the environment: the same
-settings, ``QUOTAPLANE_WORKERS=1``, and its own metrics port (the metrics port + its index:
-one scrape target per worker) and, for worker 0 only, the Stripe webhook endpoint.
+settings, ``QUOTAPLANE_WORKERS=1``, no metrics endpoint of its own, and, for worker 0 only, the
+Stripe webhook endpoint.
+
+Metrics: prometheus-client's multiprocess mode. Every worker writes its samples to files in a
+directory the parent creates (``PROMETHEUS_MULTIPROC_DIR``); the parent serves one /metrics on
+QUOTAPLANE_METRICS_ADDR that adds up every worker's counters and histograms, so one scrape
+sees the whole server. Gauges carry a ``pid`` label (one series per worker); the process_*
+metrics of a single server are not exported in this mode.
 
 Supervision: a worker that exits is logged and started again; one that keeps dying within
 ``QUICK_EXIT_S`` of its start ``MAX_QUICK_EXITS`` times in a row stops the whole server (a bad
@@ -29,9 +35,13 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
 from quotaplane.config import ConfigError, Settings
 
@@ -53,10 +63,6 @@ def _port(addr: str) -> int:
     return int(addr.rpartition(":")[2])
 
 
-def _with_port(addr: str, port: int) -> str:
-    return f"{addr.rpartition(':')[0]}:{port}"
-
-
 def check_ports(settings: Settings) -> None:
     """Shared ports must be fixed: with port 0 every worker would get a port of its own."""
     for env, addr in (("QUOTAPLANE_GRPC_ADDR", settings.grpc_addr),
@@ -65,11 +71,9 @@ def check_ports(settings: Settings) -> None:
             raise ConfigError(f"{env}={addr!r}: --workers > 1 needs a fixed port, not 0")
 
 
-def worker_environment(base: Mapping[str, str], settings: Settings, index: int) -> dict[str, str]:
+def worker_environment(base: Mapping[str, str], index: int) -> dict[str, str]:
     """The settings of worker ``index`` as QUOTAPLANE_* variables."""
-    env = {**base, "QUOTAPLANE_WORKERS": "1"}
-    if settings.metrics_addr != "off" and (port := _port(settings.metrics_addr)):
-        env["QUOTAPLANE_METRICS_ADDR"] = _with_port(settings.metrics_addr, port + index)
+    env = {**base, "QUOTAPLANE_WORKERS": "1", "QUOTAPLANE_METRICS_ADDR": "off"}
     if index > 0:
         env["QUOTAPLANE_STRIPE_WEBHOOK_ADDR"] = "off"  # one endpoint: Stripe posts to one URL
     return env
@@ -86,9 +90,12 @@ class _Worker:
 class Supervisor:
     """Starts, restarts and stops the worker processes."""
 
-    def __init__(self, settings: Settings, environments: list[dict[str, str]]) -> None:
+    def __init__(
+        self, settings: Settings, environments: list[dict[str, str]], metrics_dir: Path
+    ) -> None:
         self._settings = settings
         self._environments = environments
+        self._metrics_dir = metrics_dir
         self._workers: list[_Worker] = []
         self._stopping = False
 
@@ -123,6 +130,8 @@ class Supervisor:
             "worker exited; restarting it",
             extra={"worker": worker.index, "pid": worker.process.pid, "exit_code": code},
         )
+        # Its gauges go; its counters stay in the sum (a counter must not go backwards).
+        multiprocess.mark_process_dead(worker.process.pid, str(self._metrics_dir))  # type: ignore[no-untyped-call]
         if worker.quick_exits >= MAX_QUICK_EXITS:
             log.error("worker keeps exiting at start; stopping", extra={"worker": worker.index})
             return False
@@ -169,10 +178,29 @@ def shared_resources(settings: Settings) -> Iterator[dict[str, str]]:
         yield shared
 
 
+@contextlib.contextmanager
+def metrics_endpoint(settings: Settings) -> Iterator[Path]:
+    """A fresh multiprocess directory, and the one /metrics that sums what workers write there."""
+    with tempfile.TemporaryDirectory(prefix="quotaplane-metrics-") as directory:
+        if settings.metrics_addr == "off":
+            yield Path(directory)
+            return
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+        host, _, port = settings.metrics_addr.rpartition(":")
+        server, thread = start_http_server(int(port), addr=host.strip("[]"), registry=registry)
+        log.info("metrics endpoint listening (all workers)", extra={"addr": settings.metrics_addr})
+        try:
+            yield Path(directory)
+        finally:
+            server.shutdown()
+            thread.join(timeout=5)
+
+
 def supervise(settings: Settings, raw: Mapping[str, str]) -> int:
     """Run ``settings.workers`` workers; ``raw``: every setting's variable and its text."""
     check_ports(settings)
-    with shared_resources(settings) as shared:
-        base = {**raw, **shared}
-        environments = [worker_environment(base, settings, i) for i in range(settings.workers)]
-        return Supervisor(settings, environments).run()
+    with shared_resources(settings) as shared, metrics_endpoint(settings) as metrics_dir:
+        base = {**raw, **shared, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+        environments = [worker_environment(base, i) for i in range(settings.workers)]
+        return Supervisor(settings, environments, metrics_dir).run()
