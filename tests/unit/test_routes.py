@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from quotaplane.config import ConfigError, load_settings
 from quotaplane.domain.errors import InvalidArgument
 from quotaplane.domain.routes import DEFAULT_ROUTE, RouteCost, RouteTable
+from tests.harness.gateway import render
 
 
 def test_exact_beats_prefix_and_longer_prefix_beats_shorter() -> None:
@@ -58,3 +60,19 @@ def test_a_malformed_route_stops_start_up_naming_the_variable() -> None:
 def test_workers_must_be_a_sane_count(value: str) -> None:
     with pytest.raises(ConfigError, match="QUOTAPLANE_WORKERS"):
         load_settings({"QUOTAPLANE_WORKERS": value})
+
+
+def test_the_shipped_route_table_prices_routes_as_the_grpc_context_extensions_do() -> None:
+    config = yaml.safe_load(render.render(render.TEMPLATE, authz="grpc"))
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    routes = manager["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    table = RouteTable.parse(render.AUTHZ_ROUTES)
+    priced = 0
+    for route in routes:
+        authz = route.get("typed_per_filter_config", {}).get("envoy.filters.http.ext_authz", {})
+        extensions = authz.get("check_settings", {}).get("context_extensions")
+        if extensions and "path" in route["match"]:
+            expected = RouteCost(extensions["metric"], int(extensions["cost"]))
+            assert table.lookup(route["match"]["path"]) == expected
+            priced += 1
+    assert priced == 2
