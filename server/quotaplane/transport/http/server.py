@@ -3,7 +3,8 @@
 uvicorn was chosen by measurement (bench/RESULTS.md, "HTTP ext_authz"): it met the targets,
 so no hand-written protocol is needed, and it brings a maintained HTTP/1.1 parser with its
 handling of malformed, pipelined and oversized requests. Only its server loop is used, not its
-CLI: quotaplane owns signals, start-up order and drain.
+CLI: quotaplane owns signals, start-up order and drain. Its httptools protocol gets the bounds
+on header size and time it lacks (``protocol.py``).
 
 The socket is bound here, so that with ``--workers N`` every worker binds the same port with
 SO_REUSEPORT and the kernel spreads Envoy's connections over them.
@@ -17,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
+
+from quotaplane.transport.http.protocol import BoundedHttpToolsProtocol
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,7 @@ async def start_http(addr: str, app: Any, *, reuse_port: bool = False) -> Runnin
     config = uvicorn.Config(
         app,
         loop="none",  # serve's loop (uvloop) is already running
-        http="httptools",
+        http=BoundedHttpToolsProtocol,  # httptools, with bounds on header size and time
         lifespan="off",
         access_log=False,
         log_config=None,
