@@ -145,6 +145,7 @@ def main() -> int:
         "QUOTAPLANE_ADMIN_TOKEN": "bench-admin-token",
         "QUOTAPLANE_DATA_DIR": str(work / "data"),
         "QUOTAPLANE_METRICS_ADDR": "off",
+        "QUOTAPLANE_AUTHZ_HTTP_ADDR": "off",
         "QUOTAPLANE_LOG_LEVEL": "WARNING",
     }
     servers = {

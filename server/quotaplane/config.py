@@ -28,12 +28,15 @@ from quotaplane.config_values import (
     parse_positive_duration,
     parse_positive_int,
     parse_redis_url,
+    parse_routes,
     parse_tenant_labels,
     parse_text,
     parse_thresholds,
     parse_traces,
     parse_webhook_url,
+    parse_workers,
 )
+from quotaplane.domain.quota.routes import RouteTable
 
 
 class ConfigError(ValueError):
@@ -60,6 +63,30 @@ SETTINGS: tuple[Setting, ...] = (
         "127.0.0.1:50051",
         "Address the gRPC server listens on (QuotaService, AdminService, ext_authz, health, "
         "reflection).",
+    ),
+    Setting(
+        "authz_http_addr",
+        "QUOTAPLANE_AUTHZ_HTTP_ADDR",
+        parse_metrics_addr,
+        "127.0.0.1:50052",
+        "Address of Envoy's HTTP ext_authz (http_service), the gateway's fast path; 'off' "
+        "disables it. The gRPC Authorization service stays on QUOTAPLANE_GRPC_ADDR.",
+    ),
+    Setting(
+        "authz_routes",
+        "QUOTAPLANE_AUTHZ_ROUTES",
+        parse_routes,
+        "",
+        "Metric and cost per request path on the HTTP ext_authz: comma-separated "
+        "PATH=METRIC[:COST] (PATH ending in * matches a prefix). Unlisted paths cost 1 request.",
+    ),
+    Setting(
+        "workers",
+        "QUOTAPLANE_WORKERS",
+        parse_workers,
+        "1",
+        "Server processes sharing the gRPC and HTTP ports (SO_REUSEPORT), each a full replica; "
+        "'auto' = one per CPU. The parent serves one /metrics summing every worker.",
     ),
     Setting(
         "redis_url",
@@ -271,6 +298,9 @@ class Settings:
     with some values replaced); never mutate it. The defaults live in ``SETTINGS`` only."""
 
     grpc_addr: str
+    authz_http_addr: str
+    authz_routes: RouteTable
+    workers: int
     redis_url: str
     database_url: str
     data_dir: Path
@@ -298,6 +328,8 @@ class Settings:
     tls_cert: Path | None
     tls_key: Path | None
     tls_client_ca: Path | None
+    # Not a setting: true in the worker processes of ``serve --workers N``.
+    reuse_port: bool = False
 
     @classmethod
     def defaults(cls, **values: Any) -> Settings:

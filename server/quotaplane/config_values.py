@@ -5,10 +5,16 @@ Each raises ValueError with a short reason; ``config.load_settings`` adds the va
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from quotaplane.domain.errors import InvalidArgument
+from quotaplane.domain.quota.routes import RouteTable
+
+MAX_WORKERS = 64
 
 
 def parse_duration(text: str) -> timedelta:
@@ -110,6 +116,23 @@ def parse_traces(text: str) -> str:
     if value not in ("off", "console"):
         raise ValueError("expected off or console")
     return value
+
+
+def parse_routes(text: str) -> RouteTable:
+    try:
+        return RouteTable.parse(text)
+    except InvalidArgument as exc:
+        raise ValueError(str(exc)) from None
+
+
+def parse_workers(text: str) -> int:
+    """A count, or 'auto': the CPUs this process may run on."""
+    if text.strip().lower() == "auto":
+        return min(MAX_WORKERS, len(os.sched_getaffinity(0)))
+    workers = parse_positive_int(text)
+    if workers > MAX_WORKERS:
+        raise ValueError(f"expected 1..{MAX_WORKERS} worker processes")
+    return workers
 
 
 def parse_text(value: str) -> str:

@@ -1,6 +1,7 @@
 """The gateway end to end: a real Envoy asks a real `quotaplane serve` about every request.
 
 Client -> Envoy (ext_authz) -> quotaplane (Redis counters, SQLite ledger) -> OpenClaw sample.
+Every test runs on both paths: Envoy's HTTP ext_authz (the default) and the gRPC Check.
 Tenants and keys are created through AdminService; what the upstream saw comes back in the
 OpenClaw sample's `x-seen-*` response headers.
 """
@@ -21,7 +22,7 @@ from quotaplane.domain.windows import Period
 from quotaplane.storage.sql import migrate
 from quotaplane_client import QuotaplaneClient
 from quotaplane_client.v1 import admin_pb2
-from tests.harness.gateway import request, start_envoy, start_openclaw
+from tests.harness.gateway import render, request, start_envoy, start_openclaw
 from tests.harness.quotaplane_server import ServeProcess, serve_process
 
 pytestmark = pytest.mark.timeout(120)
@@ -39,6 +40,7 @@ plans:
       requests: {{limits: {{month: 100000}}}}
 """
 RATE = {"type": "domain", "value": "example.com"}
+PATHS = ("http", "grpc")
 
 
 @dataclass
@@ -67,30 +69,37 @@ def rate(
 
 
 @contextlib.contextmanager
-def gateway(workdir: Path, redis_url: str, key_prefix: str) -> Iterator[Gateway]:
+def gateway(workdir: Path, redis_url: str, key_prefix: str, authz: str) -> Iterator[Gateway]:
     (workdir / "plans.yaml").write_text(PLANS)
     database = f"sqlite:///{workdir / 'ledger.db'}"
     migrate.upgrade(database)
     serve = serve_process(workdir, redis_url=redis_url, database_url=database,
-                          key_prefix=key_prefix, plans_path=workdir / "plans.yaml")  # fmt: skip
+                          key_prefix=key_prefix, plans_path=workdir / "plans.yaml",
+                          env={"QUOTAPLANE_AUTHZ_ROUTES": render.AUTHZ_ROUTES})  # fmt: skip
+    authz_port = serve.http_port if authz == "http" else serve.port
     with contextlib.ExitStack() as stack:
         stack.enter_context(serve.process)
         serve.process.start().wait_for_port(serve.port, timeout=60)
         upstream, upstream_port = start_openclaw(workdir)
         stack.enter_context(upstream)
-        closed, closed_port = start_envoy(workdir, upstream_port, serve.port, fail_open=False)
+        closed, closed_port = start_envoy(workdir, upstream_port, authz_port, False, authz)
         stack.enter_context(closed)
-        opened, open_port = start_envoy(workdir, upstream_port, serve.port, fail_open=True)
+        opened, open_port = start_envoy(workdir, upstream_port, authz_port, True, authz)
         stack.enter_context(opened)
         admin = stack.enter_context(QuotaplaneClient(serve.addr, admin_token=serve.admin_token))
         yield Gateway(serve, closed_port, open_port, admin)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=PATHS)
 def gw(
-    tmp_path_factory: pytest.TempPathFactory, redis_url: str, redis_key_prefix: str
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_url: str,
+    redis_key_prefix: str,
 ) -> Iterator[Gateway]:
-    with gateway(tmp_path_factory.mktemp("gateway"), redis_url, f"{redis_key_prefix}-gw") as g:
+    authz: str = request.param
+    workdir = tmp_path_factory.mktemp(f"gateway-{authz}")
+    with gateway(workdir, redis_url, f"{redis_key_prefix}-gw-{authz}", authz) as g:
         yield g
 
 
@@ -177,10 +186,11 @@ def test_a_client_cannot_forge_its_tenant(gw: Gateway) -> None:
     assert headers["x-seen-tenant-id"] == tenant_id
 
 
+@pytest.mark.parametrize("authz", PATHS)
 def test_quotaplane_down_fails_closed_or_open_as_configured_and_recovers(
-    tmp_path: Path, redis_url: str, redis_key_prefix: str
+    tmp_path: Path, redis_url: str, redis_key_prefix: str, authz: str
 ) -> None:
-    with gateway(tmp_path, redis_url, f"{redis_key_prefix}-gwdown") as g:
+    with gateway(tmp_path, redis_url, f"{redis_key_prefix}-gwdown-{authz}", authz) as g:
         _, _, key = g.tenant_with_key(plan="roomy")
         assert rate(g.closed, key)[0] == 200
         g.serve.process.terminate()

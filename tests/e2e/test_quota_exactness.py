@@ -82,6 +82,7 @@ def replicas(
                 "QUOTAPLANE_ADMIN_TOKEN": "e2e-admin-token",
                 "QUOTAPLANE_DATA_DIR": str(workdir / f"data-{port}"),
                 "QUOTAPLANE_METRICS_ADDR": "off",
+                "QUOTAPLANE_AUTHZ_HTTP_ADDR": "off",
                 "QUOTAPLANE_LOG_FORMAT": "text",
                 # Exactness, not latency, is under test: 200 callers and two replicas on two
                 # cores can hold a batch past the 100 ms default (the fault tests cover that).

@@ -91,10 +91,18 @@ def admin_get(address_file: Path, path: str) -> str | None:
 
 
 def start_envoy(
-    log_dir: Path, openclaw_port: int, authz_port: int, fail_open: bool
+    log_dir: Path,
+    openclaw_port: int,
+    authz_port: int,
+    fail_open: bool,
+    authz: str = "grpc",
 ) -> tuple[ManagedProcess, int]:
-    """Envoy with the shipped config on a free port; returns it and its listener port."""
-    name = "envoy-fail-open" if fail_open else "envoy-fail-closed"
+    """Envoy with the shipped config on a free port; returns it and its listener port.
+
+    ``authz``: "grpc" (``authz_port`` is quotaplane's gRPC port) or "http" (its HTTP ext_authz
+    port)."""
+    name = f"envoy-{authz}-" + ("fail-open" if fail_open else "fail-closed")
+    port_name = "quotaplane_http_port" if authz == "http" else "quotaplane_port"
     config = log_dir / f"{name}.yaml"
     config.write_text(
         render.render(
@@ -102,11 +110,17 @@ def start_envoy(
             listen_address="127.0.0.1",
             listen_port=0,
             admin_port=0,
-            quotaplane_port=authz_port,
             openclaw_port=openclaw_port,
             failure_mode_allow=fail_open,
+            authz=authz,
+            **{port_name: authz_port},
         )
     )
+    return run_envoy(log_dir, name, config)
+
+
+def run_envoy(log_dir: Path, name: str, config: Path) -> tuple[ManagedProcess, int]:
+    """Envoy with this config (its first listener on port 0); returns it and that port."""
     admin_file = log_dir / f"{name}.admin"
     # --disable-hot-restart: no shared memory, so any number of envoys can share the machine
     # without picking distinct --base-id values.

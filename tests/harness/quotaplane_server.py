@@ -19,6 +19,7 @@ class ServeProcess:
     process: ManagedProcess
     port: int
     admin_token: str
+    http_port: int = 0  # Envoy's HTTP ext_authz (QUOTAPLANE_AUTHZ_HTTP_ADDR)
 
     @property
     def addr(self) -> str:
@@ -37,8 +38,10 @@ def serve_process(
     plans_path: Path | None = None,
     admin_token: str = ADMIN_TOKEN,
     port: int | None = None,
+    http_port: int | None = None,
     env: Mapping[str, str] | None = None,
     name: str = "serve",
+    args: tuple[str, ...] = (),
 ) -> ServeProcess:
     """A configured, not yet started server; ``process.start()`` then wait on ``port``.
 
@@ -46,8 +49,10 @@ def serve_process(
     ``<workdir>/data-<name>`` unless ``env`` names another QUOTAPLANE_DATA_DIR.
     """
     port = port or free_port()
+    http_port = http_port or free_port()
     settings = {
         "QUOTAPLANE_GRPC_ADDR": f"127.0.0.1:{port}",
+        "QUOTAPLANE_AUTHZ_HTTP_ADDR": f"127.0.0.1:{http_port}",
         "QUOTAPLANE_REDIS_URL": redis_url,
         "QUOTAPLANE_DATABASE_URL": database_url,
         "QUOTAPLANE_REDIS_KEY_PREFIX": key_prefix,
@@ -61,12 +66,12 @@ def serve_process(
         **(env or {}),
     }
     process = ManagedProcess(
-        [str(BIN / "quotaplane"), "serve"],
+        [str(BIN / "quotaplane"), "serve", *args],
         env=settings,
         log_path=workdir / f"{name}.log",
         name=name,
     )
-    return ServeProcess(process, port, admin_token)
+    return ServeProcess(process, port, admin_token, http_port)
 
 
 def start_serve(workdir: Path, **kwargs: object) -> ServeProcess:

@@ -241,7 +241,8 @@ def test_quotaplane_runs_on_the_stack_redis_and_postgres(
     assert database.username == postgres["POSTGRES_USER"]
     assert database.path == "/" + postgres["POSTGRES_DB"]
     assert database.password == interpolate(postgres["POSTGRES_PASSWORD"], {})
-    assert quotaplane_env(services, "migrate") == env  # migrates the database it serves from
+    # Migrates the database it serves from (the server adds only its own serving settings).
+    assert quotaplane_env(services, "migrate").items() <= env.items()
 
 
 def test_the_admin_token_must_be_set_and_has_no_default(
@@ -276,6 +277,16 @@ def test_prometheus_scrapes_the_metrics_port_quotaplane_listens_on(
 # --- Envoy ---------------------------------------------------------------------------------------
 
 
+def test_compose_uses_the_http_path_with_the_route_costs_of_the_envoy_config(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    env = quotaplane_env(services)
+    assert env["QUOTAPLANE_AUTHZ_ROUTES"] == render.AUTHZ_ROUTES
+    assert env["QUOTAPLANE_WORKERS"] == "auto"
+    config = yaml.safe_load(envoy_config_path(services).read_text(encoding="utf-8"))
+    assert "http_service" in json.dumps(config)
+
+
 def test_compose_envoy_config_is_the_rendered_template(services: dict[str, dict[str, Any]]) -> None:
     path = envoy_config_path(services)
     assert path == render.COMPOSE_CONFIG
@@ -307,9 +318,11 @@ def test_envoy_routes_to_the_compose_services_on_their_ports(
 ) -> None:
     config = yaml.safe_load(envoy_config_path(services).read_text(encoding="utf-8"))
     grpc_port = int(quotaplane_env(services)["QUOTAPLANE_GRPC_ADDR"].rpartition(":")[2])
+    http_port = int(quotaplane_env(services)["QUOTAPLANE_AUTHZ_HTTP_ADDR"].rpartition(":")[2])
     openclaw_port = int(flag(services["openclaw"]["command"], "--port"))
     assert envoy_upstreams(config) == {
         "quotaplane": ("quotaplane", grpc_port),
+        "quotaplane_http": ("quotaplane", http_port),
         "openclaw": ("openclaw", openclaw_port),
     }
     listener = config["static_resources"]["listeners"][0]["address"]["socket_address"]

@@ -10,7 +10,8 @@ whatever had started (the embedded valkey above all). The parts, in order:
 3. connections: the ledger engine and the two Redis clients
 4. the replica (``wiring.build_replica``, pure), its caches warmed from the ledger
 5. its loops (pollers, the usage flusher, the Stripe outbox, the notifier)
-6. servers: the Stripe webhook receiver, then the gRPC server (stops first, draining calls)
+6. servers: the Stripe webhook receiver, the gRPC server, then Envoy's HTTP ext_authz (stops
+   first, draining checks)
 
 What the tests and ``serve`` read of a running Runtime is in ``Running``; before start and
 after stop there is none.
@@ -31,7 +32,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from quotaplane.app.datadir import DataDirLock, generated_token
+from quotaplane.app.datadir import DataDirLock, generated_admin_token
 from quotaplane.app.shutdown import push_bounded
 from quotaplane.app.wiring import Connections, Loop, Replica, build_replica
 from quotaplane.config import Settings
@@ -47,6 +48,7 @@ from quotaplane.telemetry import Telemetry
 from quotaplane.transport.grpc.observability import Observability
 from quotaplane.transport.grpc.server import RunningServer, start_server
 from quotaplane.transport.grpc.tls import server_credentials
+from quotaplane.transport.http.server import RunningHttp, start_http
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,7 @@ class Running:
     replica: Replica
     telemetry: Telemetry
     grpc: RunningServer
+    http: RunningHttp | None
     metrics_port: int | None
     webhook_port: int | None
 
@@ -152,8 +155,9 @@ class Runtime:
             self._start_loop(loop)
         webhook_port = await self._start_payment_webhooks(replica)
         grpc = await self._start_grpc(replica, storage, telemetry)
+        http = await self._start_http_authz(replica)
         self._running = Running(
-            storage, connections, replica, telemetry, grpc, metrics_port, webhook_port
+            storage, connections, replica, telemetry, grpc, http, metrics_port, webhook_port
         )
 
     def _start_part(self, name: str, stop: Callable[..., Awaitable[object]], *args: Any) -> None:
@@ -191,9 +195,7 @@ class Runtime:
         else:
             database_url = embedded_database_url(s.data_dir)
             await asyncio.to_thread(migrate.upgrade, database_url)
-        admin_token = s.admin_token or generated_token(
-            s.data_dir, "admin-token", "qp_admin_", "QUOTAPLANE_ADMIN_TOKEN"
-        )
+        admin_token = s.admin_token or generated_admin_token(s.data_dir)
         return Storage(redis_url, database_url, admin_token)
 
     def _start_embedded_valkey(self) -> str:
@@ -241,10 +243,22 @@ class Runtime:
             max_concurrent_streams=s.max_concurrent_streams,
             credentials=server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca),
             wrappers=[Observability(telemetry).wrap],
+            reuse_port=s.reuse_port,
         )
         grace = s.shutdown_grace.total_seconds()
         push_bounded(self._stack, "grpc server", grpc.stop, grace, limit=grace + 5)
         return grpc
+
+    async def _start_http_authz(self, replica: Replica) -> RunningHttp | None:
+        """Envoy's HTTP ext_authz (the fast path), unless QUOTAPLANE_AUTHZ_HTTP_ADDR is off.
+        Started after the gRPC server, so stopped first: Envoy's checks drain before the rest."""
+        s = self.settings
+        if replica.http_authz is None:
+            return None
+        http = await start_http(s.authz_http_addr, replica.http_authz, reuse_port=s.reuse_port)
+        grace = s.shutdown_grace.total_seconds()
+        push_bounded(self._stack, "http ext_authz", http.stop, grace, limit=grace + 5)
+        return http
 
 
 async def _stop_loop(task: asyncio.Task[None], loop: Loop) -> None:

@@ -27,6 +27,7 @@ async def serve(settings: Settings) -> None:
             "quotaplane serving",
             extra={
                 "grpc_addr": settings.grpc_addr,
+                "authz_http_addr": settings.authz_http_addr,
                 "redis": redact_url(storage.redis_url),
                 "database": redact_url(storage.database_url),
             },

@@ -5,6 +5,7 @@ calls these, then starts what they return in order. Tests that need a stack buil
 same functions, so what they exercise is what ``serve`` runs.
 
 The counter store a replica decides with is a chain, outermost first:
+``ExhaustedQuotaCache`` (an exhausted monthly quota is denied from memory) ->
 ``UsageTrackingCounters`` (tells the flusher which tenants it admitted usage for) ->
 ``LedgerSeededCounters`` (a month counter lost by Redis is rebuilt from the ledger before it is
 used) -> ``RedisCounterStore`` (the atomic Lua script).
@@ -28,7 +29,8 @@ from quotaplane.domain.plans.model import PlanCatalog
 from quotaplane.domain.plans.registry import PlanAdmin, PlanRegistry
 from quotaplane.domain.quota.decisions import Decision, QuotaRequest
 from quotaplane.domain.quota.engine import QuotaEngine
-from quotaplane.domain.quota.gateway import Gateway
+from quotaplane.domain.quota.exhausted import ExhaustedQuotaCache
+from quotaplane.domain.quota.gateway import Gateway, GatewayDecision, GatewayRequest
 from quotaplane.domain.quota.ports import CounterStore, TenantLookup
 from quotaplane.domain.tenants.admin import TenantAdmin
 from quotaplane.domain.tenants.api_keys import ApiKeyAdmin
@@ -56,6 +58,10 @@ from quotaplane.transport.grpc.admin import AdminServicer
 from quotaplane.transport.grpc.ext_authz import AuthorizationServicer
 from quotaplane.transport.grpc.quota import QuotaServicer
 from quotaplane.transport.grpc.server import Servicers
+from quotaplane.transport.http.authz import HttpAuthz
+
+# Gateway verdicts as the decisions metric names them.
+_HTTP_OUTCOMES = {"allowed": "ok"}
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,8 @@ class Replica:
     api_keys: ApiKeyCache
     flusher: UsageFlusher
     engine: QuotaEngine
+    gateway: Gateway
+    http_authz: HttpAuthz | None  # Envoy's HTTP ext_authz, unless QUOTAPLANE_AUTHZ_HTTP_ADDR=off
     usage: UsageRecorder
     invoices: InvoiceService
     payment_webhooks: PaymentWebhooks | None
@@ -110,7 +118,7 @@ def counter_store(
     )
     month_counters = RedisQuotaCounters(connections.redis, key_prefix=prefix)
     seeded = LedgerSeededCounters(redis, month_counters, SqlUsageLedger(connections.database))
-    return UsageTrackingCounters(seeded, flusher.mark_dirty)
+    return ExhaustedQuotaCache(UsageTrackingCounters(seeded, flusher.mark_dirty))
 
 
 def quota_engine(
@@ -179,6 +187,7 @@ def build_replica(
         flush=flusher.flush_tenant,
         on_finalized=_record_finalized(telemetry),
     )
+    gateway = Gateway(api_keys, engine)
     queries = SqlTenantQueries(database)
     servicers = Servicers(
         quota=QuotaServicer(engine, usage=usage, invoices=invoices),
@@ -189,7 +198,7 @@ def build_replica(
             usage=UsageReports(tenants, SqlUsageLedger(database), flush=flusher.flush_tenant),
             invoices=InvoiceAdmin(tenants, SqlInvoiceQueries(database)),
         ),
-        authz=AuthorizationServicer(Gateway(api_keys, engine)),
+        authz=AuthorizationServicer(gateway),
     )
     loops = [
         Loop("tenant directory poller", directory.run),
@@ -205,12 +214,28 @@ def build_replica(
         api_keys=api_keys,
         flusher=flusher,
         engine=engine,
+        gateway=gateway,
+        http_authz=_http_authz(settings, gateway, telemetry),
         usage=usage,
         invoices=invoices,
         payment_webhooks=_payment_webhooks(settings, database),
         servicers=servicers,
         loops=tuple(loops),
     )
+
+
+def _http_authz(settings: Settings, gateway: Gateway, telemetry: Telemetry) -> HttpAuthz | None:
+    if settings.authz_http_addr == "off":
+        return None
+
+    def record(request: GatewayRequest, outcome: GatewayDecision) -> None:
+        verdict = outcome.verdict.value
+        tenant = outcome.tenant_id or "unknown"
+        telemetry.record_decision(
+            request.metric, _HTTP_OUTCOMES.get(verdict, verdict), tenant, "ext_authz_http"
+        )
+
+    return HttpAuthz(gateway, settings.authz_routes, on_decision=record)
 
 
 def _notifier(settings: Settings, database: AsyncEngine) -> Notifier | None:

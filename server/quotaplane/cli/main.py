@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -33,13 +34,22 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    overrides = {
+def _overrides(args: argparse.Namespace) -> dict[str, str]:
+    return {
         s.name: value
         for s in SETTINGS
         if (value := getattr(args, f"setting_{s.name}", None)) is not None
     }
-    return load_settings(os.environ, overrides)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(os.environ, _overrides(args))
+
+
+def _raw_settings(args: argparse.Namespace) -> dict[str, str]:
+    """Every setting's variable and its text as given (flag, else variable, else default)."""
+    overrides = _overrides(args)
+    return {s.env: overrides.get(s.name, os.environ.get(s.env, s.default)) for s in SETTINGS}
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -48,6 +58,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     configure_logging(settings.log_level, settings.log_format)
+    if args.worker_index is None and settings.workers > 1:
+        from quotaplane.app.workers import supervise
+
+        return supervise(settings, _raw_settings(args))
+    if args.worker_index is not None:  # one of the workers: the ports are shared
+        settings = dataclasses.replace(settings, reuse_port=True)
     try:
         import uvloop
 
@@ -131,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
         "serve", help="run the gRPC server (embedded valkey + SQLite by default)"
     )
     _add_setting_flags(serve)
+    # Set by the --workers supervisor for the processes it starts; not for operators.
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     serve.set_defaults(func=_cmd_serve)
 
     plans = commands.add_parser("plans", help="work with plans files")

@@ -118,16 +118,18 @@ async def start_server(
     max_concurrent_streams: int = 1000,
     credentials: grpc.ServerCredentials | None = None,
     wrappers: Sequence[HandlerWrapper] = (),
+    reuse_port: bool = False,
 ) -> RunningServer:
     """Build, bind and start the server; returns once it accepts calls.
 
     ``wrappers`` wrap every method handler outside the token check (first = outermost), so
-    what they observe includes the calls the token check refuses.
+    what they observe includes the calls the token check refuses. ``reuse_port``: several
+    worker processes share the port (``serve --workers N``).
     """
     server = grpc.aio.server(
         options=[
             ("grpc.max_concurrent_streams", max_concurrent_streams),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
         ],
