@@ -139,7 +139,9 @@ class Runtime:
         quota = QuotaServicer(engine, usage=self.usage_recorder, invoices=self.invoice_service)
         admin = await self._start_admin()
         assert self.api_keys is not None
-        authz = AuthorizationServicer(Gateway(self.api_keys, engine))
+        authz = AuthorizationServicer(
+            Gateway(self.api_keys, engine, on_misconfigured=telemetry.record_misconfigured)
+        )
         self.grpc = await start_server(
             s.grpc_addr,
             Servicers(quota=quota, admin=admin, authz=authz),

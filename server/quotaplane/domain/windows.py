@@ -56,6 +56,11 @@ _FIXED_LENGTH = {
 }
 
 
+def fixed_length(window: Window) -> timedelta | None:
+    """The window's length; None for months, whose length varies."""
+    return _FIXED_LENGTH.get(window)
+
+
 def as_utc(at: datetime, *, field_name: str = "time") -> datetime:
     """``at`` in UTC; InvalidArgument if it is naive or outside the supported years."""
     if not isinstance(at, datetime):
