@@ -21,6 +21,8 @@ MAX_LABELS = 16
 MAX_LABEL_KEY = 64
 MAX_LABEL_VALUE = 256
 MAX_REQUEST_ID = 128
+# The longest string any request field may carry (each field has its own, tighter limit).
+MAX_TEXT = 4096
 _METRIC_RE = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
 
 
@@ -75,6 +77,15 @@ def parse_tenant_id(value: str, *, field_name: str = "tenant_id") -> str:
     except ValueError:
         shown = value if len(value) <= 64 else value[:64] + "..."
         raise InvalidArgument(f"{field_name} must be a UUID, got {shown!r}") from None
+
+
+def text_problem(value: str, field_name: str, max_chars: int = MAX_TEXT) -> str | None:
+    """Why ``value`` cannot be stored as text (a NUL, which Postgres refuses, or too long)."""
+    if "\x00" in value:
+        return f"{field_name} must not contain NUL characters"
+    if len(value) > max_chars:
+        return f"{field_name} must be at most {max_chars:,} characters, got {len(value):,}"
+    return None
 
 
 def parse_metric(value: str) -> str:

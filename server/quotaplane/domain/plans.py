@@ -69,7 +69,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import ClassVar
 
-from quotaplane.domain.errors import NotFound
+from quotaplane.domain.errors import NotFound, shown
 from quotaplane.domain.money import format_money
 from quotaplane.domain.windows import Window
 
@@ -174,7 +174,7 @@ class PlanCatalog:
             return self.plans[name]
         except KeyError:
             known = ", ".join(self.names()) or "none"
-            raise NotFound(f"unknown plan {name!r}; known plans: {known}") from None
+            raise NotFound(f"unknown plan {shown(name)}; known plans: {known}") from None
 
     def names(self) -> tuple[str, ...]:
         return tuple(sorted(self.plans))

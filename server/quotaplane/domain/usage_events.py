@@ -20,6 +20,7 @@ from quotaplane.domain.model import (
     UsageEvent,
     parse_metric,
     parse_tenant_id,
+    text_problem,
 )
 from quotaplane.domain.plans import PlanCatalog
 from quotaplane.domain.quota import TenantLookup, utc_now
@@ -36,13 +37,15 @@ FUTURE_SKEW = timedelta(minutes=5)
 
 @dataclass(frozen=True)
 class RawUsageEvent:
-    """A RecordUsage event as sent; ``timestamp`` None means now."""
+    """A RecordUsage event as sent; ``timestamp`` None means now. ``problem``: what the
+    transport could not decode in this event (it is then rejected alone, with that reason)."""
 
     event_id: str
     tenant_id: str
     metric: str
     quantity: int
     timestamp: datetime | None = None
+    problem: str = ""
 
 
 class UsageRecorder:
@@ -123,8 +126,12 @@ class UsageRecorder:
 
 def parse_event(raw: RawUsageEvent, now: datetime) -> UsageEvent:
     """Validate one event's fields; InvalidArgument names the first bad one."""
-    if not raw.event_id or len(raw.event_id) > MAX_EVENT_ID:
+    if raw.problem:
+        raise InvalidArgument(raw.problem)
+    if not raw.event_id:
         raise InvalidArgument(f"event_id must be 1-{MAX_EVENT_ID} characters")
+    if problem := text_problem(raw.event_id, "event_id", MAX_EVENT_ID):
+        raise InvalidArgument(problem)
     tenant_id = parse_tenant_id(raw.tenant_id)
     metric = parse_metric(raw.metric)
     if not 1 <= raw.quantity <= MAX_EVENT_QUANTITY:
