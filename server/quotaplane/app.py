@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from quotaplane.config import Settings
-from quotaplane.datadir import DataDirLock
+from quotaplane.datadir import LEDGER_FILE, DataDirLock, ensure_data_dir
 from quotaplane.domain.admin import PlanAdmin, PlanRegistry, TenantAdmin
 from quotaplane.domain.admin_billing import InvoiceAdmin, UsageReports
 from quotaplane.domain.api_keys import ApiKeyAdmin, ApiKeyCache
@@ -73,7 +73,7 @@ def default_plans_path() -> Path:
 
 
 def embedded_database_url(data_dir: Path) -> str:
-    return f"sqlite:///{(data_dir / 'ledger.db').resolve()}"
+    return f"sqlite:///{(data_dir / LEDGER_FILE).resolve()}"
 
 
 class Runtime:
@@ -334,8 +334,7 @@ def _require_current_schema(url: str) -> None:
 
 def _generated_admin_token(data_dir: Path) -> str:
     """A random admin token for local runs, kept in <data dir>/admin-token (mode 0600)."""
-    path = data_dir / "admin-token"
-    data_dir.mkdir(parents=True, exist_ok=True)
+    path = ensure_data_dir(data_dir) / "admin-token"
     if path.exists():
         token = path.read_text().strip()
     else:

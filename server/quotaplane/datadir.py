@@ -12,6 +12,23 @@ import os
 from pathlib import Path
 from types import TracebackType
 
+from quotaplane.config import ConfigError
+
+DATA_DIR_SETTING = "QUOTAPLANE_DATA_DIR"
+LEDGER_FILE = "ledger.db"  # the embedded SQLite ledger inside the data directory
+
+
+def ensure_data_dir(data_dir: Path) -> Path:
+    """``data_dir``, created if needed; a ConfigError naming the setting if it cannot be."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(
+            f"{DATA_DIR_SETTING} (--data-dir) {str(data_dir)!r} cannot be used: "
+            f"{error.strerror or error}; point it at a writable directory"
+        ) from None
+    return data_dir
+
 
 class DataDirInUse(RuntimeError):
     """Another process holds the data directory."""
@@ -24,7 +41,7 @@ class DataDirLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        ensure_data_dir(self.data_dir)
         fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -33,7 +50,7 @@ class DataDirLock:
             os.close(fd)
             raise DataDirInUse(
                 f"data directory {self.data_dir} is in use by another quotaplane serve "
-                f"(pid {holder}); stop it or set QUOTAPLANE_DATA_DIR to another directory"
+                f"(pid {holder}); stop it or set {DATA_DIR_SETTING} to another directory"
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
