@@ -32,7 +32,7 @@ check-generated: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py --check
 
 run: $(STAMP) generate
-	$(BIN)/python scripts/run_stack.py
+	$(BIN)/python scripts/run_stack.py $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check server clients scripts tests envoy $(wildcard bench)

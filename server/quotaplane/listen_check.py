@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import socket
 
+SERVE_HINT = "is another quotaplane serve running? choose another port"
 
-def require_bindable(addr: str, setting: str) -> None:
+
+def require_bindable(addr: str, setting: str, hint: str = SERVE_HINT) -> None:
     """OSError naming ``setting`` if ``addr`` ("host:port", "[v6]:port") cannot be bound now."""
     host, _, port_text = addr.rpartition(":")
     host = host.strip("[]") or "0.0.0.0"
@@ -30,6 +32,5 @@ def require_bindable(addr: str, setting: str) -> None:
                 trial.bind(address)
             except OSError as error:
                 raise OSError(
-                    f"cannot listen on {addr} ({setting}): {error.strerror or error}; "
-                    "is another quotaplane serve running? choose another port"
+                    f"cannot listen on {addr} ({setting}): {error.strerror or error}; {hint}"
                 ) from None
