@@ -11,7 +11,8 @@ import asyncio
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from quotaplane import cli_admin, cli_health
@@ -135,11 +136,28 @@ def _cmd_db(args: argparse.Namespace) -> int:
     if url is None:
         return EXIT_INVALID
     if args.db_command == "upgrade":
-        migrate.upgrade(url, args.revision)
+        _retrying(lambda: migrate.upgrade(url, args.revision), args.wait)
     elif args.db_command == "downgrade":
         migrate.downgrade(url, args.revision)
     print(f"schema revision: {migrate.current(url) or 'none'} (head {migrate.head()})")
     return EXIT_OK
+
+
+def _retrying(step: Callable[[], None], wait: float) -> None:
+    """Run ``step``; while the database refuses connections, retry for up to ``wait`` seconds
+    (a Postgres container's first start restarts it once after initdb)."""
+    from sqlalchemy.exc import OperationalError
+
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            step()
+            return
+        except OperationalError as error:
+            if time.monotonic() >= deadline:
+                raise OSError(f"database not reachable after {wait:g} s: {error.orig}") from None
+            print(f"database not reachable yet, retrying: {error.orig}", file=sys.stderr)
+            time.sleep(1.0)
 
 
 def settings_markdown() -> str:
@@ -195,6 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
     upgrade = db_commands.add_parser("upgrade", help="migrate to a revision (default head)")
     upgrade.add_argument("revision", nargs="?", default="head")
+    upgrade.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="retry while the database refuses connections, up to SECONDS (default 0)",
+    )
     downgrade = db_commands.add_parser("downgrade", help="migrate down to a revision (e.g. base)")
     downgrade.add_argument("revision")
     db_commands.add_parser("current", help="print the schema revision")
