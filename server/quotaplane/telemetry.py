@@ -56,6 +56,7 @@ FLUSH_LAG: Final = "quotaplane_usage_flush_lag_seconds"
 PENDING_UNITS: Final = "quotaplane_usage_pending_units"
 STRIPE_PUSHES: Final = "quotaplane_stripe_pushes"
 INVOICED_MINOR: Final = "quotaplane_invoiced_minor_units"
+MISCONFIGURED_ROUTES: Final = "quotaplane_gateway_misconfigured"
 
 # Sub-millisecond to 200 ms in fine steps (the p99 target is 2 ms, the alert fires at 200 ms),
 # then coarse steps for the slow admin and billing calls.
@@ -161,6 +162,12 @@ class _Instruments:
         self.invoiced = Counter(
             INVOICED_MINOR, "Finalized invoice totals in minor units", ["currency"], registry=None
         )
+        self.misconfigured = Counter(
+            MISCONFIGURED_ROUTES,
+            "Gateway requests denied because their route cannot be metered for the plan",
+            ["route", "plan"],
+            registry=None,
+        )
 
     def used(self, metric: MetricWrapperBase) -> None:
         """Export ``metric`` from now on (called before its first sample)."""
@@ -227,6 +234,12 @@ class Telemetry:
             self._metrics.used(self._metrics.decisions)
             child = self._decision_children[key] = self._metrics.decisions.labels(*key)
         child.inc()
+
+    def record_misconfigured(self, route: str, plan: str, problem: str) -> None:
+        """A gateway request denied for its route's configuration (route and plan come from
+        configuration, so the label sets are bounded; ``problem`` goes to the log only)."""
+        self._metrics.used(self._metrics.misconfigured)
+        self._metrics.misconfigured.labels(route, plan).inc()
 
     def observe_quota_usage(
         self, tenant_id: str, limit_name: str, limit: int, remaining: int

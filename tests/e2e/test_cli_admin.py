@@ -111,10 +111,11 @@ def test_csv_import_reports_progress_skips_existing_and_lists_failures(
     )
     first = cli("tenants", "import", str(csv_file))
     assert first.returncode == 1
-    assert "imported 2/3, 1 failed" in first.stderr
+    assert "imported 2/3, skipped 0 (already there), 1 failed" in first.stderr
     assert f"{csv_file}:4:" in first.stderr
     again = cli("tenants", "import", str(csv_file))
-    assert "imported 2/3" in again.stderr  # the two that exist are skipped, not duplicated
+    # the two that exist are skipped, counted apart from the imported, and not duplicated
+    assert "imported 0/3, skipped 2 (already there), 1 failed" in again.stderr
     listed = json.loads(cli("tenants", "list", "--json", "--page-size", "1000").stdout)["tenants"]
     assert sorted(
         t["external_id"] for t in listed if t.get("external_id", "").startswith("crm-")
@@ -122,3 +123,22 @@ def test_csv_import_reports_progress_skips_existing_and_lists_failures(
         "crm-1",
         "crm-2",
     ]
+
+
+def test_usage_works_on_its_documented_defaults(cli: Cli) -> None:
+    tenant = _tenant(cli, "Usage Co")
+    done = cli("usage", tenant["id"])
+    assert done.returncode == 0, done.stderr
+    assert "total 0 requests" in done.stdout
+    as_json = cli("usage", tenant["id"], "--bucket", "day", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout)["tenant_id"] == tenant["id"]
+
+
+def test_usage_with_explicit_times_and_a_bad_one(cli: Cli) -> None:
+    tenant = _tenant(cli, "Usage Range Co")
+    done = cli("usage", tenant["id"], "--start", "2026-11-01", "--end", "2026-11-02T00:00:00Z")
+    assert done.returncode == 0, done.stderr
+    bad = cli("usage", tenant["id"], "--start", "yesterday")
+    assert bad.returncode == 2 and "--start" in bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1

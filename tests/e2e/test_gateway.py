@@ -69,7 +69,9 @@ def rate(
 
 
 @contextlib.contextmanager
-def gateway(workdir: Path, redis_url: str, key_prefix: str, authz: str) -> Iterator[Gateway]:
+def gateway(
+    workdir: Path, redis_url: str, key_prefix: str, authz: str = "grpc", extra_routes: str = ""
+) -> Iterator[Gateway]:
     (workdir / "plans.yaml").write_text(PLANS)
     database = f"sqlite:///{workdir / 'ledger.db'}"
     migrate.upgrade(database)
@@ -82,9 +84,13 @@ def gateway(workdir: Path, redis_url: str, key_prefix: str, authz: str) -> Itera
         serve.process.start().wait_for_port(serve.port, timeout=60)
         upstream, upstream_port = start_openclaw(workdir)
         stack.enter_context(upstream)
-        closed, closed_port = start_envoy(workdir, upstream_port, authz_port, False, authz)
+        closed, closed_port = start_envoy(
+            workdir, upstream_port, authz_port, False, authz, extra_routes=extra_routes
+        )
         stack.enter_context(closed)
-        opened, open_port = start_envoy(workdir, upstream_port, authz_port, True, authz)
+        opened, open_port = start_envoy(
+            workdir, upstream_port, authz_port, True, authz, extra_routes=extra_routes
+        )
         stack.enter_context(opened)
         admin = stack.enter_context(QuotaplaneClient(serve.addr, admin_token=serve.admin_token))
         yield Gateway(serve, closed_port, open_port, admin)

@@ -200,7 +200,7 @@ def test_a_route_metric_missing_from_the_plan_is_a_403_denial(plain: Plain) -> N
     _, key = plain.key()
     status, _, body = rate(plain.envoy_open, key, path="/v1/export/all")
     assert status == 403  # a decision: even a fail-open Envoy does not let it through
-    assert body["error"] == "misconfigured"
+    assert body["error"] == "route_misconfigured"
     assert "exports" in body["message"]
 
 

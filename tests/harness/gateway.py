@@ -90,32 +90,39 @@ def admin_get(address_file: Path, path: str) -> str | None:
         return None
 
 
+# The shipped config's first route; extra routes go before it (Envoy takes the first match).
+FIRST_ROUTE = "              - match: {path: /v1/rate/bulk}\n"
+
+
 def start_envoy(
     log_dir: Path,
     openclaw_port: int,
     authz_port: int,
     fail_open: bool,
     authz: str = "grpc",
+    extra_routes: str = "",
 ) -> tuple[ManagedProcess, int]:
     """Envoy with the shipped config on a free port; returns it and its listener port.
 
     ``authz``: "grpc" (``authz_port`` is quotaplane's gRPC port) or "http" (its HTTP ext_authz
-    port)."""
+    port). ``extra_routes``: YAML route entries (indented like FIRST_ROUTE) added before the
+    shipped ones, e.g. deliberately misconfigured routes.
+    """
     name = f"envoy-{authz}-" + ("fail-open" if fail_open else "fail-closed")
     port_name = "quotaplane_http_port" if authz == "http" else "quotaplane_port"
     config = log_dir / f"{name}.yaml"
-    config.write_text(
-        render.render(
-            render.TEMPLATE,
-            listen_address="127.0.0.1",
-            listen_port=0,
-            admin_port=0,
-            openclaw_port=openclaw_port,
-            failure_mode_allow=fail_open,
-            authz=authz,
-            **{port_name: authz_port},
-        )
+    text = render.render(
+        render.TEMPLATE,
+        listen_address="127.0.0.1",
+        listen_port=0,
+        admin_port=0,
+        openclaw_port=openclaw_port,
+        failure_mode_allow=fail_open,
+        authz=authz,
+        **{port_name: authz_port},
     )
+    assert FIRST_ROUTE in text, "the shipped Envoy config no longer starts with the bulk route"
+    config.write_text(text.replace(FIRST_ROUTE, extra_routes + FIRST_ROUTE, 1))
     return run_envoy(log_dir, name, config)
 
 

@@ -87,8 +87,8 @@ def bind_mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
     mounts = []
     for volume in service.get("volumes", []):
         if isinstance(volume, dict):
-            if volume.get("type") == "bind":
-                mounts.append((volume["source"], volume["target"]))
+            if volume.get("type") == "bind":  # the source as compose resolves it by default
+                mounts.append((interpolate(volume["source"], {}), volume["target"]))
         elif volume.startswith((".", "/", "~")):
             source, target = volume.split(":")[:2]
             mounts.append((source, target))
@@ -268,10 +268,50 @@ def test_prometheus_scrapes_the_metrics_port_quotaplane_listens_on(
     host, _, port = quotaplane_env(services)["QUOTAPLANE_METRICS_ADDR"].rpartition(":")
     assert host == "0.0.0.0"  # reachable from the prometheus container
     config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
-    targets = [
-        t for job in config["scrape_configs"] for c in job["static_configs"] for t in c["targets"]
-    ]
-    assert f"quotaplane:{port}" in targets
+    (job,) = [job for job in config["scrape_configs"] if job["job_name"] == "quotaplane"]
+    # DNS service discovery of the service name: every replica under --scale is a target (a
+    # static "quotaplane:9464" target reaches one replica per scrape, whichever DNS returns).
+    assert "static_configs" not in job
+    (discovery,) = job["dns_sd_configs"]
+    assert discovery["names"] == ["quotaplane"] and discovery["type"] == "A"
+    assert discovery["port"] == int(port)
+
+
+QUOTAPLANE_IMAGE_USERS = ("openclaw", "quotaplane", "migrate")
+
+
+def test_the_services_of_this_repo_share_one_image_built_once(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    images = {services[name].get("image") for name in QUOTAPLANE_IMAGE_USERS}
+    assert len(images) == 1 and None not in images, images
+    builders = [name for name in QUOTAPLANE_IMAGE_USERS if "build" in services[name]]
+    assert builders == ["quotaplane"], builders
+    for name in set(QUOTAPLANE_IMAGE_USERS) - {"quotaplane"}:
+        assert services[name].get("pull_policy") == "never", name  # built here, never pulled
+
+
+def test_a_plans_file_can_be_mounted_and_defaults_to_the_bundled_plans(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    plans_in_container = quotaplane_env(services)["QUOTAPLANE_PLANS"]
+    mounts = dict((target, source) for source, target in bind_mounts(services["quotaplane"]))
+    assert mounts[plans_in_container] == "./server/quotaplane/default_plans.yaml"
+    (raw,) = [
+        v["source"] for v in services["quotaplane"]["volumes"]
+        if isinstance(v, dict) and v["target"] == plans_in_container
+    ]  # fmt: skip
+    assert interpolate(raw, {"QUOTAPLANE_PLANS_FILE": "./my.yaml"}) == "./my.yaml"
+
+
+def test_migrate_retries_while_postgres_finishes_its_first_start(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    command = services["migrate"]["command"]
+    assert command[:2] == ["db", "upgrade"] and float(flag(command, "--wait")) >= 30
+    # During its first start the image runs initdb's server on the unix socket only: a check
+    # over that socket reports ready before the real server listens on TCP.
+    assert "-h 127.0.0.1" in services["postgres"]["healthcheck"]["test"][1]
 
 
 # --- Envoy ---------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from envoy.service.auth.v3 import external_auth_pb2
 
-from quotaplane.domain.errors import InvalidArgument
 from quotaplane.domain.quota.decisions import Decision, DecisionCode, LimitState
 from quotaplane.domain.quota.gateway import GatewayDecision, Verdict
 from quotaplane.transport.grpc.ext_authz import (
@@ -64,16 +63,23 @@ def test_headers_are_read_from_the_header_map_encoding_too() -> None:
     assert request_headers(request) == {"x-api-key": "qp_live_raw"}
 
 
-def test_metric_and_cost_come_from_context_extensions() -> None:
-    decoded = gateway_request(_check_request({"x-api-key": "k"}, metric="rating.bulk", cost="10"))
-    assert (decoded.api_key, decoded.metric, decoded.cost) == ("k", "rating.bulk", 10)
+def test_route_metric_and_cost_come_from_context_extensions_as_text() -> None:
+    decoded = gateway_request(
+        _check_request({"x-api-key": "k"}, metric="rating.bulk", cost="10", route="bulk")
+    )
+    assert (decoded.api_key, decoded.metric, decoded.cost, decoded.route) == (
+        "k",
+        "rating.bulk",
+        "10",
+        "bulk",
+    )
     default = gateway_request(_check_request({"x-api-key": "k"}))
-    assert (default.metric, default.cost) == ("requests", 1)
+    assert (default.metric, default.cost) == ("requests", "1")
 
 
-def test_a_malformed_route_cost_is_refused() -> None:
-    with pytest.raises(InvalidArgument, match="cost"):
-        gateway_request(_check_request({}, cost="-1"))
+@pytest.mark.parametrize("cost", ["-1", "abc", "", "99999999999", "²", "١٢", " 1", "0"])
+def test_decoding_never_refuses_a_route_cost_the_gateway_decides(cost: str) -> None:
+    assert gateway_request(_check_request({}, cost=cost)).cost == cost
 
 
 def test_allowed_adds_tenant_strips_key_and_reports_the_tightest_limit() -> None:
@@ -89,6 +95,9 @@ def test_allowed_adds_tenant_strips_key_and_reports_the_tightest_limit() -> None
         "x-ratelimit-limit": "1000",
         "x-ratelimit-remaining": "3",
         "x-ratelimit-reset": "600",
+        "x-ratelimit-policy": "requests/month",
+        "ratelimit-policy": '"requests/second";q=10;w=1, "requests/month";q=1000',
+        "ratelimit": '"requests/month";r=3;t=600',
     }
 
 
@@ -110,11 +119,38 @@ def test_over_limit_is_a_429_with_retry_after_and_a_json_body() -> None:
     assert json.loads(denied.body)["error"] == "rate_limited"
 
 
+def test_a_429_names_the_limit_that_refused_and_retry_after_is_a_number() -> None:
+    decision = Decision(
+        False,
+        DecisionCode.OVER_LIMIT,
+        1,
+        limits=(_limit("second", 10, 0, 1), _limit("month", 1000, 0, 600)),
+        retry_after=timedelta(seconds=599.5),
+    )
+    outcome = GatewayDecision(Verdict.OVER_LIMIT, "quota or rate limit exceeded", TENANT, decision)
+    denied = check_response(outcome, NOW).denied_response
+    body = json.loads(denied.body)
+    assert body["retry_after_seconds"] == 600
+    assert body["limit"] == {
+        "name": "requests/month",
+        "metric": "requests",
+        "window": "month",
+        "limit": 1000,
+        "remaining": 0,
+        "reset_seconds": 600,
+    }
+    headers = _headers(denied.headers)
+    assert headers["x-ratelimit-policy"] == "requests/month"
+    assert headers["ratelimit"] == '"requests/month";r=0;t=600'
+    assert headers["ratelimit-policy"] == '"requests/second";q=10;w=1, "requests/month";q=1000'
+
+
 @pytest.mark.parametrize(
     ("verdict", "status", "error"),
     [
         (Verdict.UNAUTHENTICATED, 401, "unauthenticated"),
         (Verdict.SUSPENDED, 403, "tenant_suspended"),
+        (Verdict.MISCONFIGURED, 403, "route_misconfigured"),
     ],
 )
 def test_other_denials_have_their_status_and_no_rate_limit_headers(

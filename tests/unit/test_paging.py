@@ -33,24 +33,30 @@ def test_page_sizes_out_of_range_are_refused(size: int) -> None:
 
 
 def test_an_empty_token_is_the_first_page() -> None:
-    assert decode_page_token("", {}) is None
+    assert decode_page_token("", {}, listing="t") is None
 
 
 def test_a_token_round_trips_exactly() -> None:
-    cursor = Cursor(created_at=AT, id="0b7c1f4e-0000-4000-8000-000000000001", filters={"plan": "x"})
-    assert decode_page_token(cursor.encode(), {"plan": "x"}) == cursor
+    cursor = Cursor(AT, "0b7c1f4e-0000-4000-8000-000000000001", {"plan": "x"}, listing="t")
+    assert decode_page_token(cursor.encode(), {"plan": "x"}, listing="t") == cursor
 
 
 def test_a_token_is_normalized_to_utc() -> None:
     local = AT.astimezone(timezone(timedelta(hours=2)))
-    decoded = decode_page_token(Cursor(created_at=local, id="a").encode(), {})
+    decoded = decode_page_token(Cursor(local, "a", listing="t").encode(), {}, listing="t")
     assert decoded is not None and decoded.created_at == AT and decoded.created_at.tzinfo == UTC
 
 
 def test_a_token_for_other_filters_is_refused() -> None:
-    token = Cursor(created_at=AT, id="a", filters={"plan": "growth"}).encode()
+    token = Cursor(created_at=AT, id="a", filters={"plan": "growth"}, listing="t").encode()
     with pytest.raises(InvalidArgument, match="other filters"):
-        decode_page_token(token, {"plan": "starter"})
+        decode_page_token(token, {"plan": "starter"}, listing="t")
+
+
+def test_a_token_from_another_listing_is_refused() -> None:
+    token = Cursor(created_at=AT, id="a", listing="invoices").encode()
+    with pytest.raises(InvalidArgument, match="another listing"):
+        decode_page_token(token, {}, listing="tenants")
 
 
 def _b64(raw: bytes) -> str:
@@ -76,10 +82,10 @@ def _b64(raw: bytes) -> str:
 )
 def test_malformed_tokens_are_invalid_arguments(token: str) -> None:
     with pytest.raises(InvalidArgument, match="page_token is not a token"):
-        decode_page_token(token, {})
+        decode_page_token(token, {}, listing="t")
 
 
 @given(st.text(max_size=300))
 def test_no_string_crashes_the_decoder(token: str) -> None:
     with contextlib.suppress(InvalidArgument):
-        decode_page_token(token, {})
+        decode_page_token(token, {}, listing="t")

@@ -15,7 +15,24 @@ import secrets
 from pathlib import Path
 from types import TracebackType
 
+from quotaplane.config import ConfigError
+
 log = logging.getLogger(__name__)
+
+DATA_DIR_SETTING = "QUOTAPLANE_DATA_DIR"
+LEDGER_FILE = "ledger.db"  # the embedded SQLite ledger inside the data directory
+
+
+def ensure_data_dir(data_dir: Path) -> Path:
+    """``data_dir``, created if needed; a ConfigError naming the setting if it cannot be."""
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(
+            f"{DATA_DIR_SETTING} (--data-dir) {str(data_dir)!r} cannot be used: "
+            f"{error.strerror or error}; point it at a writable directory"
+        ) from None
+    return data_dir
 
 
 class DataDirInUse(RuntimeError):
@@ -29,7 +46,7 @@ class DataDirLock:
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        ensure_data_dir(self.data_dir)
         fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -38,7 +55,7 @@ class DataDirLock:
             os.close(fd)
             raise DataDirInUse(
                 f"data directory {self.data_dir} is in use by another quotaplane serve "
-                f"(pid {holder}); stop it or set QUOTAPLANE_DATA_DIR to another directory"
+                f"(pid {holder}); stop it or set {DATA_DIR_SETTING} to another directory"
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
@@ -67,8 +84,7 @@ class DataDirLock:
 def generated_token(data_dir: Path, name: str, prefix: str, setting: str) -> str:
     """A random token for local runs, kept in ``<data dir>/<name>`` (mode 0600) so a restart and
     the CLI find the same one. Logged by path, never by value."""
-    path = data_dir / name
-    data_dir.mkdir(parents=True, exist_ok=True)
+    path = ensure_data_dir(data_dir) / name
     if path.exists():
         token = path.read_text().strip()
     else:

@@ -32,7 +32,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from quotaplane.app.datadir import DataDirLock, generated_admin_token
+from quotaplane.app.datadir import LEDGER_FILE, DataDirLock, generated_admin_token
 from quotaplane.app.shutdown import push_bounded
 from quotaplane.app.wiring import Connections, Loop, Replica, build_replica
 from quotaplane.config import Settings
@@ -60,7 +60,7 @@ def default_plans_path() -> Path:
 
 
 def embedded_database_url(data_dir: Path) -> str:
-    return f"sqlite:///{(data_dir / 'ledger.db').resolve()}"
+    return f"sqlite:///{(data_dir / LEDGER_FILE).resolve()}"
 
 
 @dataclass(frozen=True)

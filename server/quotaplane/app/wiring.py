@@ -30,7 +30,7 @@ from quotaplane.domain.plans.registry import PlanAdmin, PlanRegistry
 from quotaplane.domain.quota.decisions import Decision, QuotaRequest
 from quotaplane.domain.quota.engine import QuotaEngine
 from quotaplane.domain.quota.exhausted import ExhaustedQuotaCache
-from quotaplane.domain.quota.gateway import Gateway, GatewayDecision, GatewayRequest
+from quotaplane.domain.quota.gateway import Gateway, GatewayDecision, GatewayRequest, Verdict
 from quotaplane.domain.quota.ports import CounterStore, TenantLookup
 from quotaplane.domain.tenants.admin import TenantAdmin
 from quotaplane.domain.tenants.api_keys import ApiKeyAdmin
@@ -187,7 +187,7 @@ def build_replica(
         flush=flusher.flush_tenant,
         on_finalized=_record_finalized(telemetry),
     )
-    gateway = Gateway(api_keys, engine)
+    gateway = Gateway(api_keys, engine, on_misconfigured=telemetry.record_misconfigured)
     queries = SqlTenantQueries(database)
     servicers = Servicers(
         quota=QuotaServicer(engine, usage=usage, invoices=invoices),
@@ -229,6 +229,8 @@ def _http_authz(settings: Settings, gateway: Gateway, telemetry: Telemetry) -> H
         return None
 
     def record(request: GatewayRequest, outcome: GatewayDecision) -> None:
+        if outcome.verdict is Verdict.MISCONFIGURED:
+            return  # counted by the gateway itself (quotaplane_gateway_misconfigured), as on gRPC
         verdict = outcome.verdict.value
         tenant = outcome.tenant_id or "unknown"
         telemetry.record_decision(

@@ -21,7 +21,19 @@ from typing import Any
 
 import grpc
 
-from quotaplane.cli.output import BUCKET, INVOICE, KEY, PLAN, TENANT, Progress, emit, print_table
+from quotaplane.cli.output import (
+    BUCKET,
+    FAILED,
+    IMPORTED,
+    INVOICE,
+    KEY,
+    PLAN,
+    SKIPPED,
+    TENANT,
+    Progress,
+    emit,
+    print_table,
+)
 from quotaplane.config import ConfigError, load_settings
 from quotaplane_client import QuotaplaneClient, RetryPolicy
 from quotaplane_client.v1 import admin_pb2, types_pb2
@@ -56,14 +68,21 @@ def client(args: argparse.Namespace) -> QuotaplaneClient:
     )
 
 
-def _timestamp(text: str | None) -> Any:
+def _times(**texts: str | None) -> dict[str, Any]:
+    """Timestamp fields for the ISO times given; an omitted one stays unset (an empty
+    Timestamp would count as set, to 1970-01-01, and override the server's default)."""
     from google.protobuf.timestamp_pb2 import Timestamp
 
-    stamp = Timestamp()
-    if text:
-        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        stamp.FromDatetime(at if at.tzinfo else at.replace(tzinfo=UTC))
-    return stamp
+    stamps = {}
+    for name, text in texts.items():
+        if text:
+            try:
+                at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            except ValueError:
+                raise ConfigError(f"--{name} {text!r} is not an ISO time like 2026-11-01") from None
+            stamps[name] = Timestamp()
+            stamps[name].FromDatetime(at if at.tzinfo else at.replace(tzinfo=UTC))
+    return stamps
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -137,10 +156,10 @@ def tenants_import(args: argparse.Namespace, c: QuotaplaneClient) -> int:
         )
         try:
             c.admin_call("CreateTenant", req)
-            progress.step(True)
+            progress.step(IMPORTED)
         except grpc.RpcError as err:
             exists = err.code() == grpc.StatusCode.ALREADY_EXISTS
-            progress.step(exists)
+            progress.step(SKIPPED if exists else FAILED)
             if not exists:
                 problems.append(f"{args.file}:{line}: {err.details()}")
     progress.finish()
@@ -190,9 +209,8 @@ def usage_show(args: argparse.Namespace, c: QuotaplaneClient) -> int:
     req = admin_pb2.GetUsageRequest(
         tenant_id=args.tenant_id,
         metric=args.metric or "",
-        start=_timestamp(args.start),
-        end=_timestamp(args.end),
         bucket=bucket,
+        **_times(start=args.start, end=args.end),
     )
     usage = c.admin_call("GetUsage", req)
     emit(args, usage, usage.buckets, BUCKET)

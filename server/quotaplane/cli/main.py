@@ -12,7 +12,8 @@ import dataclasses
 import logging
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from quotaplane.cli import admin as cli_admin
@@ -21,6 +22,29 @@ from quotaplane.config import SETTINGS, ConfigError, Settings, load_settings
 from quotaplane.domain.errors import PlanFileError
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3
+DESCRIPTION = "quotaplane: the quota-and-billing control plane for metered APIs."
+EPILOG = """\
+commands by what they need:
+  on this machine:   serve, db, settings, plans validate
+  admin commands (a running server, --target HOST:PORT, and the admin token from
+  --admin-token, QUOTAPLANE_ADMIN_TOKEN or <data dir>/admin-token):
+                     tenants, keys, usage, invoices, plans list, plans reload
+  probes:            health
+
+'quotaplane COMMAND --help' shows a command's options; exit codes: 0 ok, 1 invalid input
+(e.g. a plans file), 2 bad usage or configuration, 3 a dependency failed.
+"""
+
+
+def version() -> str:
+    """The installed distribution's version."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("quotaplane")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare source tree
+        return "unknown (not installed)"
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -53,10 +77,14 @@ def _raw_settings(args: argparse.Namespace) -> dict[str, str]:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    from quotaplane.app.listen_check import require_bindable
+
+    settings = _settings(args)
+    # Before the heavy imports and any start-up work: a taken port is one line, at once.
+    require_bindable(settings.grpc_addr, "QUOTAPLANE_GRPC_ADDR / --grpc-addr")
     from quotaplane.app.serve import serve
     from quotaplane.logs import configure_logging
 
-    settings = _settings(args)
     configure_logging(settings.log_level, settings.log_format)
     if args.worker_index is None and settings.workers > 1:
         from quotaplane.app.workers import supervise
@@ -94,16 +122,28 @@ def _cmd_plans_validate(args: argparse.Namespace) -> int:
     return worst
 
 
-def _database_url(args: argparse.Namespace) -> str:
+def _database_url(args: argparse.Namespace) -> str | None:
+    """The ledger to migrate; None when it is the embedded SQLite file and that does not exist
+    while the command only reads or lowers the schema (creating it would leave an empty
+    ledger in whatever directory the command ran from)."""
     if args.database_url:
         return str(args.database_url)
     settings = load_settings(os.environ)
     if settings.database_url:
         return settings.database_url
+    from quotaplane.app.datadir import LEDGER_FILE, ensure_data_dir
     from quotaplane.app.runtime import embedded_database_url
 
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return embedded_database_url(settings.data_dir)
+    url = embedded_database_url(settings.data_dir)
+    if args.db_command != "upgrade" and not (settings.data_dir / LEDGER_FILE).exists():
+        print(
+            f"no ledger at {(settings.data_dir / LEDGER_FILE).resolve()} (nothing created); "
+            "set QUOTAPLANE_DATABASE_URL, --database-url or QUOTAPLANE_DATA_DIR",
+            file=sys.stderr,
+        )
+        return None
+    ensure_data_dir(settings.data_dir)
+    return url
 
 
 def _cmd_db(args: argparse.Namespace) -> int:
@@ -111,12 +151,31 @@ def _cmd_db(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     url = _database_url(args)
+    if url is None:
+        return EXIT_INVALID
     if args.db_command == "upgrade":
-        migrate.upgrade(url, args.revision)
+        _retrying(lambda: migrate.upgrade(url, args.revision), args.wait)
     elif args.db_command == "downgrade":
         migrate.downgrade(url, args.revision)
     print(f"schema revision: {migrate.current(url) or 'none'} (head {migrate.head()})")
     return EXIT_OK
+
+
+def _retrying(step: Callable[[], None], wait: float) -> None:
+    """Run ``step``; while the database refuses connections, retry for up to ``wait`` seconds
+    (a Postgres container's first start restarts it once after initdb)."""
+    from sqlalchemy.exc import OperationalError
+
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            step()
+            return
+        except OperationalError as error:
+            if time.monotonic() >= deadline:
+                raise OSError(f"database not reachable after {wait:g} s: {error.orig}") from None
+            print(f"database not reachable yet, retrying: {error.orig}", file=sys.stderr)
+            time.sleep(1.0)
 
 
 def settings_markdown() -> str:
@@ -140,7 +199,13 @@ def _cmd_settings(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="quotaplane", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="quotaplane",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"quotaplane {version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser(
@@ -168,6 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="COMMAND")
     upgrade = db_commands.add_parser("upgrade", help="migrate to a revision (default head)")
     upgrade.add_argument("revision", nargs="?", default="head")
+    upgrade.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="retry while the database refuses connections, up to SECONDS (default 0)",
+    )
     downgrade = db_commands.add_parser("downgrade", help="migrate down to a revision (e.g. base)")
     downgrade.add_argument("revision")
     db_commands.add_parser("current", help="print the schema revision")

@@ -77,18 +77,26 @@ def emit(args: argparse.Namespace, message: Message, rows: Sequence[Any], column
         print_table(rows, columns)
 
 
+IMPORTED, SKIPPED, FAILED = "imported", "skipped", "failed"
+
+
 class Progress:
     """One status line on stderr: redrawn in place on a terminal, every 10% otherwise."""
 
     def __init__(self, total: int, out: TextIO = sys.stderr) -> None:
-        self.total, self.done, self.failed, self.out = total, 0, 0, out
+        self.total, self.done, self.out = total, 0, out
+        self.counts = dict.fromkeys((IMPORTED, SKIPPED, FAILED), 0)
         self._tty = out.isatty()
         self._next_report = 0
 
-    def step(self, ok: bool) -> None:
+    def step(self, outcome: str) -> None:
+        """Count one row: IMPORTED (created), SKIPPED (already there) or FAILED."""
         self.done += 1
-        self.failed += not ok
-        line = f"imported {self.done - self.failed}/{self.total}, {self.failed} failed"
+        self.counts[outcome] += 1
+        line = (
+            f"imported {self.counts[IMPORTED]}/{self.total}, "
+            f"skipped {self.counts[SKIPPED]} (already there), {self.counts[FAILED]} failed"
+        )
         if self._tty:
             print(f"\r{line}", end="", file=self.out, flush=True)
         elif self.done * 10 >= self._next_report * self.total or self.done == self.total:

@@ -50,3 +50,13 @@ class PlanFileError(InvalidArgument):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems) if problems else "invalid plans file")
         self.problems = problems
+
+
+SHOWN_CHARS = 64
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """``value`` quoted for an error message: at most ``limit`` characters of it, so a huge bad
+    value is never echoed back (status messages travel in size-limited metadata)."""
+    text = value if isinstance(value, str) else str(value)
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + "..."

@@ -25,7 +25,7 @@ from decimal import (
 )
 from types import MappingProxyType
 
-from quotaplane.domain.errors import InvalidArgument
+from quotaplane.domain.errors import InvalidArgument, shown
 
 # ISO 4217 code -> number of decimal places of the minor unit.
 CURRENCY_MINOR_UNITS: Mapping[str, int] = MappingProxyType(
@@ -76,7 +76,7 @@ def minor_units(currency: str) -> int:
         return CURRENCY_MINOR_UNITS[currency]
     except KeyError:
         known = ", ".join(sorted(CURRENCY_MINOR_UNITS))
-        raise InvalidArgument(f"unknown currency {currency!r}; known: {known}") from None
+        raise InvalidArgument(f"unknown currency {shown(currency)}; known: {known}") from None
 
 
 def parse_money(value: str | int, *, max_places: int, allow_negative: bool = False) -> Decimal:

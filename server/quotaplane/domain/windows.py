@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from quotaplane.domain.errors import InvalidArgument
+from quotaplane.domain.errors import InvalidArgument, shown
 
 MIN_YEAR = 1970
 MAX_YEAR = 9998
@@ -45,7 +45,9 @@ class Window(enum.StrEnum):
             return cls(value)
         except ValueError:
             names = ", ".join(w.value for w in cls)
-            raise InvalidArgument(f"unknown window {value!r}; expected one of {names}") from None
+            raise InvalidArgument(
+                f"unknown window {shown(value)}; expected one of {names}"
+            ) from None
 
 
 _FIXED_LENGTH = {
@@ -54,6 +56,11 @@ _FIXED_LENGTH = {
     Window.HOUR: timedelta(hours=1),
     Window.DAY: timedelta(days=1),
 }
+
+
+def fixed_length(window: Window) -> timedelta | None:
+    """The window's length; None for months, whose length varies."""
+    return _FIXED_LENGTH.get(window)
 
 
 def as_utc(at: datetime, *, field_name: str = "time") -> datetime:
@@ -117,11 +124,10 @@ class Period:
         """``"2026-11"`` -> Period(2026, 11); strictly four-digit year and two-digit month."""
         match = _PERIOD_RE.fullmatch(value) if isinstance(value, str) else None
         if match is None:
-            shown = value[:40] if isinstance(value, str) else value
-            raise InvalidArgument(f"period must be YYYY-MM like 2026-11, got {shown!r}")
+            raise InvalidArgument(f"period must be YYYY-MM like 2026-11, got {shown(value)}")
         year, month = int(match.group(1)), int(match.group(2))
         if not 1 <= month <= 12:
-            raise InvalidArgument(f"period {value!r}: month must be 01-12")
+            raise InvalidArgument(f"period {shown(value)}: month must be 01-12")
         return cls(year, month)
 
     @classmethod

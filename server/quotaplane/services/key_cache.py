@@ -4,8 +4,12 @@ Same mechanism as the tenant directory (``polled_cache.py``): a full load at sta
 poll every ``cache_ttl / 2`` for keys created or revoked since the newest change seen (minus
 ``OVERLAP`` for clock skew between replicas and late commits). A revoked key therefore stops
 working on every replica within ``cache_ttl`` (1 s) of the revoke's commit. A miss (a key
-created a moment ago) does one lookup by hash; unknown hashes are remembered for one poll
-interval so a flood of made-up keys cannot hammer the database. If the database is down,
+created a moment ago, or a made-up key) never queries by hash: it waits for a catch-up poll
+(``CatchUp``) that every miss of the moment shares and that runs at most every
+``CATCH_UP_GAP`` seconds, so a flood of distinct random keys costs at most
+1/CATCH_UP_GAP + 2 small queries per second, and a new key works on its first request
+(after at most ~CATCH_UP_GAP). Unknown hashes are remembered for one poll interval, so a
+repeated bad key answers at once. If the database is down,
 polls log and retry; cached keys keep working (a ledger outage must not stop the API), and the
 revocations made meanwhile apply at the first successful poll.
 """
@@ -18,7 +22,11 @@ from datetime import datetime, timedelta
 
 from quotaplane.domain.tenants.api_keys import hash_api_key, looks_like_secret
 from quotaplane.domain.tenants.ports import ApiKeyStore, KeyGrant
-from quotaplane.services.polled_cache import NegativeCache, poll_forever, poll_since
+from quotaplane.services.polled_cache import CatchUp, NegativeCache, poll_forever, poll_since
+
+# Catch-up polls for cache misses start at most this often (seconds): the bound on queries
+# per second that misses can cause, and the longest wait of a brand-new key's first request.
+CATCH_UP_GAP = 0.1
 
 
 class ApiKeyCache:
@@ -39,6 +47,7 @@ class ApiKeyCache:
         # Revocations seen: a lookup that raced with a poll must not bring a revoked key back.
         self._revoked: set[str] = set()
         self._watermark: datetime | None = None
+        self._catch_up = CatchUp(self.refresh, min_gap=CATCH_UP_GAP, monotonic=monotonic)
         self.loaded = False
 
     @property
@@ -84,12 +93,8 @@ class ApiKeyCache:
     async def _lookup(self, key_hash: str) -> KeyGrant | None:
         if key_hash in self._unknown:
             return None
-        grant = await self._store.find_by_hash(key_hash)
-        if grant is None or grant.revoked_at is not None or key_hash in self._revoked:
+        await self._catch_up.wait()
+        grant = self._grants.get(key_hash)
+        if grant is None:
             self._unknown.add(key_hash)
-            return None
-        # Not _apply: the watermark only moves with polls, or a poll could skip a revocation
-        # committed between the last poll and this key's creation.
-        self._grants[key_hash] = grant
-        self._unknown.discard(key_hash)
         return grant

@@ -61,3 +61,47 @@ class NegativeCache:
 
     def discard(self, key: str) -> None:
         self._until.pop(key, None)
+
+
+class CatchUp:
+    """A refresh for callers that need the store's state as of their arrival (a cache miss),
+    shared by every caller waiting at the time and started at most once per ``min_gap``
+    seconds: however many distinct misses arrive (a flood of made-up keys), the store sees a
+    bounded number of queries per second, never one per miss.
+
+    A caller joins the refresh that has not started yet (it will see every row committed
+    before the caller arrived), or schedules one; a refresh already running may have read
+    too early, so callers arriving after its start wait for the next.
+    """
+
+    def __init__(
+        self,
+        refresh: Callable[[], Awaitable[object]],
+        *,
+        min_gap: float,
+        monotonic: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._refresh = refresh
+        self._min_gap = min_gap
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._pending: asyncio.Future[object] | None = None
+        self._last_start = float("-inf")
+        self.runs = 0
+
+    async def wait(self) -> None:
+        """Return once a refresh that started after this call has finished (or raise its
+        error, e.g. Unavailable)."""
+        if self._pending is None:
+            self._pending = asyncio.ensure_future(self._run())
+        await asyncio.shield(self._pending)
+
+    async def _run(self) -> object:
+        delay = self._last_start + self._min_gap - self._monotonic()
+        if delay > 0:
+            await self._sleep(delay)
+        self._pending = None  # from now on, arrivals need a later refresh
+        self._last_start = self._monotonic()
+        self.runs += 1
+        return await self._refresh()

@@ -29,6 +29,7 @@ from quotaplane.domain.windows import Period, Window, as_utc, window_reset, wind
 log = logging.getLogger(__name__)
 
 MAX_USAGE_RANGE = timedelta(days=400)
+_LISTING = "invoices"  # names the listing in its page tokens
 
 
 def _utc_now() -> datetime:
@@ -156,12 +157,14 @@ class InvoiceAdmin:
             period=str(Period.parse(period)) if period else None,
         )
         token_fields = filters.as_token_fields()
-        after = decode_page_token(page_token, token_fields)
+        after = decode_page_token(page_token, token_fields, listing=_LISTING)
         rows = await self._invoices.list_page(after=after, size=size + 1, filters=filters)
         page, token = rows[:size], ""
         if len(rows) > size:
             last = page[-1]
-            token = Cursor(last.created_at, last.id, token_fields, sort=last.period).encode()
+            token = Cursor(
+                last.created_at, last.id, token_fields, sort=last.period, listing=_LISTING
+            ).encode()
         return InvoicePage(invoices=page, next_page_token=token)
 
     async def get(self, invoice_id: str) -> StoredInvoice:

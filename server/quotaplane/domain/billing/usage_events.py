@@ -20,6 +20,7 @@ from quotaplane.domain.quota.decisions import parse_metric
 from quotaplane.domain.quota.engine import utc_now
 from quotaplane.domain.quota.ports import TenantLookup
 from quotaplane.domain.tenants.model import parse_tenant_id
+from quotaplane.domain.text import text_problem
 from quotaplane.domain.windows import Period, as_utc
 
 log = logging.getLogger(__name__)
@@ -33,13 +34,15 @@ FUTURE_SKEW = timedelta(minutes=5)
 
 @dataclass(frozen=True)
 class RawUsageEvent:
-    """A RecordUsage event as sent; ``timestamp`` None means now."""
+    """A RecordUsage event as sent; ``timestamp`` None means now. ``problem``: what the
+    transport could not decode in this event (it is then rejected alone, with that reason)."""
 
     event_id: str
     tenant_id: str
     metric: str
     quantity: int
     timestamp: datetime | None = None
+    problem: str = ""
 
 
 class UsageRecorder:
@@ -120,8 +123,12 @@ class UsageRecorder:
 
 def parse_event(raw: RawUsageEvent, now: datetime) -> UsageEvent:
     """Validate one event's fields; InvalidArgument names the first bad one."""
-    if not raw.event_id or len(raw.event_id) > MAX_EVENT_ID:
+    if raw.problem:
+        raise InvalidArgument(raw.problem)
+    if not raw.event_id:
         raise InvalidArgument(f"event_id must be 1-{MAX_EVENT_ID} characters")
+    if problem := text_problem(raw.event_id, "event_id", MAX_EVENT_ID):
+        raise InvalidArgument(problem)
     tenant_id = parse_tenant_id(raw.tenant_id)
     metric = parse_metric(raw.metric)
     if not 1 <= raw.quantity <= MAX_EVENT_QUANTITY:

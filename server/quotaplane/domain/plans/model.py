@@ -68,7 +68,7 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import ClassVar
 
-from quotaplane.domain.errors import NotFound
+from quotaplane.domain.errors import NotFound, shown
 from quotaplane.domain.windows import Window
 
 DEFAULT_CURRENCY = "USD"
@@ -172,7 +172,7 @@ class PlanCatalog:
             return self.plans[name]
         except KeyError:
             known = ", ".join(self.names()) or "none"
-            raise NotFound(f"unknown plan {name!r}; known plans: {known}") from None
+            raise NotFound(f"unknown plan {shown(name)}; known plans: {known}") from None
 
     def names(self) -> tuple[str, ...]:
         return tuple(sorted(self.plans))

@@ -64,11 +64,16 @@ class QuotaEngine:
         self._clock = clock
         self._observers = tuple(observers)
 
+    async def tenant(self, tenant_id: str) -> Tenant:
+        """The tenant from the in-process directory; NotFound if it does not exist."""
+        return await self._tenants.get(tenant_id)
+
     async def check(self, request: QuotaRequest) -> Decision:
         tenant = await self._tenants.get(request.tenant_id)
-        limits = self._limits(tenant, request.metric)
+        # Suspension first: a suspended tenant is answered SUSPENDED whatever it asks for.
         if not tenant.active:
             return Decision(allowed=False, code=DecisionCode.SUSPENDED, cost=request.cost)
+        limits = self._limits(tenant, request.metric)
         now = self._clock()
         windows = _windows(limits, now)
         result = await self._counters.consume(consume_call(request, windows))

@@ -1,39 +1,63 @@
-"""The gateway use case behind Envoy's ext_authz: API key -> tenant -> one quota decision.
+"""The gateway use case behind a proxy's external authorization: API key -> tenant -> decision.
 
 ``Gateway.authorize`` turns what the proxy knows about a request (the presented key, the route's
-metric and cost) into a ``Verdict``. It knows nothing of HTTP or Envoy: the transport turns a
-verdict into a 401/403/429 or an allowed response with headers.
+name, metric and cost as configured) into a ``GatewayDecision``. It knows nothing of HTTP,
+gRPC or Envoy: each transport (Envoy's gRPC Check, its HTTP ext_authz) maps a verdict to the
+wire, so every transport applies the same rules in the same order:
 
-- No key, an unknown key or a revoked key -> UNAUTHENTICATED. A key whose tenant no longer
-  exists is treated the same: the caller's credential matches nothing that can be charged.
-- A suspended tenant -> SUSPENDED (the quota engine answers that without consuming).
-- Otherwise the engine's decision: ALLOWED or OVER_LIMIT, with every limit's state.
-Storage failures propagate as ``Unavailable``; the proxy's failure mode then decides.
+1. No key, an unknown or revoked key, or a key whose tenant no longer exists -> UNAUTHENTICATED,
+   before the route is looked at (a stranger learns nothing about the configuration).
+2. A suspended tenant -> SUSPENDED, before the route is checked against the tenant's plan.
+3. A route whose cost is not a whole number in 1..MAX_COST, whose metric is not in the tenant's
+   plan, or a tenant whose plan the plans file lost -> MISCONFIGURED: a denial naming the
+   problem, counted by ``on_misconfigured`` per request and logged once per (route, plan).
+4. Otherwise the engine's decision: ALLOWED or OVER_LIMIT, with every limit's state.
+
+Only a storage failure (``Unavailable``) propagates: it is the one thing the proxy's failure
+mode should decide. Everything about the request, the key, the tenant or the route is a
+decision, so a fail-open proxy never lets an unmetered request through.
 """
 
 from __future__ import annotations
 
 import enum
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from quotaplane.domain.errors import NotFound
-from quotaplane.domain.quota.decisions import Decision, DecisionCode, QuotaRequest
+from quotaplane.domain.errors import FailedPrecondition, InvalidArgument, NotFound
+from quotaplane.domain.quota.decisions import MAX_COST, Decision, DecisionCode, QuotaRequest
 from quotaplane.domain.quota.engine import QuotaEngine
 from quotaplane.domain.quota.ports import KeyResolver
+from quotaplane.domain.tenants.model import Tenant
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ROUTE_COST = "1"
+# Distinct (route, plan) pairs remembered as already logged; both come from configuration, so
+# the bound is only a guard against a pathological config, never reached in practice.
+_LOGGED_MAX = 4096
+_MAX_COST_DIGITS = len(str(MAX_COST))
+_SHOWN_CHARS = 16
 
 
 class Verdict(enum.Enum):
     ALLOWED = "allowed"
     UNAUTHENTICATED = "unauthenticated"
     SUSPENDED = "suspended"
+    MISCONFIGURED = "misconfigured"
     OVER_LIMIT = "over_limit"
 
 
 @dataclass(frozen=True)
 class GatewayRequest:
+    """What the proxy says about one request. ``metric`` and ``cost`` are the route's
+    configuration as text (checked here, so a bad value is a decision, not an error)."""
+
     api_key: str | None
     metric: str
-    cost: int
+    cost: str = DEFAULT_ROUTE_COST
+    route: str = ""
     request_id: str | None = None
 
 
@@ -43,6 +67,21 @@ class GatewayDecision:
     reason: str
     tenant_id: str | None = None
     decision: Decision | None = None
+
+
+class RouteMisconfigured(Exception):
+    """A route's configuration cannot be metered for this tenant (a decision, not an error)."""
+
+
+def parse_route_cost(raw: str) -> int:
+    """A route's cost: ASCII digits only, 1..MAX_COST ('²', '١٢', '-1', '', '1e3' refused)."""
+    if raw.isascii() and raw.isdigit() and len(raw) <= _MAX_COST_DIGITS:
+        cost = int(raw)
+        if 1 <= cost <= MAX_COST:
+            return cost
+    raise RouteMisconfigured(
+        f"route cost {raw[:_SHOWN_CHARS]!r} is not a whole number between 1 and {MAX_COST:,}"
+    )
 
 
 _VERDICT_OF_CODE = {
@@ -55,12 +94,22 @@ _REASON_OF_VERDICT = {
     Verdict.OVER_LIMIT: "quota or rate limit exceeded",
     Verdict.SUSPENDED: "tenant is suspended",
 }
+# (route, plan, problem) -> None: e.g. a metrics counter.
+MisconfigurationObserver = Callable[[str, str, str], None]
 
 
 class Gateway:
-    def __init__(self, keys: KeyResolver, engine: QuotaEngine) -> None:
+    def __init__(
+        self,
+        keys: KeyResolver,
+        engine: QuotaEngine,
+        *,
+        on_misconfigured: MisconfigurationObserver | None = None,
+    ) -> None:
         self._keys = keys
         self._engine = engine
+        self._on_misconfigured = on_misconfigured
+        self._logged: set[tuple[str, str]] = set()
 
     async def authorize(self, request: GatewayRequest) -> GatewayDecision:
         if not request.api_key:
@@ -68,16 +117,50 @@ class Gateway:
         owner = await self._keys.tenant_for_key(request.api_key)
         if owner is None:
             return GatewayDecision(Verdict.UNAUTHENTICATED, "unknown or revoked API key")
-        tenant_id, _ = owner
-        quota_request = QuotaRequest.parse(
-            tenant_id=tenant_id,
-            metric=request.metric,
-            cost=request.cost,
-            request_id=request.request_id or "",
-        )
         try:
-            decision = await self._engine.check(quota_request)
+            tenant = await self._engine.tenant(owner[0])
         except NotFound:
             return GatewayDecision(Verdict.UNAUTHENTICATED, "API key of a deleted tenant")
+        if not tenant.active:
+            return self._decided(tenant.id, Decision(False, DecisionCode.SUSPENDED, 0))
+        try:
+            return self._decided(tenant.id, await self._check(tenant, request))
+        except NotFound:  # deleted between the two lookups
+            return GatewayDecision(Verdict.UNAUTHENTICATED, "API key of a deleted tenant")
+        except RouteMisconfigured as problem:
+            return self._misconfigured(request, tenant, str(problem))
+
+    async def _check(self, tenant: Tenant, request: GatewayRequest) -> Decision:
+        cost = parse_route_cost(request.cost)
+        try:
+            quota_request = QuotaRequest.parse(
+                tenant_id=tenant.id,
+                metric=request.metric,
+                cost=cost,
+                request_id=request.request_id or "",
+            )
+            return await self._engine.check(quota_request)
+        except (InvalidArgument, FailedPrecondition) as error:
+            # The tenant id is ours and the rest is the route's configuration: whatever the
+            # engine refuses here is a misconfiguration, not the caller's mistake.
+            raise RouteMisconfigured(error.message) from None
+
+    @staticmethod
+    def _decided(tenant_id: str, decision: Decision) -> GatewayDecision:
         verdict = _VERDICT_OF_CODE[decision.code]
         return GatewayDecision(verdict, _REASON_OF_VERDICT[verdict], tenant_id, decision)
+
+    def _misconfigured(
+        self, request: GatewayRequest, tenant: Tenant, problem: str
+    ) -> GatewayDecision:
+        route = request.route or f"metric={request.metric[:_SHOWN_CHARS]}"
+        if self._on_misconfigured is not None:
+            self._on_misconfigured(route, tenant.plan, problem)
+        if (route, tenant.plan) not in self._logged and len(self._logged) < _LOGGED_MAX:
+            self._logged.add((route, tenant.plan))
+            log.error(
+                "route cannot be metered; its requests are denied until the config is fixed",
+                extra={"route": route, "plan": tenant.plan, "problem": problem},
+            )
+        reason = f"route {route!r} is misconfigured for plan {tenant.plan!r}: {problem}"
+        return GatewayDecision(Verdict.MISCONFIGURED, reason, tenant.id)

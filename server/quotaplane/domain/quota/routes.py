@@ -18,10 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from quotaplane.domain.errors import InvalidArgument
-from quotaplane.domain.quota.decisions import DEFAULT_METRIC, MAX_COST, parse_metric
+from quotaplane.domain.quota.decisions import DEFAULT_METRIC, parse_metric
+from quotaplane.domain.quota.gateway import RouteMisconfigured, parse_route_cost
 
 MAX_ROUTES = 1000
-MAX_COST_DIGITS = len(str(MAX_COST))
 
 
 @dataclass(frozen=True)
@@ -34,13 +34,11 @@ DEFAULT_ROUTE = RouteCost(DEFAULT_METRIC, 1)
 
 
 def parse_cost(text: str) -> int:
-    """ASCII digits only (``str.isdigit`` accepts '²' and other digits), 1..MAX_COST."""
-    if not (text.isascii() and text.isdigit()) or len(text) > MAX_COST_DIGITS:
-        raise InvalidArgument(f"cost {text[:20]!r} is not a whole number of ASCII digits")
-    cost = int(text)
-    if not 1 <= cost <= MAX_COST:
-        raise InvalidArgument(f"cost must be 1..{MAX_COST:,}, got {cost:,}")
-    return cost
+    """The gateway's rule for a route cost (``parse_route_cost``), as a configuration error."""
+    try:
+        return parse_route_cost(text)
+    except RouteMisconfigured as problem:
+        raise InvalidArgument(str(problem)) from None
 
 
 def _parse_entry(entry: str) -> tuple[str, RouteCost]:

@@ -21,6 +21,7 @@ from quotaplane.domain.tenants.ports import TenantFilter, TenantQueries, TenantS
 MAX_TENANT_NAME = 200
 MAX_EXTERNAL_ID = 128
 MAX_REASON = 500
+_LISTING = "tenants"  # names the listing in its page tokens
 
 
 @dataclass(frozen=True)
@@ -57,13 +58,13 @@ class TenantAdmin:
         size = parse_page_size(page_size)
         filters = TenantFilter(plan=self._known_plan(plan) if plan else None, status=status)
         token_fields = filters.as_token_fields()
-        after = decode_page_token(page_token, token_fields)
+        after = decode_page_token(page_token, token_fields, listing=_LISTING)
         rows = await self._queries.list_page(after=after, size=size + 1, filters=filters)
         page, more = rows[:size], len(rows) > size
         token = ""
         if more:
             last = page[-1]
-            token = Cursor(created_at=last.created_at, id=last.id, filters=token_fields).encode()
+            token = Cursor(last.created_at, last.id, token_fields, listing=_LISTING).encode()
         return TenantPage(tenants=page, next_page_token=token)
 
     async def update_plan(self, *, tenant_id: str, plan: str) -> Tenant:

@@ -7,7 +7,7 @@ minor units; no float is ever involved.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -17,7 +17,9 @@ from quotaplane.domain.billing.invoicing import InvoiceRequest
 from quotaplane.domain.billing.ports import StoredInvoice
 from quotaplane.domain.billing.pricing import PricedLine, TierLine
 from quotaplane.domain.billing.usage_events import RawUsageEvent
+from quotaplane.domain.errors import InvalidArgument
 from quotaplane.domain.money import decimal_str
+from quotaplane.transport.grpc.admin_convert import optional_time
 from quotaplane_client.v1 import quota_pb2, types_pb2
 
 Outcome = quota_pb2.RecordUsageResponse.Outcome
@@ -35,16 +37,23 @@ STATUSES: dict[str, types_pb2.Invoice.Status.ValueType] = {
 
 
 def usage_events(request: quota_pb2.RecordUsageRequest) -> list[RawUsageEvent]:
-    return [
-        RawUsageEvent(
-            event_id=event.event_id,
-            tenant_id=event.tenant_id,
-            metric=event.metric,
-            quantity=event.quantity,
-            timestamp=event.timestamp.ToDatetime(UTC) if event.HasField("timestamp") else None,
-        )
-        for event in request.events
-    ]
+    return [_usage_event(event) for event in request.events]
+
+
+def _usage_event(event: quota_pb2.UsageEvent) -> RawUsageEvent:
+    at, problem = None, ""
+    try:  # an out-of-range timestamp rejects this event only
+        at = optional_time(event.timestamp, event.HasField("timestamp"), "timestamp")
+    except InvalidArgument as error:
+        problem = error.message
+    return RawUsageEvent(
+        event_id=event.event_id,
+        tenant_id=event.tenant_id,
+        metric=event.metric,
+        quantity=event.quantity,
+        timestamp=at,
+        problem=problem,
+    )
 
 
 def record_usage_response(results: Sequence[EventResult]) -> quota_pb2.RecordUsageResponse:

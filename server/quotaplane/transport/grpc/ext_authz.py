@@ -1,22 +1,20 @@
 """Envoy ext_authz (envoy.service.auth.v3.Authorization/Check): HTTP request -> gateway verdict.
 
-Decoding: the API key comes from ``x-api-key`` or ``authorization: Bearer``; the metric and cost
-from the route's ``context_extensions`` (``metric``, ``cost``; defaults ``requests`` and 1).
-Encoding:
+Decoding: the API key comes from ``x-api-key`` or ``authorization: Bearer``; the route's name,
+metric and cost from its ``context_extensions`` (``route``, ``metric``, ``cost``; defaults
+``requests`` and 1), passed as text: the domain Gateway checks them, so a bad route is a
+decision (403), never a gRPC error that a fail-open Envoy would let through.
+Encoding (what the client sees is built in ``transport/gateway_http.py``):
 - allowed: the upstream gets ``x-tenant-id`` and never the key (``x-api-key`` and
   ``authorization`` are removed); the client gets the rate-limit headers.
-- 401 (no/unknown/revoked key), 403 (suspended), 429 (over limit, with ``retry-after``): answered
-  by Envoy itself with a JSON body ``{"error": ..., "message": ...}``.
-Rate-limit headers describe the most constraining limit (least remaining):
-``x-ratelimit-limit``, ``x-ratelimit-remaining``, and ``x-ratelimit-reset`` in seconds until the
-window resets (delta seconds, as in the IETF RateLimit header draft).
-A storage failure is answered as gRPC UNAVAILABLE so that Envoy's failure mode decides.
+- 401, 403 (suspended, misconfigured route), 429 (over limit, with ``retry-after``): answered
+  by Envoy itself with a JSON body.
+Only a storage failure is answered as a gRPC error (UNAVAILABLE), so Envoy's failure mode
+decides only that.
 """
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -24,29 +22,28 @@ from typing import Any, cast
 import grpc
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
-from envoy.type.v3 import http_status_pb2
 from google.rpc import code_pb2
 
-from quotaplane.domain.errors import InvalidArgument
-from quotaplane.domain.quota.decisions import DEFAULT_METRIC, Decision, LimitState
-from quotaplane.domain.quota.gateway import Gateway, GatewayDecision, GatewayRequest, Verdict
+from quotaplane.domain.quota.decisions import DEFAULT_METRIC
+from quotaplane.domain.quota.gateway import (
+    DEFAULT_ROUTE_COST,
+    Gateway,
+    GatewayDecision,
+    GatewayRequest,
+    Verdict,
+)
 from quotaplane.transport.grpc.observability import set_call_tenant
 from quotaplane.transport.grpc.status import rpc
+from quotaplane.transport.http.gateway import DENIALS, denial_body, rate_limit_headers
 
 KEY_HEADERS = ("x-api-key", "authorization")
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-_DENIAL = {
-    Verdict.UNAUTHENTICATED: (
-        http_status_pb2.Unauthorized,
-        code_pb2.UNAUTHENTICATED,
-        "unauthenticated",
-    ),
-    Verdict.SUSPENDED: (http_status_pb2.Forbidden, code_pb2.PERMISSION_DENIED, "tenant_suspended"),
-    Verdict.OVER_LIMIT: (
-        http_status_pb2.TooManyRequests,
-        code_pb2.RESOURCE_EXHAUSTED,
-        "rate_limited",
-    ),
+# The gRPC status Envoy logs with each answer (the HTTP status is what the client sees).
+_GRPC_CODE = {
+    Verdict.UNAUTHENTICATED: code_pb2.UNAUTHENTICATED,
+    Verdict.SUSPENDED: code_pb2.PERMISSION_DENIED,
+    Verdict.MISCONFIGURED: code_pb2.PERMISSION_DENIED,
+    Verdict.OVER_LIMIT: code_pb2.RESOURCE_EXHAUSTED,
 }
 
 
@@ -74,13 +71,11 @@ def api_key_of(headers: Mapping[str, str]) -> str | None:
 
 def gateway_request(request: external_auth_pb2.CheckRequest) -> GatewayRequest:
     extensions = request.attributes.context_extensions
-    raw_cost = extensions.get("cost", "1")
-    if not raw_cost.isdigit():
-        raise InvalidArgument(f"route context_extensions cost={raw_cost!r} is not a whole number")
     return GatewayRequest(
         api_key=api_key_of(request_headers(request)),
         metric=extensions.get("metric", DEFAULT_METRIC),
-        cost=int(raw_cost),
+        cost=extensions.get("cost", DEFAULT_ROUTE_COST),
+        route=extensions.get("route", ""),
     )
 
 
@@ -96,27 +91,9 @@ def _add_header(headers: Any, key: str, value: str) -> None:
     option.append_action = _OVERWRITE
 
 
-def _seconds_until(at: datetime, now: datetime) -> int:
-    return max(0, math.ceil((at - now).total_seconds()))
-
-
-def add_rate_limit_headers(headers: Any, decision: Decision | None, now: datetime) -> None:
-    """The x-ratelimit-* headers of the tightest limit, and retry-after when denied."""
-    if decision is None or not decision.limits:
-        return
-    tightest: LimitState = min(decision.limits, key=lambda s: (s.remaining, s.reset_at))
-    _add_header(headers, "x-ratelimit-limit", str(tightest.limit))
-    _add_header(headers, "x-ratelimit-remaining", str(tightest.remaining))
-    _add_header(headers, "x-ratelimit-reset", str(_seconds_until(tightest.reset_at, now)))
-    if (retry_after := _retry_after_seconds(decision)) is not None:
-        _add_header(headers, "retry-after", retry_after)
-
-
-def _retry_after_seconds(decision: Decision | None) -> str | None:
-    """Whole seconds until a denied call may succeed (rounded up), if the decision says."""
-    if decision is None or decision.retry_after is None:
-        return None
-    return str(math.ceil(decision.retry_after.total_seconds()))
+def _add_headers(headers: Any, pairs: list[tuple[str, str]]) -> None:
+    for key, value in pairs:
+        _add_header(headers, key, value)
 
 
 def check_response(outcome: GatewayDecision, now: datetime) -> external_auth_pb2.CheckResponse:
@@ -127,19 +104,15 @@ def check_response(outcome: GatewayDecision, now: datetime) -> external_auth_pb2
         ok = response.ok_response
         _add_header(ok.headers, "x-tenant-id", outcome.tenant_id)
         ok.headers_to_remove.extend(KEY_HEADERS)
-        add_rate_limit_headers(ok.response_headers_to_add, outcome.decision, now)
+        _add_headers(ok.response_headers_to_add, rate_limit_headers(outcome.decision, now))
         return response
-    http_code, grpc_code, error = _DENIAL[outcome.verdict]
-    body = {"error": error, "message": outcome.reason}
-    if (retry_after := _retry_after_seconds(outcome.decision)) is not None:
-        body["retry_after_seconds"] = retry_after
-    response.status.code = grpc_code
+    response.status.code = _GRPC_CODE[outcome.verdict]
     response.status.message = outcome.reason
     denied = response.denied_response
-    denied.status.code = http_code
+    denied.status.code = DENIALS[outcome.verdict].status
     _add_header(denied.headers, "content-type", "application/json")
-    add_rate_limit_headers(denied.headers, outcome.decision, now)
-    denied.body = json.dumps(body, separators=(",", ":"))
+    _add_headers(denied.headers, rate_limit_headers(outcome.decision, now))
+    denied.body = denial_body(outcome, now).decode()
     return response
 
 

@@ -31,6 +31,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from quotaplane.domain.quota.decisions import DEFAULT_METRIC
 from quotaplane.telemetry import Telemetry
+from quotaplane.transport.grpc.decoding import Undecodable
 from quotaplane.transport.grpc.handlers import Behavior, with_behavior
 from quotaplane_client.v1 import quota_pb2
 
@@ -91,7 +92,8 @@ class Observability:
         record = _RECORDERS.get(method)
 
         async def observed(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            call = call_info(method, request)
+            undecodable = isinstance(request, Undecodable)
+            call = CallInfo(method) if undecodable else call_info(method, request)
             token = _CURRENT_CALL.set(call)
             span = _start_span(telemetry, method, context) if tracing else None
             started = time.perf_counter()

@@ -19,6 +19,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from quotaplane.transport.grpc.auth import ADMIN_SERVICE, QUOTA_SERVICE, TokenCheck
+from quotaplane.transport.grpc.decoding import decode_guard
 from quotaplane.transport.grpc.handlers import HandlerWrapper
 from quotaplane_client.v1 import admin_pb2_grpc, quota_pb2_grpc
 
@@ -135,7 +136,10 @@ async def start_server(
         ],
     )
     registrar = _WrappingRegistrar(
-        server, [*wrappers, TokenCheck(admin_token, service_token).wrap], HOT_METHODS
+        server,
+        # decode_guard innermost: it installs the tolerant deserializer the outer ones reuse.
+        [*wrappers, TokenCheck(admin_token, service_token).wrap, decode_guard],
+        HOT_METHODS,
     )
     quota_pb2_grpc.add_QuotaServiceServicer_to_server(servicers.quota, registrar)
     admin_pb2_grpc.add_AdminServiceServicer_to_server(servicers.admin, registrar)

@@ -58,7 +58,8 @@ def gateway_request(
         if name in _KEY_HEADERS
     }
     route = routes.lookup(path)
-    return GatewayRequest(api_key=api_key_of(keys), metric=route.metric, cost=route.cost)
+    # No route name: a client's path must not become a log key or a metric label.
+    return GatewayRequest(api_key=api_key_of(keys), metric=route.metric, cost=str(route.cost))
 
 
 def _pairs(options: Iterable[Any]) -> Headers:
