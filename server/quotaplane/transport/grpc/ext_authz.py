@@ -157,3 +157,16 @@ class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # ty
         if outcome.tenant_id:
             set_call_tenant(outcome.tenant_id)
         return check_response(outcome, datetime.now(UTC))
+
+
+# --- shared with the HTTP ext_authz (transport/http/authz.py), which answers the same way ---
+
+
+def denial_of(verdict: Verdict) -> tuple[int, str]:
+    """HTTP status and error name of a denied verdict."""
+    http_code, _, error = _DENIAL[verdict]
+    return int(http_code), error
+
+
+def retry_after_seconds(decision: Decision | None) -> str | None:
+    return _retry_after_seconds(decision)

@@ -9,8 +9,8 @@ Decoding: the key comes from ``x-api-key`` or ``authorization: Bearer`` (the sam
 gRPC Check); metric and cost from quotaplane's route table on the path (``domain/routes.py``),
 never from a header, so a client cannot choose its own price.
 
-Encoding reuses the gRPC Check's answer (``check_response``) so both transports give the same
-statuses, headers and bodies:
+Encoding follows the gRPC Check's answer (``check_response``), with its header rule and status
+table, so both transports give the same statuses, headers and bodies:
 
 - allowed: 200 with ``x-tenant-id`` (for Envoy's ``allowed_upstream_headers``), the rate-limit
   headers (for ``allowed_client_headers_on_success``), and ``x-envoy-auth-headers-to-remove``
@@ -28,18 +28,23 @@ from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from envoy.service.auth.v3 import external_auth_pb2
-
 from quotaplane.domain.errors import QuotaplaneError, Unavailable
-from quotaplane.domain.gateway import Gateway, GatewayDecision, GatewayRequest
+from quotaplane.domain.gateway import Gateway, GatewayDecision, GatewayRequest, Verdict
 from quotaplane.domain.routes import RouteTable
-from quotaplane.transport.grpc.ext_authz import KEY_HEADERS, api_key_of, check_response
+from quotaplane.transport.grpc.ext_authz import (
+    KEY_HEADERS,
+    add_rate_limit_headers,
+    api_key_of,
+    denial_of,
+    retry_after_seconds,
+)
 
 log = logging.getLogger(__name__)
 
 HEADERS_TO_REMOVE = "x-envoy-auth-headers-to-remove"
 _KEY_HEADERS = frozenset(name.encode() for name in KEY_HEADERS)
 _JSON = (b"content-type", b"application/json")
+_REMOVE_KEYS = (HEADERS_TO_REMOVE.encode(), ",".join(KEY_HEADERS).encode())
 
 Headers = list[tuple[bytes, bytes]]
 Answer = tuple[int, Headers, bytes]
@@ -61,20 +66,44 @@ def gateway_request(
     return GatewayRequest(api_key=api_key_of(keys), metric=route.metric, cost=route.cost)
 
 
-def _pairs(options: Iterable[Any]) -> Headers:
-    return [(o.header.key.encode("latin-1"), o.header.value.encode("latin-1")) for o in options]
+class _Option:
+    """Quacks like the HeaderValueOption that ``add_rate_limit_headers`` fills in: the same
+    rule writes both transports' headers, without building protobuf messages per request
+    (~30 us here)."""
+
+    __slots__ = ("append_action", "header", "key", "value")
+
+    def __init__(self) -> None:
+        self.header = self  # option.header.key / option.header.value
+        self.key = self.value = ""
+        self.append_action = 0
 
 
-def encode(response: external_auth_pb2.CheckResponse) -> Answer:
-    """The gRPC Check's answer as Envoy's HTTP ext_authz expects it."""
-    if response.HasField("ok_response"):
-        ok = response.ok_response
-        headers = _pairs(ok.headers) + _pairs(ok.response_headers_to_add)
-        if ok.headers_to_remove:
-            headers.append((HEADERS_TO_REMOVE.encode(), ",".join(ok.headers_to_remove).encode()))
-        return 200, headers, b""
-    denied = response.denied_response
-    return denied.status.code, _pairs(denied.headers), denied.body.encode()
+class _Headers(list[_Option]):
+    def add(self) -> _Option:
+        option = _Option()
+        self.append(option)
+        return option
+
+    def pairs(self) -> Headers:
+        return [(o.key.encode("latin-1"), o.value.encode("latin-1")) for o in self]
+
+
+def encode(outcome: GatewayDecision, now: datetime) -> Answer:
+    """The gRPC Check's answer (``check_response``) as Envoy's HTTP ext_authz expects it."""
+    headers = _Headers()
+    add_rate_limit_headers(headers, outcome.decision, now)
+    if outcome.verdict is Verdict.ALLOWED:
+        assert outcome.tenant_id is not None
+        answer = headers.pairs()
+        answer += [(b"x-tenant-id", outcome.tenant_id.encode()), _REMOVE_KEYS]
+        return 200, answer, b""
+    status, error = denial_of(outcome.verdict)
+    body: dict[str, str] = {"error": error, "message": outcome.reason}
+    if (retry_after := retry_after_seconds(outcome.decision)) is not None:
+        body["retry_after_seconds"] = retry_after
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    return status, [_JSON, *headers.pairs()], payload
 
 
 def error_answer(status: int, error: str, message: str) -> Answer:
@@ -115,4 +144,4 @@ class HttpAuthz:
             return error_answer(500, "internal", "internal error in the quota service")
         if self._on_decision is not None:
             self._on_decision(request, outcome)
-        return encode(check_response(outcome, datetime.now(UTC)))
+        return encode(outcome, datetime.now(UTC))
