@@ -173,7 +173,7 @@ class Runtime:
             telemetry.record_decision(request.metric, outcome_name, tenant, "ext_authz_http")
 
         app = HttpAuthz(gateway, s.authz_routes, on_decision=record)
-        self.http = await start_http(s.authz_http_addr, app, reuse_port=s.reuse_port)
+        self.http = await start_http(s.authz_http_addr, app.answer, reuse_port=s.reuse_port)
         grace = s.shutdown_grace.total_seconds()
         # Pushed after the gRPC server: stopped first, so Envoy's checks drain before the rest.
         push_bounded(self._stack, "http ext_authz", self.http.stop, grace, limit=grace + 5)

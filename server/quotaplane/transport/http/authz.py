@@ -24,9 +24,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any
 
 from quotaplane.domain.errors import QuotaplaneError, Unavailable
 from quotaplane.domain.gateway import Gateway, GatewayDecision, GatewayRequest, Verdict
@@ -49,8 +48,6 @@ _REMOVE_KEYS = (HEADERS_TO_REMOVE.encode(), ",".join(KEY_HEADERS).encode())
 Headers = list[tuple[bytes, bytes]]
 Answer = tuple[int, Headers, bytes]
 OnDecision = Callable[[GatewayRequest, GatewayDecision], None]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
-Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
 def gateway_request(
@@ -112,7 +109,7 @@ def error_answer(status: int, error: str, message: str) -> Answer:
 
 
 class HttpAuthz:
-    """The ASGI application Envoy's ``http_service`` talks to (served by uvicorn)."""
+    """What Envoy's ``http_service`` asks: one check in, one answer out (``protocol.py``)."""
 
     def __init__(
         self, gateway: Gateway, routes: RouteTable, on_decision: OnDecision | None = None
@@ -120,14 +117,6 @@ class HttpAuthz:
         self._gateway = gateway
         self._routes = routes
         self._on_decision = on_decision
-
-    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return  # lifespan is off; nothing else is served
-        status, headers, body = await self.answer(scope["path"], scope["headers"])
-        headers.append((b"content-length", str(len(body)).encode()))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
 
     async def answer(self, path: str, headers: Iterable[tuple[bytes, bytes]]) -> Answer:
         request = gateway_request(path, headers, self._routes)
