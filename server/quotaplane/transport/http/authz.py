@@ -37,6 +37,7 @@ from quotaplane.transport.grpc.ext_authz import (
     denial_of,
     retry_after_seconds,
 )
+from quotaplane.transport.http.protocol import Answer, Headers
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,6 @@ _KEY_HEADERS = frozenset(name.encode() for name in KEY_HEADERS)
 _JSON = (b"content-type", b"application/json")
 _REMOVE_KEYS = (HEADERS_TO_REMOVE.encode(), ",".join(KEY_HEADERS).encode())
 
-Headers = list[tuple[bytes, bytes]]
-Answer = tuple[int, Headers, bytes]
 OnDecision = Callable[[GatewayRequest, GatewayDecision], None]
 
 
@@ -96,16 +95,17 @@ def encode(outcome: GatewayDecision, now: datetime) -> Answer:
         answer += [(b"x-tenant-id", outcome.tenant_id.encode()), _REMOVE_KEYS]
         return 200, answer, b""
     status, error = denial_of(outcome.verdict)
-    body: dict[str, str] = {"error": error, "message": outcome.reason}
-    if (retry_after := retry_after_seconds(outcome.decision)) is not None:
+    denial = error_answer(status, error, outcome.reason, retry_after_seconds(outcome.decision))
+    denial[1].extend(headers.pairs())
+    return denial
+
+
+def error_answer(status: int, error: str, message: str, retry_after: str | None = None) -> Answer:
+    """A JSON answer ``{"error", "message"[, "retry_after_seconds"]}``."""
+    body = {"error": error, "message": message}
+    if retry_after is not None:
         body["retry_after_seconds"] = retry_after
-    payload = json.dumps(body, separators=(",", ":")).encode()
-    return status, [_JSON, *headers.pairs()], payload
-
-
-def error_answer(status: int, error: str, message: str) -> Answer:
-    body = json.dumps({"error": error, "message": message}, separators=(",", ":")).encode()
-    return status, [_JSON], body
+    return status, [_JSON], json.dumps(body, separators=(",", ":")).encode()
 
 
 class HttpAuthz:
