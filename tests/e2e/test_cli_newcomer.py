@@ -62,17 +62,26 @@ def test_a_bad_data_dir_is_a_configuration_error_naming_the_setting(tmp_path: Pa
         assert "QUOTAPLANE_DATA_DIR" in done.stderr.splitlines()[-1]
 
 
-def test_serve_exits_at_once_when_its_port_is_taken(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("flag", "setting"),
+    [("--grpc-addr", "QUOTAPLANE_GRPC_ADDR"), ("--authz-http-addr", "QUOTAPLANE_AUTHZ_HTTP_ADDR")],
+)
+def test_serve_exits_at_once_when_its_port_is_taken(
+    tmp_path: Path, flag: str, setting: str
+) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
+        ports = {"--grpc-addr": "127.0.0.1:0", "--authz-http-addr": "127.0.0.1:0"}
+        ports[flag] = f"127.0.0.1:{port}"
         started = time.monotonic()
-        done = _quotaplane("serve", "--grpc-addr", f"127.0.0.1:{port}", "--metrics-addr", "off",
-                           "--data-dir", str(tmp_path / "data"), cwd=tmp_path)  # fmt: skip
+        done = _quotaplane("serve", *(arg for item in ports.items() for arg in item),
+                           "--metrics-addr", "off", "--data-dir", str(tmp_path / "data"),
+                           cwd=tmp_path)  # fmt: skip
         took = time.monotonic() - started
     assert done.returncode == 3
-    assert "QUOTAPLANE_GRPC_ADDR" in done.stderr and "in use" in done.stderr
+    assert setting in done.stderr and "in use" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert took < 5, f"took {took:.1f} s"  # was 15+ s: the flusher's bounded shutdown step
     assert not (tmp_path / "data").exists()  # nothing was started

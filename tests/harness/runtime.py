@@ -26,6 +26,7 @@ def runtime_settings(
     """Any free port, a data dir under ``tmp_path``, a key prefix no other test shares."""
     return Settings.defaults(
         grpc_addr="127.0.0.1:0",
+        authz_http_addr="127.0.0.1:0",
         data_dir=tmp_path / "data",
         admin_token=admin_token,
         redis_url=redis_url,

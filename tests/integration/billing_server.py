@@ -128,6 +128,7 @@ async def billing_server(
     plans.write_text(PLANS)
     settings = Settings.defaults(
         grpc_addr="127.0.0.1:0",
+        authz_http_addr="127.0.0.1:0",
         redis_url=redis_url,
         database_url=database_url,
         data_dir=tmp_path / "data",

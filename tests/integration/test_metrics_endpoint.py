@@ -52,6 +52,7 @@ async def server(
     await asyncio.to_thread(migrate.upgrade, sqlite_url)
     settings = Settings.defaults(
         grpc_addr="127.0.0.1:0",
+        authz_http_addr="127.0.0.1:0",
         metrics_addr="127.0.0.1:0",
         metrics_tenant_labels=5,
         redis_url=redis_url,

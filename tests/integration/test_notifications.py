@@ -103,7 +103,8 @@ async def replicas(
         stubs = []
         for i in range(2):
             settings = Settings.defaults(
-                grpc_addr="127.0.0.1:0", redis_url=redis_url, database_url=ledger_url,
+                grpc_addr="127.0.0.1:0", authz_http_addr="127.0.0.1:0",
+                redis_url=redis_url, database_url=ledger_url,
                 redis_key_prefix=prefix, admin_token="t", metrics_addr="off",
                 data_dir=tmp_path / f"data{i}", plans_path=tmp_path / "plans.yaml",
                 webhook_url=receiver.url, webhook_secret=SECRET, redis_timeout=timedelta(seconds=2),

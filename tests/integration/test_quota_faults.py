@@ -56,6 +56,7 @@ async def served(tmp_path: Path, private_redis: PrivateRedis) -> AsyncIterator[S
     await asyncio.to_thread(migrate.upgrade, database_url)
     settings = Settings.defaults(
         grpc_addr="127.0.0.1:0",
+        authz_http_addr="127.0.0.1:0",
         redis_url=private_redis.url,
         database_url=database_url,
         plans_path=plans,

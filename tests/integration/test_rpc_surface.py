@@ -75,7 +75,10 @@ def test_every_method_has_our_own_handler(service: object, servicer: type) -> No
 @pytest.fixture
 async def channel(tmp_path: Path) -> AsyncIterator[grpc.aio.Channel]:
     settings = Settings.defaults(
-        grpc_addr="127.0.0.1:0", data_dir=tmp_path / "data", admin_token=ADMIN_TOKEN
+        grpc_addr="127.0.0.1:0",
+        authz_http_addr="127.0.0.1:0",
+        data_dir=tmp_path / "data",
+        admin_token=ADMIN_TOKEN,
     )
     async with Runtime(settings) as runtime:
         assert runtime.grpc is not None

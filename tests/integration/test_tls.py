@@ -76,7 +76,8 @@ async def tls_port(
     database = f"sqlite:///{tmp_path / 'ledger.db'}"
     migrate.upgrade(database)
     settings = Settings.defaults(
-        grpc_addr="127.0.0.1:0", redis_url=redis_url, database_url=database,
+        grpc_addr="127.0.0.1:0", authz_http_addr="127.0.0.1:0",
+        redis_url=redis_url, database_url=database,
         redis_key_prefix=f"{redis_key_prefix}-tls", admin_token="t", metrics_addr="off",
         data_dir=tmp_path / "data", tls_cert=pki.server_cert, tls_key=pki.server_key,
         tls_client_ca=pki.ca if request.param == "mtls" else None,

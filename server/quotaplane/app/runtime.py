@@ -255,7 +255,8 @@ class Runtime:
         s = self.settings
         if replica.http_authz is None:
             return None
-        http = await start_http(s.authz_http_addr, replica.http_authz, reuse_port=s.reuse_port)
+        answer = replica.http_authz.answer
+        http = await start_http(s.authz_http_addr, answer, reuse_port=s.reuse_port)
         grace = s.shutdown_grace.total_seconds()
         push_bounded(self._stack, "http ext_authz", http.stop, grace, limit=grace + 5)
         return http

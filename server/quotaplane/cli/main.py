@@ -80,8 +80,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from quotaplane.app.listen_check import require_bindable
 
     settings = _settings(args)
-    # Before the heavy imports and any start-up work: a taken port is one line, at once.
-    require_bindable(settings.grpc_addr, "QUOTAPLANE_GRPC_ADDR / --grpc-addr")
+    if args.worker_index is None:
+        # Before the heavy imports and any start-up work: a taken port is one line, at once.
+        # (Not in a worker of --workers N: its siblings hold the shared ports.)
+        require_bindable(settings.grpc_addr, "QUOTAPLANE_GRPC_ADDR / --grpc-addr")
+        if settings.authz_http_addr != "off":
+            require_bindable(
+                settings.authz_http_addr, "QUOTAPLANE_AUTHZ_HTTP_ADDR / --authz-http-addr"
+            )
     from quotaplane.app.serve import serve
     from quotaplane.logs import configure_logging
 

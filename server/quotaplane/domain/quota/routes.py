@@ -83,16 +83,19 @@ class RouteTable:
     def __len__(self) -> int:
         return len(self._exact) + len(self._prefixes)
 
-    def _entries(
-        self,
-    ) -> tuple[tuple[tuple[str, RouteCost], ...], tuple[tuple[str, RouteCost], ...]]:
+    def _entries(self) -> tuple[object, ...]:
         return tuple(sorted(self._exact.items())), tuple(self._prefixes)
 
-    def __eq__(self, other: object) -> bool:  # settings compare by value
+    def __eq__(self, other: object) -> bool:
         return isinstance(other, RouteTable) and self._entries() == other._entries()
 
     def __hash__(self) -> int:
         return hash(self._entries())
+
+    def __repr__(self) -> str:
+        entries = [f"{p}={r.metric}:{r.cost}" for p, r in sorted(self._exact.items())]
+        entries += [f"{p}*={r.metric}:{r.cost}" for p, r in self._prefixes]
+        return f"RouteTable({','.join(entries)!r})"
 
     def lookup(self, path: str) -> RouteCost:
         """The route of a request path (its query string is ignored)."""

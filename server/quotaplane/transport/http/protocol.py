@@ -1,61 +1,191 @@
-"""uvicorn's httptools protocol with the two bounds it lacks: header size and header time.
+"""The HTTP/1.1 server of the HTTP ext_authz: an asyncio Protocol on httptools (llhttp).
 
-httptools (llhttp) accepts request headers of any size, and uvicorn waits for the end of a
-request's headers for ever; either lets one client hold memory or a connection without end.
-Envoy never does either (its own limits are far lower), but the port must not depend on that:
+Hand-written because the figures asked for it (bench/RESULTS.md, "HTTP ext_authz"): uvicorn
+spent ~40% more CPU per check than this, mostly in per-request ASGI machinery this endpoint does
+not need. It serves one thing, Envoy's checks, and stays small:
 
-- more than ``MAX_HEADER_BYTES`` before the end of a request's headers -> 431 and close;
-- a request whose headers take longer than ``HEADER_TIMEOUT_S`` to arrive -> close.
-
-An idle keep-alive connection between requests is not timed: Envoy's pool keeps those.
+- keep-alive and pipelining: every request of a connection gets a task at once (so the Redis
+  scripts of one loop tick share one write), and answers are written in request order;
+- at most ``MAX_PIPELINED`` unanswered requests per connection: reading pauses beyond that;
+- request headers over ``MAX_HEADER_BYTES`` -> 431 and close; malformed requests -> 400 and
+  close; headers that take over ``HEADER_TIMEOUT_S`` to arrive -> close (an idle keep-alive
+  connection between requests is left alone: Envoy's pool keeps those);
+- request bodies are read and dropped (Envoy sends none unless told to);
+- a failing answer -> 500, so Envoy's failure mode decides.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
+import http
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+import httptools
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[bytes, bytes]]
+Answer = tuple[int, Headers, bytes]
+Answerer = Callable[[str, Headers], Coroutine[Any, Any, Answer]]
 
 MAX_HEADER_BYTES = 64 * 1024
 HEADER_TIMEOUT_S = 10.0
-_TOO_LARGE = (
-    b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
-    b"content-length: 0\r\nconnection: close\r\n\r\n"
-)
+MAX_PIPELINED = 64
+_STATUS_LINES = {
+    s.value: b"HTTP/1.1 %d %s\r\n" % (s.value, s.phrase.encode()) for s in http.HTTPStatus
+}
+_INTERNAL_ERROR: Answer = (500, [], b"")
 
 
-class BoundedHttpToolsProtocol(HttpToolsProtocol):
-    _reading_headers = False
-    _header_bytes = 0
-    _header_timer: asyncio.TimerHandle | None = None
+def _refusal(status: int) -> bytes:
+    return _STATUS_LINES[status] + b"content-length: 0\r\nconnection: close\r\n\r\n"
 
-    def data_received(self, data: bytes) -> None:
-        if self._reading_headers:
-            self._header_bytes += len(data)
-            if self._header_bytes > MAX_HEADER_BYTES:
-                self._cancel_header_timer()
-                self.transport.write(_TOO_LARGE)
-                self.transport.close()
-                return
-        super().data_received(data)
 
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._reading_headers = True
+class Connections:
+    """The open connections of one listener; ``empty`` is set while there are none."""
+
+    def __init__(self) -> None:
+        self.open: set[AuthzProtocol] = set()
+        self.empty = asyncio.Event()
+        self.empty.set()
+
+    def add(self, connection: AuthzProtocol) -> None:
+        self.open.add(connection)
+        self.empty.clear()
+
+    def discard(self, connection: AuthzProtocol) -> None:
+        self.open.discard(connection)
+        if not self.open:
+            self.empty.set()
+
+
+def encode_answer(answer: Answer, keep_alive: bool) -> bytes:
+    status, headers, body = answer
+    parts = [_STATUS_LINES.get(status) or b"HTTP/1.1 %d Unknown\r\n" % status]
+    for name, value in headers:
+        parts += [name, b": ", value, b"\r\n"]
+    parts.append(b"content-length: %d\r\n" % len(body))
+    if not keep_alive:
+        parts.append(b"connection: close\r\n")
+    parts += [b"\r\n", body]
+    return b"".join(parts)
+
+
+class AuthzProtocol(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, answer: Answerer, connections: Connections) -> None:
+        self._answer = answer
+        self._connections = connections
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._pending: collections.deque[tuple[asyncio.Task[Answer], bool]] = collections.deque()
+        self._url = b""
+        self._headers: Headers = []
+        self._in_headers = True  # the next bytes start a request's headers
         self._header_bytes = 0
-        loop = asyncio.get_running_loop()
-        self._header_timer = loop.call_later(HEADER_TIMEOUT_S, self.transport.close)
+        self._header_timer: asyncio.TimerHandle | None = None
+        self.closing = False
 
-    def on_headers_complete(self) -> None:
-        self._reading_headers = False
-        self._cancel_header_timer()
-        super().on_headers_complete()
+    @property
+    def idle(self) -> bool:
+        return not self._pending
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        self._connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._connections.discard(self)
         self._cancel_header_timer()
-        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        if self._in_headers:
+            self._header_bytes += len(data)
+            if self._header_bytes > MAX_HEADER_BYTES:
+                self._refuse(431)
+                return
+        try:
+            self._parser.feed_data(data)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            self._refuse(400)
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._url, self._headers = b"", []
+        loop = asyncio.get_running_loop()
+        self._header_timer = loop.call_later(HEADER_TIMEOUT_S, self.close)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self._in_headers = False
+        self._cancel_header_timer()
+
+    def on_message_complete(self) -> None:
+        path = self._url.partition(b"?")[0].decode("latin-1")
+        task = asyncio.get_running_loop().create_task(self._answer(path, self._headers))
+        self._pending.append((task, self._parser.should_keep_alive()))
+        task.add_done_callback(self._flush)
+        self._in_headers, self._header_bytes = True, 0
+        if len(self._pending) >= MAX_PIPELINED and self._transport is not None:
+            self._transport.pause_reading()
+
+    # answers, in request order
+
+    def _flush(self, _: object = None) -> None:
+        while self._pending and self._pending[0][0].done():
+            task, keep_alive = self._pending.popleft()
+            self._write(_result(task), keep_alive and not self.closing)
+            if not keep_alive or self.closing:
+                self.close()
+                return
+        transport = self._transport
+        if transport is not None and len(self._pending) == MAX_PIPELINED // 2:
+            transport.resume_reading()
+
+    def _write(self, answer: Answer, keep_alive: bool) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(encode_answer(answer, keep_alive))
+
+    def _refuse(self, status: int) -> None:
+        """Answer ``status`` and close; behind pending answers, just close after them."""
+        transport = self._transport
+        if self.idle and transport is not None and not transport.is_closing():
+            transport.write(_refusal(status))
+        self.close()
+
+    def close(self) -> None:
+        """Close now if nothing is pending, else after the last pending answer."""
+        self.closing = True
+        self._cancel_header_timer()
+        if self._transport is not None and self.idle:
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
 
     def _cancel_header_timer(self) -> None:
         if self._header_timer is not None:
             self._header_timer.cancel()
             self._header_timer = None
+
+
+def _result(task: asyncio.Task[Answer]) -> Answer:
+    if task.cancelled():
+        return _INTERNAL_ERROR
+    if (error := task.exception()) is not None:
+        log.error("HTTP ext_authz answer failed", exc_info=error)
+        return _INTERNAL_ERROR
+    return task.result()

@@ -1,10 +1,4 @@
-"""The HTTP ext_authz listener: uvicorn (uvloop + httptools) run inside ``serve``'s event loop.
-
-uvicorn was chosen by measurement (bench/RESULTS.md, "HTTP ext_authz"): it met the targets,
-so no hand-written protocol is needed, and it brings a maintained HTTP/1.1 parser with its
-handling of malformed, pipelined and oversized requests. Only its server loop is used, not its
-CLI: quotaplane owns signals, start-up order and drain. Its httptools protocol gets the bounds
-on header size and time it lacks (``protocol.py``).
+"""The HTTP ext_authz listener: ``protocol.AuthzProtocol`` on a socket bound here.
 
 The socket is bound here, so that with ``--workers N`` every worker binds the same port with
 SO_REUSEPORT and the kernel spreads Envoy's connections over them.
@@ -12,20 +6,16 @@ SO_REUSEPORT and the kernel spreads Envoy's connections over them.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import socket
 from dataclasses import dataclass
-from typing import Any
 
-import uvicorn
-
-from quotaplane.transport.http.protocol import BoundedHttpToolsProtocol
+from quotaplane.transport.http.protocol import Answerer, AuthzProtocol, Connections
 
 log = logging.getLogger(__name__)
 
-# Longer than Envoy's default upstream idle timeout (1 h): Envoy closes an idle pooled
-# connection before this server would, so a check never races a server-side close.
-KEEP_ALIVE_S = 3700
 BACKLOG = 2048
 
 
@@ -50,37 +40,36 @@ def bind_socket(addr: str, *, reuse_port: bool) -> socket.socket:
 
 @dataclass
 class RunningHttp:
-    server: uvicorn.Server
-    sock: socket.socket
+    server: asyncio.Server
     port: int
+    connections: Connections
 
     async def stop(self, grace_seconds: float) -> None:
-        """Stop accepting, let in-flight checks finish within the grace, then close."""
-        self.server.config.timeout_graceful_shutdown = max(1, int(grace_seconds))
-        await self.server.shutdown(sockets=[self.sock])
+        """Stop accepting, answer what is in flight within the grace, then close everything."""
+        self.server.close()
+        for connection in list(self.connections.open):
+            connection.close()  # idle ones now, busy ones after their last answer
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace_seconds):
+                await self.connections.empty.wait()
+        for connection in list(self.connections.open):
+            connection.abort()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1):
+                await self.server.wait_closed()
 
 
-async def start_http(addr: str, app: Any, *, reuse_port: bool = False) -> RunningHttp:
+async def start_http(addr: str, answer: Answerer, *, reuse_port: bool = False) -> RunningHttp:
     sock = bind_socket(addr, reuse_port=reuse_port)
-    config = uvicorn.Config(
-        app,
-        loop="none",  # serve's loop (uvloop) is already running
-        http=BoundedHttpToolsProtocol,  # httptools, with bounds on header size and time
-        lifespan="off",
-        access_log=False,
-        log_config=None,
-        server_header=False,
-        date_header=False,
-        timeout_keep_alive=KEEP_ALIVE_S,
-    )
-    config.load()
-    server = uvicorn.Server(config)
-    server.lifespan = config.lifespan_class(config)
+    connections = Connections()
+    loop = asyncio.get_running_loop()
     try:
-        await server.startup(sockets=[sock])
+        server = await loop.create_server(
+            lambda: AuthzProtocol(answer, connections), sock=sock, backlog=BACKLOG
+        )
     except BaseException:
         sock.close()
         raise
     port = int(sock.getsockname()[1])
     log.info("HTTP ext_authz listening", extra={"addr": addr, "port": port})
-    return RunningHttp(server, sock, port)
+    return RunningHttp(server, port, connections)
