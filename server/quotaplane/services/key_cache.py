@@ -22,15 +22,17 @@ from datetime import datetime, timedelta
 
 from quotaplane.domain.tenants.api_keys import hash_api_key, looks_like_secret
 from quotaplane.domain.tenants.ports import ApiKeyStore, KeyGrant
-from quotaplane.services.polled_cache import CatchUp, NegativeCache, poll_forever, poll_since
+from quotaplane.services.polled_cache import CatchUp, PolledCache
 
 # Catch-up polls for cache misses start at most this often (seconds): the bound on queries
 # per second that misses can cause, and the longest wait of a brand-new key's first request.
 CATCH_UP_GAP = 0.1
 
 
-class ApiKeyCache:
+class ApiKeyCache(PolledCache[KeyGrant]):
     """Secret -> (tenant_id, key_id) from memory; see the module docstring for freshness."""
+
+    what = "API key"
 
     def __init__(
         self,
@@ -39,20 +41,11 @@ class ApiKeyCache:
         ttl: timedelta = timedelta(seconds=1),
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._store = store
-        self._ttl = ttl.total_seconds()
-        self._monotonic = monotonic
+        super().__init__(store.changed_since, ttl=ttl, monotonic=monotonic)
         self._grants: dict[str, KeyGrant] = {}  # key hash -> valid (unrevoked) key
-        self._unknown = NegativeCache(self._ttl / 2, monotonic)  # key hashes matching nothing
         # Revocations seen: a lookup that raced with a poll must not bring a revoked key back.
         self._revoked: set[str] = set()
-        self._watermark: datetime | None = None
         self._catch_up = CatchUp(self.refresh, min_gap=CATCH_UP_GAP, monotonic=monotonic)
-        self.loaded = False
-
-    @property
-    def poll_interval(self) -> float:
-        return self._ttl / 2
 
     def __len__(self) -> int:
         return len(self._grants)
@@ -67,18 +60,6 @@ class ApiKeyCache:
             grant = await self._lookup(key_hash)
         return None if grant is None else (grant.tenant_id, grant.key_id)
 
-    async def refresh(self) -> int:
-        """Apply every key created or revoked since the last poll; the number of rows read."""
-        changed = await self._store.changed_since(poll_since(self._watermark))
-        for grant in changed:
-            self._apply(grant)
-        self.loaded = True
-        return len(changed)
-
-    async def run(self) -> None:
-        """Poll forever (cancel the task to stop). Errors are logged, never fatal."""
-        await poll_forever(self.refresh, self.poll_interval, "API key")
-
     def _apply(self, grant: KeyGrant) -> None:
         if grant.revoked_at is None:
             if grant.key_hash not in self._revoked:
@@ -87,8 +68,10 @@ class ApiKeyCache:
         else:
             self._revoked.add(grant.key_hash)
             self._grants.pop(grant.key_hash, None)
-        if self._watermark is None or grant.changed_at > self._watermark:
-            self._watermark = grant.changed_at
+
+    @staticmethod
+    def _changed_at(grant: KeyGrant) -> datetime:
+        return grant.changed_at
 
     async def _lookup(self, key_hash: str) -> KeyGrant | None:
         if key_hash in self._unknown:

@@ -1,17 +1,22 @@
-"""What the in-process caches (tenants, API keys) share: the poll loop, the watermark rule and
-the short-lived memory of ids that do not exist.
+"""A table held in process memory with bounded staleness: ``PolledCache``, which the tenant
+directory and the API key cache both are, and what it is made of (the poll loop, the watermark
+rule, the short-lived memory of ids that do not exist, the shared catch-up poll).
 
-Each cache polls its store for rows changed since the newest change it has seen minus
-``OVERLAP``: replicas' clocks differ a little and a row may commit with a timestamp slightly
-older than one already seen. Re-reading a few seconds of changes is cheap and idempotent.
+A cache loads every row at start, then polls its store every ``ttl / 2`` for rows changed since
+the newest change it has seen minus ``OVERLAP``: replicas' clocks differ a little and a row may
+commit with a timestamp slightly older than one already seen. Re-reading a few seconds of
+changes is cheap and idempotent. Only polls move the watermark: a row fetched alone (a cache
+miss) must not make the next poll skip a change committed meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
+from typing import Generic, TypeVar
 
 from quotaplane.domain.errors import QuotaplaneError
 
@@ -19,6 +24,7 @@ log = logging.getLogger(__name__)
 
 OVERLAP = timedelta(seconds=2)
 NEGATIVE_MAX = 10_000
+Row = TypeVar("Row")
 
 
 def poll_since(watermark: datetime | None) -> datetime | None:
@@ -105,3 +111,50 @@ class CatchUp:
         self._last_start = self._monotonic()
         self.runs += 1
         return await self._refresh()
+
+
+class PolledCache(Generic[Row]):
+    """Rows of a store in memory: ``refresh`` applies what changed since the last poll, ``run``
+    polls forever. A subclass says how a row is kept (``_apply``) and when it changed."""
+
+    what = "row"  # for logs
+
+    def __init__(
+        self,
+        changed_since: Callable[[datetime | None], Awaitable[Sequence[Row]]],
+        *,
+        ttl: timedelta = timedelta(seconds=1),
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._changed_since = changed_since
+        self._ttl = ttl.total_seconds()
+        self._monotonic = monotonic
+        self._unknown = NegativeCache(self.poll_interval, monotonic)  # ids matching nothing
+        self._watermark: datetime | None = None
+        self.loaded = False
+
+    @property
+    def poll_interval(self) -> float:
+        return self._ttl / 2
+
+    async def refresh(self) -> int:
+        """Apply every row changed since the last poll; the number of rows read."""
+        changed = await self._changed_since(poll_since(self._watermark))
+        for row in changed:
+            self._apply(row)
+            stamp = self._changed_at(row)
+            if self._watermark is None or stamp > self._watermark:
+                self._watermark = stamp
+        self.loaded = True
+        return len(changed)
+
+    async def run(self) -> None:
+        """Poll forever (cancel the task to stop). Errors are logged, never fatal."""
+        await poll_forever(self.refresh, self.poll_interval, self.what)
+
+    def _apply(self, row: Row) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def _changed_at(row: Row) -> datetime:
+        raise NotImplementedError

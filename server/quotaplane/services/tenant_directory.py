@@ -3,7 +3,8 @@
 The hot path never queries the database. The mechanism, and why a change reaches every
 replica within ``cache_ttl`` (1 s by default):
 
-1. At start, ``refresh()`` loads every tenant from the store.
+1. At start, ``refresh()`` loads every tenant from the store (``PolledCache``, shared with the
+   API key cache).
 2. A background task (``run()``, started by the composition root) polls the store every
    ``cache_ttl / 2`` for rows whose ``updated_at`` is at or after the newest ``updated_at``
    seen so far minus ``OVERLAP`` (2 s). The overlap covers clocks of different replicas that
@@ -32,13 +33,15 @@ from datetime import datetime, timedelta
 from quotaplane.domain.errors import NotFound, QuotaplaneError, Unavailable
 from quotaplane.domain.tenants.model import Tenant
 from quotaplane.domain.tenants.ports import TenantSource
-from quotaplane.services.polled_cache import NegativeCache, poll_forever, poll_since
+from quotaplane.services.polled_cache import PolledCache
 
 log = logging.getLogger(__name__)
 
 
-class TenantDirectory:
+class TenantDirectory(PolledCache[Tenant]):
     """In-memory tenants with a poller; ``get`` is the hot-path lookup."""
+
+    what = "tenant"
 
     def __init__(
         self,
@@ -47,18 +50,10 @@ class TenantDirectory:
         ttl: timedelta = timedelta(seconds=1),
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__(source.list_changed_since, ttl=ttl, monotonic=monotonic)
         self._source = source
-        self._ttl = ttl.total_seconds()
-        self._monotonic = monotonic
         self._tenants: dict[str, Tenant] = {}
-        self._unknown = NegativeCache(self.poll_interval, monotonic)  # ids that do not exist
         self._lookups: dict[str, asyncio.Future[Tenant | None]] = {}
-        self._watermark: datetime | None = None
-        self.loaded = False
-
-    @property
-    def poll_interval(self) -> float:
-        return self._ttl / 2
 
     def __len__(self) -> int:
         return len(self._tenants)
@@ -76,25 +71,15 @@ class TenantDirectory:
             raise NotFound(f"tenant {tenant_id} does not exist")
         return tenant
 
-    async def refresh(self) -> int:
-        """Apply every change since the last poll; the number of rows read."""
-        changed = await self._source.list_changed_since(poll_since(self._watermark))
-        for tenant in changed:
-            self._apply(tenant)
-        self.loaded = True
-        return len(changed)
-
-    async def run(self) -> None:
-        """Poll forever (cancel the task to stop). Errors are logged, never fatal."""
-        await poll_forever(self.refresh, self.poll_interval, "tenant")
-
     def _apply(self, tenant: Tenant) -> None:
         cached = self._tenants.get(tenant.id)
         if cached is None or tenant.version >= cached.version:
             self._tenants[tenant.id] = tenant
         self._unknown.discard(tenant.id)
-        if self._watermark is None or tenant.updated_at > self._watermark:
-            self._watermark = tenant.updated_at
+
+    @staticmethod
+    def _changed_at(tenant: Tenant) -> datetime:
+        return tenant.updated_at
 
     async def _lookup(self, tenant_id: str) -> Tenant | None:
         pending = self._lookups.get(tenant_id)
