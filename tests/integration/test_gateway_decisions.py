@@ -13,10 +13,16 @@ from quotaplane.domain.tenants.api_keys import ApiKeyAdmin
 from quotaplane.services.key_cache import ApiKeyCache
 from quotaplane.storage.sql.api_keys import SqlApiKeyStore
 from quotaplane.storage.sql.engine import create_async_engine_for
-from tests.integration.test_quota_engine import Quota, catalog, quota, sqlite_ledger
+from tests.integration.test_quota_engine import (
+    Quota,
+    catalog,
+    counter_store,
+    quota,
+    sqlite_ledger,
+)
 
 pytestmark = pytest.mark.timeout(60)
-__all__ = ["catalog", "quota", "sqlite_ledger"]  # fixtures this module reuses
+__all__ = ["catalog", "counter_store", "quota", "sqlite_ledger"]  # fixtures this module reuses
 
 
 class Misconfigurations:
@@ -72,7 +78,7 @@ async def test_a_misconfigured_route_is_counted_every_time_and_logged_once(
     _, secret = await _tenant_key(quota, keys[0])
     seen = Misconfigurations()
     gateway = Gateway(keys[1], quota.engine, on_misconfigured=seen)
-    caplog.set_level(logging.ERROR, logger="quotaplane.domain.gateway")
+    caplog.set_level(logging.ERROR, logger="quotaplane.domain.quota.gateway")
     for _ in range(3):
         bulk = await gateway.authorize(GatewayRequest(secret, "rating.bulk", route="bulk"))
         cost = await gateway.authorize(GatewayRequest(secret, "requests", "²", route="sup"))
