@@ -220,6 +220,9 @@ class PushJob:
     stripe_customer_id: str | None
     idempotency_base: str
     attempts: int
+    # The lease this worker holds: its end as written on the row. It fences the worker's
+    # writes: once another worker leased the row, the row no longer carries this value.
+    lease_until: datetime
 
 
 class PaymentGateway(Protocol):
@@ -258,11 +261,19 @@ class PushOutbox(Protocol):
 
     async def set_remote_invoice(self, invoice_id: str, remote_id: str) -> None: ...
 
-    async def done(self, job: PushJob) -> None: ...
+    async def extend(self, job: PushJob, *, lease_seconds: float) -> PushJob | None:
+        """The job with its lease moved to ``lease_seconds`` from now; None if the lease was
+        lost (another worker holds the row, or it is no longer pending)."""
+        ...
 
-    async def retry_later(self, job: PushJob, *, delay_seconds: float, error: str) -> None: ...
+    # The completions below are fenced by ``job.lease_until``: they return False and change
+    # nothing when the caller no longer holds the lease.
 
-    async def fail(self, job: PushJob, error: str) -> None:
+    async def done(self, job: PushJob) -> bool: ...
+
+    async def retry_later(self, job: PushJob, *, delay_seconds: float, error: str) -> bool: ...
+
+    async def fail(self, job: PushJob, error: str) -> bool:
         """Give up: the row is failed and the error is shown on the invoice."""
         ...
 
