@@ -91,6 +91,13 @@ class UsageLedger(Protocol):
         """Hourly usage with ``start <= hour_start < end``."""
         ...
 
+    async def units_and_applied(
+        self, tenant_id: str, metric: str, period: Period, flush_ids: Sequence[str]
+    ) -> tuple[int, frozenset[str]]:
+        """The metric's units in the period, and which of ``flush_ids`` the ledger has
+        applied, read at one instant (one statement): what a counter seed needs."""
+        ...
+
 
 class QuotaCounters(Protocol):
     """Charging usage recorded elsewhere to the tenant's quota counter."""
@@ -104,15 +111,43 @@ class QuotaCounters(Protocol):
         ...
 
 
-class CounterSeeds(Protocol):
-    """Month counters rebuilt from the ledger after Redis lost them."""
+class SeedOutcome(enum.Enum):
+    SEEDED = "seeded"
+    ALREADY = "already"  # the counter exists: seeded by another caller, or never lost
+    LEDGER_MOVED = "ledger_moved"  # the ledger changed since it was read: read it again
 
-    async def is_seeded(self, tenant_id: str, metric: str, month_start: datetime) -> bool:
-        """Whether the month counter of ``metric`` was seeded since Redis last lost it."""
+
+@dataclass(frozen=True)
+class SeedSnapshot:
+    """What a seed reads from Redis before it reads the ledger."""
+
+    generation: str  # changes whenever usage moves towards the ledger (see CounterSeeds)
+    pending_flushes: tuple[str, ...]  # flush ids taken from Redis, maybe not applied yet
+
+
+class CounterSeeds(Protocol):
+    """Month counters (re)built from the ledger when Redis has none: the first call of a
+    month, or after Redis lost it. CheckQuota charges nothing on a counter until it is."""
+
+    async def snapshot(self, tenant_id: str) -> SeedSnapshot:
+        """The tenant's generation and pending flushes, read at one instant. The generation
+        changes when a flush takes or completes a record, and when RecordUsage adds to the
+        ledger usage the counter could not take."""
         ...
 
-    async def seed(self, tenant_id: str, metric: str, month_start: datetime, units: int) -> bool:
-        """Add the ledger's ``units`` to the counter and mark it seeded, unless already seeded."""
+    async def seed(
+        self,
+        tenant_id: str,
+        metric: str,
+        month_start: datetime,
+        ledger_units: int,
+        *,
+        snapshot: SeedSnapshot,
+        applied: frozenset[str],
+    ) -> SeedOutcome:
+        """Create the counter with ``ledger_units`` plus the month's usage still in Redis
+        (leaving out pending flushes the ledger has ``applied``, as it counted them), unless
+        it exists, or the generation is no longer the snapshot's."""
         ...
 
 

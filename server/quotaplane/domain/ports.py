@@ -25,6 +25,9 @@ class CounterLimit:
     limit: int
     bill: bool  # overage policy "bill": admit past the limit, mark the excess as overage
     expires_at_ms: int  # unix milliseconds after which the counter is no longer needed
+    # A billing-period counter, (re)built from the ledger: the store charges nothing on it
+    # while it is missing and answers ``needs_seed`` instead.
+    seeded: bool = False
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,7 @@ class ConsumeResult:
     allowed: bool
     used: tuple[int, ...]
     replayed: bool = False
+    needs_seed: bool = False  # nothing was decided: a ``seeded`` counter is missing
 
 
 class CounterStore(Protocol):

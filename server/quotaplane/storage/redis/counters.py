@@ -23,6 +23,8 @@ from quotaplane.storage.redis import keys
 from quotaplane.storage.redis.batching import ScriptBatcher
 from quotaplane.storage.redis.client import Arg, CommandPipe
 
+NEEDS_SEED = 2  # consume.lua's first reply value when a seeded counter is missing
+
 
 def consume_script_source() -> str:
     return resources.files(__package__).joinpath("scripts/consume.lua").read_text("utf-8")
@@ -89,13 +91,16 @@ class RedisCounterStore:
             keys.overage_field(call.metric, call.hour_start),
         ]
         for limit in call.limits:
-            args += [limit.limit, "bill" if limit.bill else "block", limit.expires_at_ms]
+            policy = "bill" if limit.bill else "block"
+            args += [limit.limit, policy, limit.expires_at_ms, "1" if limit.seeded else "0"]
         return args
 
 
 def parse_reply(reply: Sequence[object], limits: int) -> ConsumeResult:
     """``[replayed, "allowed,used_1,..."]`` -> ConsumeResult."""
     replayed, encoded = reply
+    if replayed == NEEDS_SEED:
+        return ConsumeResult(allowed=False, used=(0,) * limits, needs_seed=True)
     allowed, *used = (int(part) for part in str(encoded).split(","))
     if len(used) != limits:
         # Only a replay of a decision taken under another plan (changed limits) gets here.
