@@ -116,7 +116,7 @@ async def test_a_counter_lost_mid_load_admits_nothing_past_the_quota(
         # connection inside a transaction.
         while not done.is_set():
             await replicas.flusher.flush_tenant(tenant)
-            await asyncio.sleep(0.02)
+            await asyncio.sleep(0.05)
 
     flushing = asyncio.ensure_future(flush_meanwhile())
     try:

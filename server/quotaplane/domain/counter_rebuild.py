@@ -30,8 +30,8 @@ from quotaplane.domain.errors import Unavailable
 from quotaplane.domain.ports import ConsumeCall, ConsumeResult, CounterLimit, CounterStore
 from quotaplane.domain.windows import Period, Window
 
-# A seed is retried when the ledger moved while it was read, and a call when its counter was
-# lost again right after the seed; both are rare, so a few attempts suffice.
+# A call is retried when its counter was lost again right after the seed: rare, so a few
+# attempts suffice.
 ATTEMPTS = 3
 Key = tuple[str, str, int]  # tenant, metric, month start (unix seconds)
 
@@ -76,15 +76,14 @@ class LedgerSeededCounters:
         month_start = datetime.fromtimestamp(start, UTC)
         try:
             async with asyncio.timeout(self._budget):
-                for _ in range(ATTEMPTS):
-                    if await self._seed_from(tenant_id, metric, month_start):
-                        return
+                # Each attempt that lost a race to a flush is retried, within the budget.
+                while not await self._seed_from(tenant_id, metric, month_start):
+                    pass
         except TimeoutError:
             raise Unavailable(
-                f"the month counter of {tenant_id}/{metric} needs the ledger, which did not "
-                f"answer within {self._budget * 1000:g} ms"
+                f"the month counter of {tenant_id}/{metric} was not seeded from the ledger "
+                f"within {self._budget * 1000:g} ms"
             ) from None
-        raise Unavailable(f"the ledger of {tenant_id} kept changing while its counter was seeded")
 
     async def _seed_from(self, tenant_id: str, metric: str, month_start: datetime) -> bool:
         """One attempt; False if the ledger moved meanwhile."""
