@@ -42,6 +42,9 @@ class ConsumeCall:
     dedup_expires_at_ms: int  # how long a request id's first decision is kept
     request_id: str | None = None
     dry_run: bool = False
+    # Kept with the first decision of ``request_id`` and handed back on a repeat
+    # (``domain/replay.py``); the store does not read it.
+    request_record: str = ""
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,7 @@ class ConsumeResult:
     used: tuple[int, ...]
     replayed: bool = False
     needs_seed: bool = False  # nothing was decided: a ``seeded`` counter is missing
+    first_request: str | None = None  # on a replay: the record kept with the first decision
 
 
 class CounterStore(Protocol):

@@ -12,8 +12,9 @@ Semantics the callers rely on:
 - ``retry_after`` on OVER_LIMIT is the time until the *last* of the blocking windows that
   lack room resets: only then can the same request succeed.
 - A request id's first decision is kept until the shortest window of the call ends (at most
-  24 h); a repeat within that time is answered from it and charged nothing. Dry runs neither
-  store nor consume anything.
+  24 h); a repeat within that time is answered from it exactly (the limits and windows that
+  answered then, even after a plan change) and charged nothing; a repeat with another metric
+  or cost is refused (``domain/replay.py``). Dry runs neither store nor consume anything.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
+from quotaplane.domain import replay
 from quotaplane.domain.errors import FailedPrecondition, InvalidArgument, NotFound
 from quotaplane.domain.model import Decision, DecisionCode, LimitState, QuotaRequest, Tenant
 from quotaplane.domain.plans import Limit, Overage, Plan, PlanCatalog
@@ -71,8 +73,14 @@ class QuotaEngine:
             return Decision(allowed=False, code=DecisionCode.SUSPENDED, cost=request.cost)
         now = self._clock()
         windows = _windows(limits, now)
-        result = await self._counters.consume(consume_call(request, windows))
-        decision = decision_of(request, limits, result, windows.resets, now)
+        result = await self._counters.consume(consume_call(request, windows, limits))
+        resets: Sequence[datetime] = windows.resets
+        if result.replayed and result.first_request is not None:
+            # A repeat is the first answer: its limits and windows, whatever the plan is now.
+            first = replay.parse_record(result.first_request)
+            replay.refuse_if_different(request, first)
+            limits, resets = first.limits, first.resets
+        decision = decision_of(request, limits, result, resets, now)
         for observe in self._observers:  # cheap, synchronous: e.g. threshold notifications
             observe(request, decision)
         return decision
@@ -143,8 +151,11 @@ def _windows(limits: Sequence[Limit], now: datetime) -> _Windows:
     return _windows_at(tuple(limits), int(now.timestamp()))
 
 
-def consume_call(request: QuotaRequest, windows: _Windows) -> ConsumeCall:
+def consume_call(
+    request: QuotaRequest, windows: _Windows, limits: tuple[Limit, ...]
+) -> ConsumeCall:
     """The counter-store call for a request in these windows."""
+    keeps_record = request.request_id is not None and not request.dry_run
     return ConsumeCall(
         tenant_id=request.tenant_id,
         metric=request.metric,
@@ -154,6 +165,9 @@ def consume_call(request: QuotaRequest, windows: _Windows) -> ConsumeCall:
         dedup_expires_at_ms=windows.dedup_expires_at_ms,
         request_id=request.request_id,
         dry_run=request.dry_run,
+        request_record=replay.request_record(request.metric, request.cost, limits, windows.resets)
+        if keeps_record
+        else "",
     )
 
 

@@ -89,6 +89,7 @@ class RedisCounterStore:
             call.dedup_expires_at_ms,
             keys.unflushed_field(call.metric, call.hour_start),
             keys.overage_field(call.metric, call.hour_start),
+            call.request_record,
         ]
         for limit in call.limits:
             policy = "bill" if limit.bill else "block"
@@ -97,12 +98,20 @@ class RedisCounterStore:
 
 
 def parse_reply(reply: Sequence[object], limits: int) -> ConsumeResult:
-    """``[replayed, "allowed,used_1,..."]`` -> ConsumeResult."""
+    """``[replayed, "allowed,used_1,..."]`` (``"<record>\n<allowed,...>"`` for a replay) ->
+    ConsumeResult."""
     replayed, encoded = reply
     if replayed == NEEDS_SEED:
         return ConsumeResult(allowed=False, used=(0,) * limits, needs_seed=True)
-    allowed, *used = (int(part) for part in str(encoded).split(","))
-    if len(used) != limits:
-        # Only a replay of a decision taken under another plan (changed limits) gets here.
+    record, newline, decision = str(encoded).rpartition("\n")
+    allowed, *used = (int(part) for part in decision.split(","))
+    if not newline and len(used) != limits:
+        # Only a replay of a decision kept without its record (before records were kept)
+        # under another plan gets here: its counters are matched to the limits in order.
         used = (used + [0] * limits)[:limits]
-    return ConsumeResult(allowed=bool(allowed), used=tuple(used), replayed=bool(replayed))
+    return ConsumeResult(
+        allowed=bool(allowed),
+        used=tuple(used),
+        replayed=bool(replayed),
+        first_request=record if newline else None,
+    )
