@@ -11,8 +11,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import os
-import secrets
 import signal
 from importlib import resources
 from pathlib import Path
@@ -22,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from quotaplane.config import Settings
+from quotaplane.credentials import Tokens, resolve_tokens
 from quotaplane.datadir import DataDirLock
 from quotaplane.domain.admin import PlanAdmin, PlanRegistry, TenantAdmin
 from quotaplane.domain.admin_billing import InvoiceAdmin, UsageReports
@@ -84,6 +83,7 @@ class Runtime:
         self.redis_url = settings.redis_url
         self.database_url = settings.database_url
         self.admin_token = settings.admin_token
+        self.tokens = Tokens(settings.admin_token, settings.service_token, settings.billing_token)
         self.plan_registry: PlanRegistry | None = None
         self.database: AsyncEngine | None = None
         self.api_keys: ApiKeyCache | None = None
@@ -134,7 +134,8 @@ class Runtime:
             await asyncio.to_thread(migrate.upgrade, self.database_url)
         else:
             await asyncio.to_thread(_require_current_schema, s.database_url)
-        self.admin_token = s.admin_token or _generated_admin_token(s.data_dir)
+        self.tokens = resolve_tokens(s)
+        self.admin_token = self.tokens.admin
         engine = await self._start_quota_engine()
         quota = QuotaServicer(engine, usage=self.usage_recorder, invoices=self.invoice_service)
         admin = await self._start_admin()
@@ -143,8 +144,9 @@ class Runtime:
         self.grpc = await start_server(
             s.grpc_addr,
             Servicers(quota=quota, admin=admin, authz=authz),
-            admin_token=self.admin_token,
-            service_token=s.service_token,
+            admin_token=self.tokens.admin,
+            service_token=self.tokens.service,
+            billing_token=self.tokens.billing,
             max_concurrent_streams=s.max_concurrent_streams,
             credentials=server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca),
             wrappers=[Observability(telemetry).wrap],
@@ -328,25 +330,6 @@ def _require_current_schema(url: str) -> None:
             f"ledger schema is at {current or 'nothing'}, this build needs {head}: "
             "run `quotaplane db upgrade` first"
         )
-
-
-def _generated_admin_token(data_dir: Path) -> str:
-    """A random admin token for local runs, kept in <data dir>/admin-token (mode 0600)."""
-    path = data_dir / "admin-token"
-    data_dir.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        token = path.read_text().strip()
-    else:
-        token = "qp_admin_" + secrets.token_urlsafe(24)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(token + "\n")
-    log.warning(
-        "QUOTAPLANE_ADMIN_TOKEN is not set; using the generated token in %s",
-        path,
-        extra={"admin_token_file": str(path)},
-    )
-    return token
 
 
 async def serve(settings: Settings) -> None:

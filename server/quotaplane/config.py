@@ -124,6 +124,13 @@ def parse_traces(text: str) -> str:
     return value
 
 
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no", ""):
+        raise ValueError("expected true or false")
+    return value in ("true", "1", "yes")
+
+
 def _text(value: str) -> str:
     return value
 
@@ -201,8 +208,26 @@ SETTINGS: tuple[Setting, ...] = (
         "QUOTAPLANE_SERVICE_TOKEN",
         _text,
         "",
-        "When set, QuotaService calls must carry 'authorization: Bearer <token>'.",
+        "Bearer token of CheckQuota and Envoy's Check. Empty: generated at start and written "
+        "to <data dir>/service-token (see QUOTAPLANE_ALLOW_UNAUTHENTICATED).",
         secret=True,
+    ),
+    Setting(
+        "billing_token",
+        "QUOTAPLANE_BILLING_TOKEN",
+        _text,
+        "",
+        "Bearer token of RecordUsage and draft GenerateInvoice (the admin token works too). "
+        "Empty: generated at start and written to <data dir>/billing-token.",
+        secret=True,
+    ),
+    Setting(
+        "allow_unauthenticated",
+        "QUOTAPLANE_ALLOW_UNAUTHENTICATED",
+        parse_bool,
+        "false",
+        "true: leave the service and billing roles open when their tokens are empty. Only "
+        "with a loopback QUOTAPLANE_GRPC_ADDR; the admin token is always needed.",
     ),
     Setting(
         "redis_key_prefix",
@@ -368,6 +393,8 @@ class Settings:
     plans_path: Path | None = None
     admin_token: str = ""
     service_token: str = ""
+    billing_token: str = ""
+    allow_unauthenticated: bool = False
     redis_key_prefix: str = "qp"
     redis_timeout: timedelta = timedelta(milliseconds=100)
     cache_ttl: timedelta = timedelta(seconds=1)

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.harness.processes import ManagedProcess
+from tests.harness.tokens import SERVICE_TOKEN
 
 ROOT = Path(__file__).resolve().parents[2]
 ENVOY_DIR = ROOT / "envoy"
@@ -105,6 +106,7 @@ def start_envoy(
             quotaplane_port=authz_port,
             openclaw_port=openclaw_port,
             failure_mode_allow=fail_open,
+            service_token=SERVICE_TOKEN,  # the token the test servers run with
         )
     )
     admin_file = log_dir / f"{name}.admin"

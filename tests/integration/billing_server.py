@@ -15,7 +15,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import grpc
 import sqlalchemy as sa
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -24,6 +23,7 @@ from quotaplane.config import Settings
 from quotaplane.storage.sql.tables import usage_hourly
 from quotaplane.storage.sql.tenants import SqlTenantStore
 from quotaplane_client.v1 import quota_pb2, quota_pb2_grpc, types_pb2
+from tests.harness.tokens import token_channel
 
 PLANS = """
 plans:
@@ -141,5 +141,5 @@ async def billing_server(
     )
     async with Runtime(settings) as runtime:
         assert runtime.grpc is not None
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{runtime.grpc.port}") as channel:
+        async with token_channel(f"127.0.0.1:{runtime.grpc.port}", runtime.tokens) as channel:
             yield BillingServer(runtime, quota_pb2_grpc.QuotaServiceStub(channel))
