@@ -21,13 +21,12 @@ from quotaplane.domain.plans import parse_plans
 from quotaplane.domain.pricing import price_period
 from quotaplane.domain.windows import Period
 from quotaplane.payments.stripe import StripeGateway
-from quotaplane.storage.sql import migrate
 from quotaplane.storage.sql.invoices import SqlInvoiceLedger
 from quotaplane.storage.sql.outbox import SqlPushOutbox
 from quotaplane.storage.sql.tables import invoices, stripe_outbox
 from quotaplane.storage.sql.tenants import SqlTenantStore
 from tests.fakes import StripeEmulator
-from tests.integration.billing_server import billing_server
+from tests.integration.billing_server import sqlite_billing_server
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -118,13 +117,24 @@ async def test_a_push_longer_than_the_lease_keeps_its_row(
     assert (await outbox_row(database, invoice_id))["state"] == "done"
 
 
+async def test_a_stripe_error_on_a_later_page_is_retried_like_any_other(
+    database: AsyncEngine, emulator: StripeEmulator
+) -> None:
+    invoice_id = await finalized_invoice(database)
+    emulator.cap_page_size(1)
+    emulator.fail_next(status=500, path_prefix="/v1/invoiceitems", query_contains="starting_after")
+    pusher = InvoicePusher(SqlPushOutbox(database), gateway(emulator))
+    assert await pusher.run_once() == 1
+    row = await outbox_row(database, invoice_id)
+    assert (row["state"], row["attempts"]) == ("pending", 1)  # mapped: retryable, counted
+    assert "500" in str(row["last_error"])
+
+
 async def test_a_worker_paging_a_slow_stripe_leaves_check_quota_fast(
     tmp_path: Path, redis_url: str, redis_key_prefix: str, emulator: StripeEmulator
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    await asyncio.to_thread(migrate.upgrade, url)
-    async with billing_server(
-        tmp_path, redis_url=redis_url, key_prefix=redis_key_prefix, database_url=url
+    async with sqlite_billing_server(
+        tmp_path, redis_url=redis_url, key_prefix=redis_key_prefix
     ) as server:
         assert server.runtime.database is not None
         tenant = await server.tenant("growth")
@@ -150,7 +160,7 @@ async def check_quota_latencies(
     tenant: str,
     *,
     until: asyncio.Future[int],
-    every: float = 0.01,
+    every: float = 0.02,
 ) -> list[float]:
     """CheckQuota every ``every`` seconds until ``until`` is done; each latency is measured
     from the call's scheduled start, so a stalled event loop counts against every call that

@@ -144,14 +144,17 @@ class StripeEmulator:
         path_prefix: str = "/",
         retry_after: int | None = None,
         should_retry: bool | None = None,
+        query_contains: str = "",
     ) -> None:
         """Answer the next `n` matching requests with `status` before running them.
 
         `retry_after` sets `Retry-After`; `should_retry` sets `Stripe-Should-Retry`. (The
         Python SDK v16 ignores Retry-After and retries a 429 only with Stripe-Should-Retry:
-        true; it retries 409 and 5xx by itself.)
+        true; it retries 409 and 5xx by itself.) ``query_contains`` narrows the match to
+        requests whose query string contains it (``starting_after``: a list's later pages).
         """
-        self._faults.add_error(n, path_prefix, InjectedError(status, retry_after, should_retry))
+        fault = InjectedError(status, retry_after, should_retry)
+        self._faults.add_error(n, path_prefix, fault, query_contains)
 
     def drop_response_after_commit_next(self, n: int = 1, *, path_prefix: str = "/") -> None:
         """Run the next `n` matching requests, store their results, close without answering."""
@@ -255,7 +258,7 @@ class StripeEmulator:
         except (StripeError, UnicodeDecodeError) as exc:
             err = exc if isinstance(exc, StripeError) else StripeError(400, "Invalid body")
             return _Reply.error(err), False
-        injected = self._faults.take_error(path)
+        injected = self._faults.take_error(path, query)
         if injected is not None:
             return _Reply.error(injected.error(), headers=injected.headers(), injected=True), False
         found = resolve(method, path)

@@ -7,6 +7,7 @@ QuotaService over a real channel.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from quotaplane.app import Runtime
 from quotaplane.config import Settings
+from quotaplane.storage.sql import migrate
 from quotaplane.storage.sql.tables import usage_hourly
 from quotaplane.storage.sql.tenants import SqlTenantStore
 from quotaplane_client.v1 import quota_pb2, quota_pb2_grpc, types_pb2
@@ -112,6 +114,19 @@ def last_period_instant() -> datetime:
     """An instant in the previous calendar month (UTC)."""
     first = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     return first - timedelta(days=3)
+
+
+@asynccontextmanager
+async def sqlite_billing_server(
+    tmp_path: Path, *, redis_url: str, key_prefix: str, **overrides: Any
+) -> AsyncIterator[BillingServer]:
+    """``billing_server`` on a freshly migrated SQLite ledger under ``tmp_path``."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    await asyncio.to_thread(migrate.upgrade, url)
+    async with billing_server(
+        tmp_path, redis_url=redis_url, key_prefix=key_prefix, database_url=url, **overrides
+    ) as server:
+        yield server
 
 
 @asynccontextmanager

@@ -6,7 +6,6 @@ with each token (or none) and check what the server answers and what it stored.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import stat
 from collections.abc import AsyncIterator
@@ -20,10 +19,14 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 
 from quotaplane.config import ConfigError, Settings
 from quotaplane.credentials import resolve_tokens
-from quotaplane.storage.sql import migrate
 from quotaplane.storage.sql.tables import invoices, stripe_outbox, usage_events, usage_hourly
 from quotaplane_client.v1 import quota_pb2, quota_pb2_grpc, types_pb2
-from tests.integration.billing_server import BillingServer, billing_server, event, this_period
+from tests.integration.billing_server import (
+    BillingServer,
+    event,
+    sqlite_billing_server,
+    this_period,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -51,10 +54,8 @@ class Served:
 
 @pytest.fixture
 async def served(tmp_path: Path, redis_url: str, redis_key_prefix: str) -> AsyncIterator[Served]:
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    await asyncio.to_thread(migrate.upgrade, url)
-    async with billing_server(
-        tmp_path, redis_url=redis_url, key_prefix=redis_key_prefix, database_url=url
+    async with sqlite_billing_server(
+        tmp_path, redis_url=redis_url, key_prefix=redis_key_prefix
     ) as server:
         assert server.runtime.grpc is not None
         tenant = await server.tenant("growth")
