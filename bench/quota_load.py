@@ -46,6 +46,7 @@ from quotaplane_client.v1 import quota_pb2
 HERE = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 METHOD = "/quotaplane.v1.QuotaService/CheckQuota"
+TOKEN = "bench-service-token"  # CheckQuota needs the service token
 WARM_UP = 2000
 PLANS = "plans:\n  bench:\n    metrics:\n      requests: {limits: {month: 1000000000000}}\n"
 
@@ -69,7 +70,12 @@ def h2load(
         duration=args.duration,
         count=count,
         rps=rps,
-        headers=("content-type: application/grpc", "te: trailers"),
+        # Both arms get the service token; only quotaplane checks it, as it does in production.
+        headers=(
+            "content-type: application/grpc",
+            "te: trailers",
+            f"authorization: Bearer {TOKEN}",
+        ),
         stagger_ms=max(1, round(1000 / rps)) if rps else 0,
     )
 
@@ -143,6 +149,7 @@ def main() -> int:
         "QUOTAPLANE_PLANS": str(space.plans),
         "QUOTAPLANE_REDIS_KEY_PREFIX": prefix,
         "QUOTAPLANE_ADMIN_TOKEN": "bench-admin-token",
+        "QUOTAPLANE_SERVICE_TOKEN": TOKEN,
         "QUOTAPLANE_DATA_DIR": str(work / "data"),
         "QUOTAPLANE_METRICS_ADDR": "off",
         "QUOTAPLANE_AUTHZ_HTTP_ADDR": "off",

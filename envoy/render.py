@@ -43,12 +43,18 @@ DEFAULTS: dict[str, str | int | bool] = {
     "FAILURE_MODE_ALLOW": False,
     "QUOTAPLANE_HTTP_PORT": 50052,
     "AUTHZ": "http",
+    # quotaplane's service token, sent with every Check (empty: none, for a server that opted
+    # out on loopback). Never commit a real one: compose substitutes it at start.
+    "SERVICE_TOKEN": "",
 }
 # The ext_authz service block of each protocol (the filter's ${AUTHZ_SERVICE}).
 AUTHZ_SERVICES = {
     "grpc": """grpc_service:
   envoy_grpc: {cluster_name: quotaplane}
-  timeout: 0.25s""",
+  timeout: 0.25s
+  # quotaplane's Check needs the service token (QUOTAPLANE_SERVICE_TOKEN).
+  initial_metadata:
+  - {key: authorization, value: "Bearer ${SERVICE_TOKEN}"}""",
     # x-tenant-id goes to the upstream, the rate-limit headers to the client on success; on a
     # denial every header of quotaplane's answer reaches the client (Envoy's default).
     "http": """http_service:
@@ -74,6 +80,8 @@ BINDABLE_PORTS = {"LISTEN_PORT", "ADMIN_PORT"}
 COMPOSE: dict[str, str | int | bool] = {
     "QUOTAPLANE_HOST": "quotaplane",
     "OPENCLAW_HOST": "openclaw",
+    # Replaced by the envoy container's command with $QUOTAPLANE_SERVICE_TOKEN at start.
+    "SERVICE_TOKEN": "__QUOTAPLANE_SERVICE_TOKEN__",
 }
 COMPOSE_CONFIG = TEMPLATE.with_name("envoy.compose.yaml")
 COMPOSE_HEADER = (
@@ -82,6 +90,8 @@ COMPOSE_HEADER = (
     "# (tests/unit/test_compose.py fails while this file is stale).\n"
 )
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+# Tokens go into a quoted YAML string and through sed (compose): URL-safe characters only.
+_TOKEN = re.compile(r"^[A-Za-z0-9._~+/=-]*$")
 
 
 def _check_port(name: str, value: object) -> str:
@@ -101,6 +111,12 @@ def _check_host(name: str, value: object) -> str:
                 f"{name} must be an IP address or a host name, got {value!r}"
             ) from None
     return text
+
+
+def _check_token(name: str, value: object) -> str:
+    if not isinstance(value, str) or not _TOKEN.match(value):
+        raise ValueError(f"{name} must be made of letters, digits and . _ ~ + / = - only")
+    return value
 
 
 def _check_bool(name: str, value: object) -> str:
@@ -137,6 +153,8 @@ def values(**overrides: str | int | bool) -> dict[str, str]:
             checked[name] = _check_port(name, value)
         elif name.endswith(("_HOST", "_ADDRESS")):
             checked[name] = _check_host(name, value)
+        elif name.endswith("_TOKEN"):
+            checked[name] = _check_token(name, value)
         else:
             checked[name] = _check_bool(name, value)
     return checked

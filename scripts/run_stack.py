@@ -231,6 +231,9 @@ def main() -> int:
                 quotaplane_http_port=args.authz_port,
                 openclaw_port=args.openclaw_port,
                 authz=args.authz,
+                # serve generated it (secure by default); Envoy's Check must present it.
+                service_token=os.environ.get("QUOTAPLANE_SERVICE_TOKEN")
+                or (data_dir / "service-token").read_text().strip(),
             )
         )
         stack.start(
@@ -254,7 +257,7 @@ ready. The demo tenant (plan {DEMO_PLAN}: 100 requests a month, 5 a second) has 
   {key}
 try:
   curl -i -H 'x-api-key: {key}' -d '{{"type":"domain","value":"example.com"}}' http://127.0.0.1:{args.http_port}/v1/rate
-admin token: {data_dir / "admin-token"}   gRPC: {grpc_addr}   Envoy admin: http://127.0.0.1:{args.envoy_admin_port}
+tokens: {data_dir}/{{admin,service,billing}}-token   gRPC: {grpc_addr}   Envoy admin: http://127.0.0.1:{args.envoy_admin_port}
 metrics: http://127.0.0.1:{args.metrics_port}/metrics   OpenClaw: http://127.0.0.1:{args.openclaw_port}
 Ctrl-C stops everything.""",
             flush=True,

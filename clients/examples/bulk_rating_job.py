@@ -7,6 +7,7 @@ a limit. The domains it rated are billed as `rating.bulk` units through RecordUs
 ids derived from the job and chunk, so re-running the same job never bills twice. The tenant's
 plan needs both metrics (the `demo` plan of deploy/demo-plans.yaml has them).
 
+    QUOTAPLANE_SERVICE_TOKEN=... QUOTAPLANE_BILLING_TOKEN=... \
     python clients/examples/bulk_rating_job.py --target 127.0.0.1:50051 \
         --tenant 6f1c7a1e-... --input domains.txt --chunk 100
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import os
 import sys
 from pathlib import Path
 
@@ -28,7 +30,12 @@ def rate(domain: str) -> int:
 
 
 async def run(target: str, tenant: str, domains: list[str], chunk: int, job_id: str) -> int:
-    async with AsyncQuotaplaneClient(target, timeout=2.0) as client:
+    async with AsyncQuotaplaneClient(
+        target,
+        timeout=2.0,
+        service_token=os.environ.get("QUOTAPLANE_SERVICE_TOKEN"),  # CheckQuota
+        billing_token=os.environ.get("QUOTAPLANE_BILLING_TOKEN"),  # RecordUsage
+    ) as client:
         for start in range(0, len(domains), chunk):
             part = domains[start : start + chunk]
             request_id = f"{job_id}:{start}"

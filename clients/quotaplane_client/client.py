@@ -85,6 +85,7 @@ class _Base:
         *,
         admin_token: str | None = None,
         service_token: str | None = None,
+        billing_token: str | None = None,
         timeout: float = 2.0,
         retry: RetryPolicy = RetryPolicy(),
         auto_request_id: bool = False,
@@ -92,6 +93,8 @@ class _Base:
     ) -> None:
         self._admin_md = _metadata(admin_token)
         self._service_md = _metadata(service_token)
+        # RecordUsage and draft invoices take the billing token, or else the admin token.
+        self._billing_md = _metadata(billing_token or admin_token)
         self._timeout = timeout
         self._retry = retry
         self._auto_request_id = auto_request_id
@@ -106,6 +109,11 @@ class _Base:
         """Reads retry, writes do not (a create that timed out may have happened)."""
         safe = name.startswith(("Get", "List")) if retry is None else retry
         return self._retry if safe else NO_RETRY
+
+    def _invoice_md(self, request: quota_pb2.GenerateInvoiceRequest) -> Any:
+        """Finalize, force and push_to_stripe need the admin token; a draft the billing one."""
+        closes = request.finalize or request.force or request.push_to_stripe
+        return self._admin_md if closes else self._billing_md
 
     def _check_request(
         self, request: quota_pb2.CheckQuotaRequest
@@ -162,14 +170,14 @@ class QuotaplaneClient(_Base):
         request = quota_pb2.RecordUsageRequest(events=list(events))
         return cast(
             quota_pb2.RecordUsageResponse,
-            self._call(self.quota.RecordUsage, request, self._service_md, self._retry),
+            self._call(self.quota.RecordUsage, request, self._billing_md, self._retry),
         )
 
     def generate_invoice(self, tenant_id: str, period: str, **flags: bool) -> types_pb2.Invoice:
         request = quota_pb2.GenerateInvoiceRequest(tenant_id=tenant_id, period=period, **flags)
         return cast(
             types_pb2.Invoice,
-            self._call(self.quota.GenerateInvoice, request, self._service_md, self._retry),
+            self._call(self.quota.GenerateInvoice, request, self._invoice_md(request), self._retry),
         )
 
     def admin_call(self, name: str, request: Any, *, retry: bool | None = None) -> Any:
@@ -223,7 +231,7 @@ class AsyncQuotaplaneClient(_Base):
         request = quota_pb2.RecordUsageRequest(events=list(events))
         return cast(
             quota_pb2.RecordUsageResponse,
-            await self._call(self.quota.RecordUsage, request, self._service_md, self._retry),
+            await self._call(self.quota.RecordUsage, request, self._billing_md, self._retry),
         )
 
     async def generate_invoice(
@@ -232,7 +240,9 @@ class AsyncQuotaplaneClient(_Base):
         request = quota_pb2.GenerateInvoiceRequest(tenant_id=tenant_id, period=period, **flags)
         return cast(
             types_pb2.Invoice,
-            await self._call(self.quota.GenerateInvoice, request, self._service_md, self._retry),
+            await self._call(
+                self.quota.GenerateInvoice, request, self._invoice_md(request), self._retry
+            ),
         )
 
     async def admin_call(self, name: str, request: Any, *, retry: bool | None = None) -> Any:

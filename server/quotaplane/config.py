@@ -18,6 +18,7 @@ from typing import Any
 
 from quotaplane.config_values import (
     parse_addr,
+    parse_bool,
     parse_database_url,
     parse_key_prefix,
     parse_log_format,
@@ -132,8 +133,26 @@ SETTINGS: tuple[Setting, ...] = (
         "QUOTAPLANE_SERVICE_TOKEN",
         parse_text,
         "",
-        "When set, QuotaService calls must carry 'authorization: Bearer <token>'.",
+        "Bearer token of CheckQuota and Envoy's Check. Empty: generated at start and written "
+        "to <data dir>/service-token (see QUOTAPLANE_ALLOW_UNAUTHENTICATED).",
         secret=True,
+    ),
+    Setting(
+        "billing_token",
+        "QUOTAPLANE_BILLING_TOKEN",
+        parse_text,
+        "",
+        "Bearer token of RecordUsage and draft GenerateInvoice (the admin token works too). "
+        "Empty: generated at start and written to <data dir>/billing-token.",
+        secret=True,
+    ),
+    Setting(
+        "allow_unauthenticated",
+        "QUOTAPLANE_ALLOW_UNAUTHENTICATED",
+        parse_bool,
+        "false",
+        "true: leave the service and billing roles open when their tokens are empty. Only "
+        "with a loopback QUOTAPLANE_GRPC_ADDR; the admin token is always needed.",
     ),
     Setting(
         "redis_key_prefix",
@@ -307,6 +326,8 @@ class Settings:
     plans_path: Path | None
     admin_token: str
     service_token: str
+    billing_token: str
+    allow_unauthenticated: bool
     redis_key_prefix: str
     redis_timeout: timedelta
     cache_ttl: timedelta

@@ -135,6 +135,13 @@ def parse_workers(text: str) -> int:
     return workers
 
 
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no", ""):
+        raise ValueError("expected true or false")
+    return value in ("true", "1", "yes")
+
+
 def parse_text(value: str) -> str:
     return value
 

@@ -38,6 +38,7 @@ from quotaplane.storage.sql.tenants import SqlTenantStore
 from quotaplane_client.v1 import quota_pb2, quota_pb2_grpc, types_pb2
 from tests.fakes import StripeEmulator
 from tests.harness.quotaplane_server import ServeProcess, serve_process
+from tests.harness.tokens import token_channel
 from tests.integration.billing_server import event, this_period
 
 pytestmark = pytest.mark.timeout(240)
@@ -117,7 +118,7 @@ async def replicas(
         )
         for i in range(2)
     ]
-    channels = [grpc.aio.insecure_channel(server.addr) for server in servers]
+    channels = [token_channel(server.addr, server.tokens) for server in servers]
     try:
         for server in servers:
             server.process.start()

@@ -99,7 +99,14 @@ def billed_gateway(
         stack.enter_context(upstream)
         envoy, envoy_port = start_envoy(workdir, upstream_port, serve.port, fail_open=False)
         stack.enter_context(envoy)
-        client = stack.enter_context(QuotaplaneClient(serve.addr, admin_token=serve.admin_token))
+        client = stack.enter_context(
+            QuotaplaneClient(
+                serve.addr,
+                admin_token=serve.admin_token,
+                service_token=serve.tokens.service,
+                billing_token=serve.tokens.billing,
+            )
+        )
         tenant = client.admin_call(
             "CreateTenant", admin_pb2.CreateTenantRequest(name="billed via envoy", plan=PLAN)
         )

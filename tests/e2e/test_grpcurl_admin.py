@@ -78,10 +78,16 @@ def _run(
     server: ServeProcess, method: str, body: dict[str, Any] | None, *flags: str
 ) -> subprocess.CompletedProcess[str]:
     argv = [str(BIN / "grpcurl"), "-plaintext", "-max-time", "20", *flags]
-    if method.startswith(ADMIN):
-        argv += ["-H", f"authorization: Bearer {TOKEN}"]
+    argv += ["-H", f"authorization: Bearer {_token(server, method)}"]
     argv += ["-d", json.dumps(body or {}), server.addr, method]
     return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+
+
+def _token(server: ServeProcess, method: str) -> str:
+    """The token an operator's script would use for ``method`` (README "Tokens")."""
+    if method.startswith(ADMIN):
+        return TOKEN
+    return server.tokens.service if method.endswith("/CheckQuota") else server.tokens.billing
 
 
 def all_tenants(server: ServeProcess) -> list[dict[str, Any]]:

@@ -20,12 +20,14 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
+from quotaplane.app.credentials import Tokens
 from quotaplane.storage.redis import keys
 from quotaplane.storage.sql.engine import create_async_engine_for
 from quotaplane.storage.sql.tenants import SqlTenantStore
 from quotaplane_client.v1 import quota_pb2, quota_pb2_grpc
 from tests.harness.net import free_port
 from tests.harness.processes import ManagedProcess
+from tests.harness.tokens import SERVICE_TOKEN, token_channel
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -80,6 +82,7 @@ def replicas(
                 "QUOTAPLANE_PLANS": str(workdir / "plans.yaml"),
                 "QUOTAPLANE_REDIS_KEY_PREFIX": prefix,
                 "QUOTAPLANE_ADMIN_TOKEN": "e2e-admin-token",
+                "QUOTAPLANE_SERVICE_TOKEN": SERVICE_TOKEN,
                 "QUOTAPLANE_DATA_DIR": str(workdir / f"data-{port}"),
                 "QUOTAPLANE_METRICS_ADDR": "off",
                 "QUOTAPLANE_AUTHZ_HTTP_ADDR": "off",
@@ -107,7 +110,8 @@ async def cluster(
     replicas: tuple[list[int], str], redis_url: str, migrated_postgres: str
 ) -> AsyncIterator[Cluster]:
     ports, prefix = replicas
-    channels = [grpc.aio.insecure_channel(f"127.0.0.1:{port}") for port in ports]
+    tokens = Tokens("e2e-admin-token", SERVICE_TOKEN, "")
+    channels = [token_channel(f"127.0.0.1:{port}", tokens) for port in ports]
     database = create_async_engine_for(migrated_postgres)
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     try:

@@ -8,7 +8,8 @@ asyncio event loop makes each ``consume`` atomic (it never awaits in the middle)
 
 What it keeps, like the script: one counter per (tenant, metric, window, window start) with its
 expiry, the unflushed units and overage per (tenant, metric, hour start), and the first decision
-of each request id until its expiry.
+of each request id, with what was first asked, until its expiry. Like the script, it charges
+nothing on a ``seeded`` counter that is missing and answers ``needs_seed`` instead.
 """
 
 from __future__ import annotations
@@ -43,9 +44,11 @@ class MemoryCounterStore:
         if call.request_id is not None:
             first = self._decisions.get((call.tenant_id, call.request_id))
             if first is not None and first[1] > now:
-                result = first[0]
-                return ConsumeResult(result.allowed, result.used, replayed=True)
+                return first[0]
         keys = [self._key(call, limit.window.value, limit.window_start) for limit in call.limits]
+        pairs = zip(call.limits, keys, strict=True)
+        if any(limit.seeded and not self._exists(key) for limit, key in pairs):
+            return ConsumeResult(allowed=False, used=(0,) * len(keys), needs_seed=True)
         used = [self.counter(*key) for key in keys]
         allowed = all(
             limit.bill or count + call.cost <= limit.limit
@@ -55,13 +58,24 @@ class MemoryCounterStore:
             used = self._charge(call, keys, used)
         result = ConsumeResult(allowed=allowed, used=tuple(used))
         if call.request_id is not None and not call.dry_run:
-            self._decisions[(call.tenant_id, call.request_id)] = (result, call.dedup_expires_at_ms)
+            kept = ConsumeResult(
+                allowed, tuple(used), replayed=True, first_request=call.first_request
+            )
+            self._decisions[(call.tenant_id, call.request_id)] = (kept, call.dedup_expires_at_ms)
         return result
 
     def counter(self, tenant_id: str, metric: str, window: str, window_start: int) -> int:
         """A counter's value now (0 once it has expired or was never written)."""
         entry = self._counters.get((tenant_id, metric, window, window_start))
         return entry.value if entry is not None and entry.expires_at_ms > self.now_ms() else 0
+
+    def seed(self, key: CounterKey, value: int, expires_at_ms: int) -> None:
+        """Set a counter from the ledger, as the seeding service does through Redis."""
+        self._counters[key] = _Expiring(value, expires_at_ms)
+
+    def _exists(self, key: CounterKey) -> bool:
+        entry = self._counters.get(key)
+        return entry is not None and entry.expires_at_ms > self.now_ms()
 
     def unflushed(self, tenant_id: str) -> dict[tuple[str, int], int]:
         """Admitted units not yet taken by a flush, per (metric, hour start)."""

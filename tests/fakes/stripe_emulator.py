@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import traceback
+import urllib.parse
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -82,6 +83,8 @@ class StripeEmulator:
         self._log: list[RequestRecord] = []
         self._server: EmulatorHTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._slow: tuple[float, str, str | None] = (0.0, "/", None)
+        self._page_cap: int | None = None
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -141,14 +144,17 @@ class StripeEmulator:
         path_prefix: str = "/",
         retry_after: int | None = None,
         should_retry: bool | None = None,
+        query_contains: str = "",
     ) -> None:
         """Answer the next `n` matching requests with `status` before running them.
 
         `retry_after` sets `Retry-After`; `should_retry` sets `Stripe-Should-Retry`. (The
         Python SDK v16 ignores Retry-After and retries a 429 only with Stripe-Should-Retry:
-        true; it retries 409 and 5xx by itself.)
+        true; it retries 409 and 5xx by itself.) ``query_contains`` narrows the match to
+        requests whose query string contains it (``starting_after``: a list's later pages).
         """
-        self._faults.add_error(n, path_prefix, InjectedError(status, retry_after, should_retry))
+        fault = InjectedError(status, retry_after, should_retry)
+        self._faults.add_error(n, path_prefix, fault, query_contains)
 
     def drop_response_after_commit_next(self, n: int = 1, *, path_prefix: str = "/") -> None:
         """Run the next `n` matching requests, store their results, close without answering."""
@@ -157,6 +163,17 @@ class StripeEmulator:
     def hold_next(self, path_prefix: str = "/") -> Hold:
         """Park the next matching request inside its endpoint until `hold.release()`."""
         return self._faults.add_hold(path_prefix)
+
+    def slow_down(
+        self, seconds: float, *, path_prefix: str = "/", method: str | None = None
+    ) -> None:
+        """Answer every later matching request only after ``seconds`` (a slow Stripe API)."""
+        self._slow = (seconds, path_prefix, method)
+
+    def cap_page_size(self, rows: int) -> None:
+        """Answer lists with at most ``rows`` rows per page, whatever ``limit`` asks (Stripe
+        may), so a client has to follow ``has_more``."""
+        self._page_cap = rows
 
     def advance_clock(self, seconds: float) -> None:
         """Move the emulator's clock (object timestamps, idempotency key expiry) forward."""
@@ -201,6 +218,11 @@ class StripeEmulator:
         """The reply for one request and whether to drop it instead of answering."""
         path, _, query = target.partition("?")
         key = headers.get("Idempotency-Key") if method == "POST" else None
+        delay, prefix, slow_method = self._slow
+        if path.startswith(prefix) and slow_method in (None, method):
+            time.sleep(delay)  # each request has its own thread (ThreadingHTTPServer)
+        if method == "GET" and self._page_cap is not None:
+            query = _capped_limit(query, self._page_cap)
         reply, executed = self._reply(method, path, query, headers, body, key)
         dropped = executed and self._faults.take_drop(path)
         reply.headers.update(_standard_headers(reply, headers, key))
@@ -236,7 +258,7 @@ class StripeEmulator:
         except (StripeError, UnicodeDecodeError) as exc:
             err = exc if isinstance(exc, StripeError) else StripeError(400, "Invalid body")
             return _Reply.error(err), False
-        injected = self._faults.take_error(path)
+        injected = self._faults.take_error(path, query)
         if injected is not None:
             return _Reply.error(injected.error(), headers=injected.headers(), injected=True), False
         found = resolve(method, path)
@@ -291,6 +313,14 @@ class StripeEmulator:
             traceback.print_exc(file=sys.stderr)
             return _Reply.error(StripeError(500, "Internal emulator error", type_="api_error"))
         return _Reply(200, encode_json(result))
+
+
+def _capped_limit(query: str, cap: int) -> str:
+    """The query with its ``limit`` (a list's page size), if any, lowered to ``cap``."""
+    pairs = urllib.parse.parse_qsl(query, keep_blank_values=True)
+    return urllib.parse.urlencode(
+        [(k, str(min(int(v), cap)) if k == "limit" else v) for k, v in pairs]
+    )
 
 
 def _replay(stored: StoredResponse) -> _Reply:

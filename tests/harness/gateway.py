@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.harness.processes import ManagedProcess
+from tests.harness.tokens import SERVICE_TOKEN
 
 ROOT = Path(__file__).resolve().parents[2]
 ENVOY_DIR = ROOT / "envoy"
@@ -119,6 +120,7 @@ def start_envoy(
         openclaw_port=openclaw_port,
         failure_mode_allow=fail_open,
         authz=authz,
+        service_token=SERVICE_TOKEN,  # the token the test servers run with
         **{port_name: authz_port},
     )
     assert FIRST_ROUTE in text, "the shipped Envoy config no longer starts with the bulk route"

@@ -7,8 +7,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from quotaplane.app.credentials import Tokens
 from tests.harness.net import free_port
 from tests.harness.processes import ManagedProcess
+from tests.harness.tokens import BILLING_TOKEN, SERVICE_TOKEN
 
 BIN = Path(sys.executable).parent
 ADMIN_TOKEN = "test-admin-token"
@@ -19,6 +21,7 @@ class ServeProcess:
     process: ManagedProcess
     port: int
     admin_token: str
+    tokens: Tokens
     http_port: int = 0  # Envoy's HTTP ext_authz (QUOTAPLANE_AUTHZ_HTTP_ADDR)
 
     @property
@@ -57,6 +60,8 @@ def serve_process(
         "QUOTAPLANE_DATABASE_URL": database_url,
         "QUOTAPLANE_REDIS_KEY_PREFIX": key_prefix,
         "QUOTAPLANE_ADMIN_TOKEN": admin_token,
+        "QUOTAPLANE_SERVICE_TOKEN": SERVICE_TOKEN,
+        "QUOTAPLANE_BILLING_TOKEN": BILLING_TOKEN,
         "QUOTAPLANE_DATA_DIR": str(workdir / f"data-{name}"),
         "QUOTAPLANE_LOG_FORMAT": "text",
         "QUOTAPLANE_PLANS": str(plans_path) if plans_path else "",
@@ -71,7 +76,12 @@ def serve_process(
         log_path=workdir / f"{name}.log",
         name=name,
     )
-    return ServeProcess(process, port, admin_token, http_port)
+    tokens = Tokens(
+        admin_token,
+        settings["QUOTAPLANE_SERVICE_TOKEN"],
+        settings["QUOTAPLANE_BILLING_TOKEN"],
+    )
+    return ServeProcess(process, port, admin_token, tokens, http_port)
 
 
 def start_serve(workdir: Path, **kwargs: object) -> ServeProcess:

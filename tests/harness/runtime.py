@@ -12,6 +12,7 @@ import grpc
 
 from quotaplane.app.runtime import Runtime
 from quotaplane.config import Settings
+from tests.harness.tokens import token_channel
 
 
 def runtime_settings(
@@ -38,7 +39,8 @@ def runtime_settings(
 
 @asynccontextmanager
 async def channel_to(runtime: Runtime) -> AsyncIterator[grpc.aio.Channel]:
-    """An insecure channel to the running Runtime's gRPC port."""
+    """An insecure channel to the running Runtime's gRPC port, presenting the token each RPC
+    needs (the Runtime's own, generated or configured)."""
     assert runtime.grpc is not None
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{runtime.grpc.port}") as channel:
+    async with token_channel(f"127.0.0.1:{runtime.grpc.port}", runtime.tokens) as channel:
         yield channel

@@ -7,6 +7,7 @@ QuotaService over a real channel.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,15 +16,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import grpc
 import sqlalchemy as sa
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from quotaplane.app.runtime import Runtime
 from quotaplane.config import Settings
+from quotaplane.storage.sql import migrate
 from quotaplane.storage.sql.tables import usage_hourly
 from quotaplane.storage.sql.tenants import SqlTenantStore
 from quotaplane_client.v1 import quota_pb2, quota_pb2_grpc, types_pb2
+from tests.harness.tokens import token_channel
 
 PLANS = """
 plans:
@@ -115,6 +117,19 @@ def last_period_instant() -> datetime:
 
 
 @asynccontextmanager
+async def sqlite_billing_server(
+    tmp_path: Path, *, redis_url: str, key_prefix: str, **overrides: Any
+) -> AsyncIterator[BillingServer]:
+    """``billing_server`` on a freshly migrated SQLite ledger under ``tmp_path``."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    await asyncio.to_thread(migrate.upgrade, url)
+    async with billing_server(
+        tmp_path, redis_url=redis_url, key_prefix=key_prefix, database_url=url, **overrides
+    ) as server:
+        yield server
+
+
+@asynccontextmanager
 async def billing_server(
     tmp_path: Path,
     *,
@@ -142,5 +157,5 @@ async def billing_server(
     )
     async with Runtime(settings) as runtime:
         assert runtime.grpc is not None
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{runtime.grpc.port}") as channel:
+        async with token_channel(f"127.0.0.1:{runtime.grpc.port}", runtime.tokens) as channel:
             yield BillingServer(runtime, quota_pb2_grpc.QuotaServiceStub(channel))

@@ -25,7 +25,11 @@ from quotaplane.domain.quota.ports import ConsumeCall, ConsumeResult, CounterLim
 from quotaplane.domain.windows import Window, window_start
 from quotaplane.services.usage_flusher import UsageFlusher, UsageTrackingCounters
 from quotaplane.storage.redis import keys
-from quotaplane.storage.redis.counters import consume_script_source, parse_reply
+from quotaplane.storage.redis.counters import (
+    RedisCounterStore,
+    consume_script_source,
+    parse_reply,
+)
 from quotaplane.storage.redis.flush import RedisUnflushedUsage
 from quotaplane.storage.sql import migrate
 from quotaplane.storage.sql.engine import create_async_engine_for
@@ -87,16 +91,7 @@ class Rig:
             )
             for limit in call.limits
         ]
-        args: list[str | int] = [
-            call.cost,
-            "0",
-            len(call.limits),
-            call.dedup_expires_at_ms,
-            keys.unflushed_field(call.metric, call.hour_start),
-            keys.overage_field(call.metric, call.hour_start),
-        ]
-        for limit in call.limits:
-            args += [limit.limit, "bill" if limit.bill else "block", limit.expires_at_ms]
+        args = RedisCounterStore.script_args(call)
         reply = await self.redis.eval(
             consume_script_source(), len(script_keys), *script_keys, *args
         )

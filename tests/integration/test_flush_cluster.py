@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -68,7 +68,7 @@ async def stack(cluster_url: str, tmp_path: Path) -> AsyncIterator[Stack]:  # no
     store, ledger = SqlTenantStore(database), SqlUsageLedger(database)
     counters = RedisCounterStore(pipe, key_prefix=PREFIX, timeout=2.0)
     month = RedisQuotaCounters(client, key_prefix=PREFIX)
-    seeded = LedgerSeededCounters(counters, month, ledger, recheck=timedelta(0))
+    seeded = LedgerSeededCounters(counters, month, ledger)
     try:
         yield Stack(
             engine=QuotaEngine(

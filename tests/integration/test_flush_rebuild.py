@@ -9,13 +9,13 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
 
 import pytest
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from quotaplane.domain.billing.usage_events import RawUsageEvent, UsageRecorder
+from quotaplane.domain.errors import Unavailable
 from quotaplane.domain.quota.decisions import QuotaRequest
 from quotaplane.domain.quota.engine import QuotaEngine
 from quotaplane.integrations.plans_file import parse_plans
@@ -69,7 +69,7 @@ async def stack(
     ledger = SqlUsageLedger(database)
     month = RedisQuotaCounters(client, key_prefix=prefix)
     counters = RedisCounterStore(pipe, key_prefix=prefix, timeout=2.0)
-    seeded = LedgerSeededCounters(counters, month, ledger, recheck=timedelta(0))
+    seeded = LedgerSeededCounters(counters, month, ledger)
     try:
         yield Stack(
             engine=QuotaEngine(tenants=directory, plans=lambda: PLANS, counters=seeded),
@@ -114,19 +114,42 @@ async def test_recorded_usage_after_the_seed_is_added_to_the_counter(stack: Stac
     assert await stack.allowed(tenant, 1)
 
 
-async def test_a_ledger_outage_does_not_stop_checkquota(stack: Stack, unused_port: int) -> None:
+def engine_on_a_broken_ledger(stack: Stack, broken: AsyncEngine) -> QuotaEngine:
+    month = RedisQuotaCounters(stack.redis, key_prefix=stack.prefix)
+    seeded = LedgerSeededCounters(stack.counters, month, SqlUsageLedger(broken))
+    return QuotaEngine(tenants=stack.directory, plans=lambda: PLANS, counters=seeded)
+
+
+async def test_a_ledger_outage_does_not_stop_checkquota_on_a_seeded_counter(
+    stack: Stack, unused_port: int
+) -> None:
     tenant = (await stack.store.create(name="t", plan="tiny")).id
+    assert await stack.allowed(tenant, 1)  # seeds the counter while the ledger answers
     broken = create_async_engine_for(f"postgresql://nobody@127.0.0.1:{unused_port}/none")
     try:
-        month = RedisQuotaCounters(stack.redis, key_prefix=stack.prefix)
-        seeded = LedgerSeededCounters(
-            stack.counters, month, SqlUsageLedger(broken), recheck=timedelta(0)
-        )
-        engine = QuotaEngine(tenants=stack.directory, plans=lambda: PLANS, counters=seeded)
+        engine = engine_on_a_broken_ledger(stack, broken)
         request = QuotaRequest.parse(tenant_id=tenant, metric="", cost=3)
         assert (await engine.check(request)).allowed
     finally:
         await broken.dispose()
+
+
+async def test_a_lost_counter_is_not_charged_while_the_ledger_is_down(
+    stack: Stack, unused_port: int
+) -> None:
+    tenant = (await stack.store.create(name="t", plan="tiny")).id
+    assert await stack.allowed(tenant, 9)
+    await stack.lose_redis_data(tenant)  # 9 units lost with Redis, not in the ledger either
+    broken = create_async_engine_for(f"postgresql://nobody@127.0.0.1:{unused_port}/none")
+    try:
+        engine = engine_on_a_broken_ledger(stack, broken)
+        request = QuotaRequest.parse(tenant_id=tenant, metric="", cost=3)
+        with pytest.raises(Unavailable):
+            await engine.check(request)
+    finally:
+        await broken.dispose()
+    counter = [key async for key in stack.redis.scan_iter(match=f"*{tenant}*:c:*:month:*")]
+    assert counter == []  # nothing was charged on a counter counting from zero
 
 
 @pytest.fixture

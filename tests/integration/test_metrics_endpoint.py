@@ -19,6 +19,7 @@ from quotaplane.app.runtime import Runtime
 from quotaplane.config import Settings
 from quotaplane.storage.sql import migrate
 from quotaplane_client.v1 import quota_pb2, quota_pb2_grpc
+from tests.harness.tokens import token_channel
 from tests.unit.test_telemetry import value
 
 pytestmark = pytest.mark.timeout(60)
@@ -63,7 +64,7 @@ async def server(
     )
     async with Runtime(settings) as runtime:
         assert runtime.grpc is not None and runtime.metrics_port
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{runtime.grpc.port}") as channel:
+        async with token_channel(f"127.0.0.1:{runtime.grpc.port}", runtime.tokens) as channel:
             yield Server(runtime, quota_pb2_grpc.QuotaServiceStub(channel))
 
 

@@ -17,7 +17,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
 from quotaplane.app.runtime import Runtime
@@ -29,6 +28,7 @@ from quotaplane.storage.sql.engine import create_async_engine_for
 from quotaplane.storage.sql.notifications import SqlNotificationStore
 from quotaplane.storage.sql.tenants import SqlTenantStore
 from quotaplane_client.v1 import quota_pb2, quota_pb2_grpc
+from tests.harness.tokens import token_channel
 
 pytestmark = pytest.mark.timeout(90)
 SECRET = "webhook-secret"
@@ -112,7 +112,7 @@ async def replicas(
             runtime = await stack.enter_async_context(Runtime(settings))
             assert runtime.grpc is not None
             channel = await stack.enter_async_context(
-                grpc.aio.insecure_channel(f"127.0.0.1:{runtime.grpc.port}")
+                token_channel(f"127.0.0.1:{runtime.grpc.port}", runtime.tokens)
             )
             stubs.append(quota_pb2_grpc.QuotaServiceStub(channel))
         tenants = SqlTenantStore(create_async_engine_for(ledger_url))

@@ -53,6 +53,10 @@ plans:
   unlimited:
     metrics:
       requests: {charge: {model: per_unit, unit_price: "0.001"}}
+  two:
+    metrics:
+      requests: {limits: {month: 1000}}
+      rating.bulk: {limits: {month: 1000}}
 """
 
 
@@ -122,6 +126,7 @@ class Quota:
     tenants: SqlTenantStore
     directory: TenantDirectory
     counters: Counters
+    plans: list[PlanCatalog]
 
     async def tenant(self, plan: str) -> str:
         return (await self.tenants.create(name=f"t-{plan}", plan=plan)).id
@@ -187,8 +192,9 @@ async def quota(
         store = SqlTenantStore(database)
         directory = TenantDirectory(store)
         counters, probe = counter_store
-        engine = QuotaEngine(tenants=directory, plans=lambda: catalog, counters=counters)
-        yield Quota(engine, store, directory, probe)
+        plans = [catalog]  # a test may put other plans in force
+        engine = QuotaEngine(tenants=directory, plans=lambda: plans[0], counters=counters)
+        yield Quota(engine, store, directory, probe, plans)
     finally:
         await database.dispose()
 
@@ -251,6 +257,30 @@ async def test_a_denied_request_id_is_replayed_as_denied(quota: Quota) -> None:
     assert not (await quota.check(tenant, cost=1, request_id="late")).allowed
     replay = await quota.check(tenant, cost=1, request_id="late")
     assert (replay.allowed, replay.replayed) == (False, True)
+
+
+async def test_a_replay_after_a_plan_change_is_the_first_answer(quota: Quota) -> None:
+    tenant = await quota.tenant("pair")  # minute 5, month 100
+    first = await quota.check(tenant, cost=2, request_id="before-the-change")
+    # The plan now limits the second and the month differently: the replay must not care.
+    quota.plans[0] = parse_plans(
+        "plans:\n  pair:\n    metrics:\n      requests: {limits: {second: 40, month: 100000}}\n",
+        "changed.yaml",
+    )
+    again = await quota.check(tenant, cost=2, request_id="before-the-change")
+    assert again.replayed and (again.allowed, again.limits) == (first.allowed, first.limits)
+    assert await quota.counter(tenant, Window.MONTH) == 2
+
+
+@pytest.mark.parametrize("changed", [{"cost": 5}, {"metric": "rating.bulk"}])
+async def test_a_request_id_reused_with_other_parameters_is_refused_and_charges_nothing(
+    quota: Quota, changed: dict[str, object]
+) -> None:
+    tenant = await quota.tenant("two")
+    await quota.check(tenant, cost=1, request_id="once")
+    with pytest.raises(InvalidArgument, match="request_id 'once' was first used"):
+        await quota.check(tenant, request_id="once", **changed)  # type: ignore[arg-type]
+    assert await quota.counter(tenant, Window.MONTH) == 1
 
 
 async def test_bill_overage_admits_past_the_quota_and_records_the_overage(quota: Quota) -> None:

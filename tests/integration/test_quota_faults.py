@@ -23,6 +23,7 @@ from quotaplane.config import Settings
 from quotaplane.storage.sql import migrate
 from quotaplane_client.v1 import quota_pb2, quota_pb2_grpc
 from tests.harness.redis_servers import PrivateRedis
+from tests.harness.tokens import token_channel
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -67,7 +68,7 @@ async def served(tmp_path: Path, private_redis: PrivateRedis) -> AsyncIterator[S
     async with Runtime(settings) as runtime:
         assert runtime.grpc is not None and runtime.tenants is not None
         tenant = await runtime.tenants.create(name="faults", plan="big")
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{runtime.grpc.port}") as channel:
+        async with token_channel(f"127.0.0.1:{runtime.grpc.port}", runtime.tokens) as channel:
             yield Served(quota_pb2_grpc.QuotaServiceStub(channel), tenant.id, private_redis)
 
 

@@ -22,6 +22,7 @@ from quotaplane.transport.grpc.admin import AdminServicer
 from quotaplane.transport.grpc.ext_authz import AuthorizationServicer
 from quotaplane.transport.grpc.quota import QuotaServicer
 from quotaplane_client.v1 import admin_pb2, quota_pb2
+from tests.harness.tokens import token_channel
 
 ADMIN_TOKEN = "surface-test-token"
 OK = grpc.StatusCode.OK
@@ -73,17 +74,32 @@ def test_every_method_has_our_own_handler(service: object, servicer: type) -> No
 
 
 @pytest.fixture
-async def channel(tmp_path: Path) -> AsyncIterator[grpc.aio.Channel]:
+async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
     settings = Settings.defaults(
         grpc_addr="127.0.0.1:0",
         authz_http_addr="127.0.0.1:0",
         data_dir=tmp_path / "data",
         admin_token=ADMIN_TOKEN,
     )
-    async with Runtime(settings) as runtime:
-        assert runtime.grpc is not None
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{runtime.grpc.port}") as chan:
-            yield chan
+    async with Runtime(settings) as running:
+        assert running.grpc is not None
+        yield running
+
+
+@pytest.fixture
+async def channel(runtime: Runtime) -> AsyncIterator[grpc.aio.Channel]:
+    """Presents the token each method needs."""
+    assert runtime.grpc is not None
+    async with token_channel(f"127.0.0.1:{runtime.grpc.port}", runtime.tokens) as chan:
+        yield chan
+
+
+@pytest.fixture
+async def plain_channel(runtime: Runtime) -> AsyncIterator[grpc.aio.Channel]:
+    """Presents whatever metadata the test passes, nothing else."""
+    assert runtime.grpc is not None
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{runtime.grpc.port}") as chan:
+        yield chan
 
 
 def _request_class(method: str) -> type:
@@ -103,11 +119,7 @@ async def test_every_method_answers_an_empty_request_as_listed(channel: grpc.aio
             response_deserializer=lambda b: b,
         )
         try:
-            await call(
-                _request_class(method)(),
-                metadata=(("authorization", f"Bearer {ADMIN_TOKEN}"),),
-                timeout=10,
-            )
+            await call(_request_class(method)(), timeout=10)
             answers[method] = (OK, "")
         except grpc.aio.AioRpcError as err:
             answers[method] = (err.code(), err.details() or "")
@@ -131,8 +143,10 @@ async def test_health_reports_serving_for_every_service(channel: grpc.aio.Channe
 
 
 @pytest.mark.timeout(60)
-async def test_admin_calls_without_the_token_are_refused(channel: grpc.aio.Channel) -> None:
-    call = channel.unary_unary(
+async def test_admin_calls_without_the_token_are_refused(
+    plain_channel: grpc.aio.Channel,
+) -> None:
+    call = plain_channel.unary_unary(
         "/quotaplane.v1.AdminService/ListPlans",
         request_serializer=lambda m: m.SerializeToString(),
         response_deserializer=lambda b: b,

@@ -121,14 +121,20 @@ def flag(argv: list[str], name: str) -> str:
     return argv[argv.index(name) + 1]
 
 
+# The variables docker-compose.yml requires (no defaults), as an operator exports them.
+COMPOSE_TOKENS = {
+    "QUOTAPLANE_ADMIN_TOKEN": "t",
+    "QUOTAPLANE_SERVICE_TOKEN": "s",
+    "QUOTAPLANE_BILLING_TOKEN": "b",
+}
+
+
 def quotaplane_env(
     services: dict[str, dict[str, Any]], service: str = "quotaplane"
 ) -> dict[str, str]:
     env = services[service]["environment"]
     assert isinstance(env, dict), f"{service}: environment as a mapping, please"
-    return {
-        key: interpolate(str(value), {"QUOTAPLANE_ADMIN_TOKEN": "t"}) for key, value in env.items()
-    }
+    return {key: interpolate(str(value), COMPOSE_TOKENS) for key, value in env.items()}
 
 
 # --- services, health checks, dependencies, mounts ---------------------------------------------
@@ -245,13 +251,32 @@ def test_quotaplane_runs_on_the_stack_redis_and_postgres(
     assert quotaplane_env(services, "migrate").items() <= env.items()
 
 
-def test_the_admin_token_must_be_set_and_has_no_default(
+@pytest.mark.parametrize("variable", sorted(COMPOSE_TOKENS))
+def test_every_token_must_be_set_and_has_no_default(
+    services: dict[str, dict[str, Any]], variable: str
+) -> None:
+    # No role is open on the published port: quotaplane refuses to start without each token.
+    raw = services["quotaplane"]["environment"][variable]
+    with pytest.raises(KeyError, match=variable):
+        interpolate(raw, {})
+    assert interpolate(raw, {variable: "s3cret"}) == "s3cret"
+    assert "QUOTAPLANE_ALLOW_UNAUTHENTICATED" not in services["quotaplane"]["environment"]
+
+
+def test_envoy_gets_the_service_token_at_start_not_from_the_checked_in_config(
     services: dict[str, dict[str, Any]],
 ) -> None:
-    raw = services["quotaplane"]["environment"]["QUOTAPLANE_ADMIN_TOKEN"]
-    with pytest.raises(KeyError, match="QUOTAPLANE_ADMIN_TOKEN"):
-        interpolate(raw, {})
-    assert interpolate(raw, {"QUOTAPLANE_ADMIN_TOKEN": "s3cret"}) == "s3cret"
+    envoy = services["envoy"]
+    assert interpolate(envoy["environment"]["QUOTAPLANE_SERVICE_TOKEN"], {
+        "QUOTAPLANE_SERVICE_TOKEN": "s"}) == "s"  # fmt: skip
+    placeholder = render.COMPOSE["SERVICE_TOKEN"]
+    shipped = envoy_config_path(services).read_text(encoding="utf-8")
+    # The shipped config uses the HTTP ext_authz, which needs no token; rendered for the gRPC
+    # Check it carries the placeholder, which the container's command replaces at start.
+    assert "Bearer" not in shipped and "http_service" in shipped
+    grpc = render.render_compose(render.TEMPLATE, authz="grpc")
+    assert f'"Bearer {placeholder}"' in grpc
+    assert f"s|{placeholder}|$${{QUOTAPLANE_SERVICE_TOKEN}}|" in " ".join(envoy["command"])
 
 
 def test_quotaplane_production_settings(services: dict[str, dict[str, Any]]) -> None:
@@ -536,7 +561,7 @@ def test_docker_compose_accepts_the_file() -> None:
     argv = ["docker", "compose", "-f", str(COMPOSE_FILE), "config", "-q"]
     env = {k: v for k, v in os.environ.items() if k != "QUOTAPLANE_ADMIN_TOKEN"}
     ok = subprocess.run(argv, capture_output=True, text=True, timeout=60,
-                        env={**env, "QUOTAPLANE_ADMIN_TOKEN": "t"})  # fmt: skip
+                        env={**env, **COMPOSE_TOKENS})  # fmt: skip
     assert ok.returncode == 0, ok.stderr
     unset = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env)
     assert unset.returncode != 0 and "QUOTAPLANE_ADMIN_TOKEN" in unset.stderr

@@ -99,8 +99,3 @@ def generated_token(data_dir: Path, name: str, prefix: str, setting: str) -> str
         extra={"token_file": str(path)},
     )
     return token
-
-
-def generated_admin_token(data_dir: Path) -> str:
-    """The admin token of a run without QUOTAPLANE_ADMIN_TOKEN: ``<data dir>/admin-token``."""
-    return generated_token(data_dir, "admin-token", "qp_admin_", "QUOTAPLANE_ADMIN_TOKEN")

@@ -32,7 +32,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from quotaplane.app.datadir import LEDGER_FILE, DataDirLock, generated_admin_token
+from quotaplane.app.credentials import Tokens, resolve_tokens
+from quotaplane.app.datadir import LEDGER_FILE, DataDirLock
 from quotaplane.app.shutdown import push_bounded
 from quotaplane.app.wiring import Connections, Loop, Replica, build_replica
 from quotaplane.config import Settings
@@ -65,11 +66,11 @@ def embedded_database_url(data_dir: Path) -> str:
 
 @dataclass(frozen=True)
 class Storage:
-    """Where the counters and the ledger are, and the admin token, once storage is up."""
+    """Where the counters and the ledger are, and each role's token, once storage is up."""
 
     redis_url: str
     database_url: str
-    admin_token: str
+    tokens: Tokens
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,10 @@ class Runtime:
     @property
     def telemetry(self) -> Telemetry:
         return self.running.telemetry
+
+    @property
+    def tokens(self) -> Tokens:
+        return self.running.storage.tokens
 
     @property
     def metrics_port(self) -> int | None:
@@ -195,8 +200,7 @@ class Runtime:
         else:
             database_url = embedded_database_url(s.data_dir)
             await asyncio.to_thread(migrate.upgrade, database_url)
-        admin_token = s.admin_token or generated_admin_token(s.data_dir)
-        return Storage(redis_url, database_url, admin_token)
+        return Storage(redis_url, database_url, resolve_tokens(s))
 
     def _start_embedded_valkey(self) -> str:
         valkey = EmbeddedValkey(self.settings.data_dir / "valkey")
@@ -238,8 +242,9 @@ class Runtime:
         grpc = await start_server(
             s.grpc_addr,
             replica.servicers,
-            admin_token=storage.admin_token,
-            service_token=s.service_token,
+            admin_token=storage.tokens.admin,
+            service_token=storage.tokens.service,
+            billing_token=storage.tokens.billing,
             max_concurrent_streams=s.max_concurrent_streams,
             credentials=server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca),
             wrappers=[Observability(telemetry).wrap],

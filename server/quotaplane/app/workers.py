@@ -156,8 +156,9 @@ class Supervisor:
 
 @contextlib.contextmanager
 def shared_resources(settings: Settings) -> Iterator[dict[str, str]]:
-    """Embedded valkey, embedded ledger and admin token, once: their settings as variables."""
-    from quotaplane.app.datadir import DataDirLock, generated_admin_token
+    """Embedded valkey, embedded ledger and the tokens, once: their settings as variables."""
+    from quotaplane.app.credentials import resolve_tokens
+    from quotaplane.app.datadir import DataDirLock
     from quotaplane.app.runtime import embedded_database_url
     from quotaplane.storage.redis.embedded import EmbeddedValkey
     from quotaplane.storage.sql import migrate
@@ -173,8 +174,11 @@ def shared_resources(settings: Settings) -> Iterator[dict[str, str]]:
         if not settings.database_url:
             url = shared["QUOTAPLANE_DATABASE_URL"] = embedded_database_url(settings.data_dir)
             migrate.upgrade(url)
-        if not settings.admin_token:
-            shared["QUOTAPLANE_ADMIN_TOKEN"] = generated_admin_token(settings.data_dir)
+        # Every role's token once, here: workers generating them at the same time would race.
+        tokens = resolve_tokens(settings)
+        shared["QUOTAPLANE_ADMIN_TOKEN"] = tokens.admin
+        shared["QUOTAPLANE_SERVICE_TOKEN"] = tokens.service
+        shared["QUOTAPLANE_BILLING_TOKEN"] = tokens.billing
         yield shared
 
 

@@ -16,10 +16,12 @@ row until the lease ends) and, per invoice:
 5. finalizes (key ``<base>-finalize``) and marks the row done.
 
 ``<base>`` is the outbox row's ``idempotency_base`` (derived from the invoice id). A crash or
-a retry at any point replays the same keys, so nothing is created twice. The lease is short
-(10 s): a worker that died holds its rows only that long, and a push slower than the lease
-that another worker picks up is still safe (same keys; Stripe answers a concurrent duplicate
-with 409, retried). Retryable errors
+a retry at any point replays the same keys, so nothing is created twice. A row is leased when
+its push starts, and the lease (10 s) is extended every third of it while the push runs: a
+worker that died holds its row only that long. A worker that lost its lease (stalled past
+it, and another worker took the row) still pushes safely (same keys; Stripe answers a
+concurrent duplicate with 409, retried), but its outcome is not recorded: the outbox's writes
+are fenced by the lease, and the worker logs that. Retryable errors
 (429, 409, 5xx, network) are retried with exponential backoff that honours Retry-After, up to
 ``max_attempts``; permanent errors fail the row and are shown on the invoice (``last_error``).
 
@@ -30,6 +32,7 @@ is recorded once (``stripe_webhook_events``), and ``invoice.paid`` marks the inv
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import timedelta
@@ -72,11 +75,19 @@ class InvoicePusher:
         self._on_outcome = on_outcome or (lambda outcome: None)
 
     async def run_once(self) -> int:
-        """Push every due invoice once; the number of rows handled."""
-        jobs = await self._outbox.claim_due(limit=self._batch, lease_seconds=self._lease)
-        for job in jobs:
-            await self.push(job)
-        return len(jobs)
+        """Push every due invoice once; the number of rows handled.
+
+        Rows are leased one at a time, as each push starts: leasing a batch up front would let
+        the leases of the later rows run out while the earlier ones are pushed.
+        """
+        handled = 0
+        while handled < self._batch:
+            jobs = await self._outbox.claim_due(limit=1, lease_seconds=self._lease)
+            if not jobs:
+                break
+            await self.push(jobs[0])
+            handled += 1
+        return handled
 
     async def run(self) -> None:
         """Forever (cancel to stop); a ledger outage is logged and retried next interval."""
@@ -91,13 +102,33 @@ class InvoicePusher:
             await asyncio.sleep(self._interval)
 
     async def push(self, job: PushJob) -> None:
+        held = _HeldLease(job)
+        keeper = asyncio.ensure_future(self._keep_lease(held))
         try:
             await self._push(job)
         except PaymentError as error:
-            await self._failed(job, error)
+            await self._failed(await _stop(keeper, held), error)
             return
-        await self._outbox.done(job)
-        self._on_outcome("ok")
+        finally:
+            keeper.cancel()
+        if await self._outbox.done(await _stop(keeper, held)):
+            self._on_outcome("ok")
+        else:
+            _stale(job, "done")
+
+    async def _keep_lease(self, held: _HeldLease) -> None:
+        """Extends the lease while the push runs (a push may take longer than one lease)."""
+        while True:
+            await asyncio.sleep(self._lease / 3)
+            try:
+                renewed = await self._outbox.extend(held.job, lease_seconds=self._lease)
+            except QuotaplaneError as error:
+                log.warning("lease of outbox row %s not extended: %s", held.job.outbox_id, error)
+                continue
+            if renewed is None:
+                log.warning("lease of outbox row %s lost to another worker", held.job.outbox_id)
+                return
+            held.job = renewed
 
     async def _push(self, job: PushJob) -> None:
         invoice, base = job.invoice, job.idempotency_base
@@ -135,12 +166,40 @@ class InvoicePusher:
         if error.retryable and job.attempts + 1 < self._max_attempts:
             backoff = min(self._max_backoff, self._base_backoff * 2**job.attempts)
             delay = max(backoff, error.retry_after or 0.0)
+            if not await self._outbox.retry_later(job, delay_seconds=delay, error=error.message):
+                _stale(job, f"retry ({error.message})")
+                return
             log.warning(
                 "stripe push of invoice %s retried in %.1f s: %s", job.invoice.id, delay, error
             )
-            await self._outbox.retry_later(job, delay_seconds=delay, error=error.message)
             self._on_outcome("retried")
         else:
+            if not await self._outbox.fail(job, error.message):
+                _stale(job, f"failure ({error.message})")
+                return
             log.error("stripe push of invoice %s failed: %s", job.invoice.id, error.message)
-            await self._outbox.fail(job, error.message)
             self._on_outcome("failed")
+
+
+class _HeldLease:
+    """The job under the lease this worker holds now (``_keep_lease`` renews it)."""
+
+    def __init__(self, job: PushJob) -> None:
+        self.job = job
+
+
+async def _stop(keeper: asyncio.Future[None], held: _HeldLease) -> PushJob:
+    keeper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await keeper
+    return held.job
+
+
+def _stale(job: PushJob, what: str) -> None:
+    log.warning(
+        "stripe push of invoice %s: %s not recorded, the lease of outbox row %s was lost to "
+        "another worker (its outcome stands)",
+        job.invoice.id,
+        what,
+        job.outbox_id,
+    )

@@ -62,6 +62,7 @@ class _Armed:
     remaining: int
     path_prefix: str
     fault: InjectedError | None = None
+    query_contains: str = ""  # e.g. "starting_after": only the later pages of a list
 
 
 class FaultPlan:
@@ -72,9 +73,11 @@ class FaultPlan:
         self._holds: list[Hold] = []
         self._taken: list[Hold] = []
 
-    def add_error(self, count: int, path_prefix: str, fault: InjectedError) -> None:
+    def add_error(
+        self, count: int, path_prefix: str, fault: InjectedError, query_contains: str = ""
+    ) -> None:
         with self._lock:
-            self._errors.append(_Armed(count, path_prefix, fault))
+            self._errors.append(_Armed(count, path_prefix, fault, query_contains))
 
     def add_drop(self, count: int, path_prefix: str) -> None:
         with self._lock:
@@ -86,9 +89,9 @@ class FaultPlan:
             self._holds.append(hold)
         return hold
 
-    def take_error(self, path: str) -> InjectedError | None:
+    def take_error(self, path: str, query: str = "") -> InjectedError | None:
         with self._lock:
-            armed = _consume(self._errors, path)
+            armed = _consume(self._errors, path, query)
         return armed.fault if armed else None
 
     def take_drop(self, path: str) -> bool:
@@ -112,9 +115,9 @@ class FaultPlan:
             hold.release()
 
 
-def _consume(armed: list[_Armed], path: str) -> _Armed | None:
+def _consume(armed: list[_Armed], path: str, query: str = "") -> _Armed | None:
     for entry in armed:
-        if path.startswith(entry.path_prefix):
+        if path.startswith(entry.path_prefix) and entry.query_contains in query:
             entry.remaining -= 1
             if entry.remaining <= 0:
                 armed.remove(entry)

@@ -96,6 +96,13 @@ class UsageLedger(UsageHistory, Protocol):
         """
         ...
 
+    async def units_and_applied(
+        self, tenant_id: str, metric: str, period: Period, flush_ids: Sequence[str]
+    ) -> tuple[int, frozenset[str]]:
+        """The metric's units in the period, and which of ``flush_ids`` the ledger has
+        applied, read at one instant (one statement): what a counter seed needs."""
+        ...
+
 
 class QuotaCounters(Protocol):
     """Charging usage recorded elsewhere to the tenant's quota counter."""
@@ -109,15 +116,43 @@ class QuotaCounters(Protocol):
         ...
 
 
-class CounterSeeds(Protocol):
-    """Month counters rebuilt from the ledger after Redis lost them."""
+class SeedOutcome(enum.Enum):
+    SEEDED = "seeded"
+    ALREADY = "already"  # the counter exists: seeded by another caller, or never lost
+    LEDGER_MOVED = "ledger_moved"  # the ledger changed since it was read: read it again
 
-    async def is_seeded(self, tenant_id: str, metric: str, month_start: datetime) -> bool:
-        """Whether the month counter of ``metric`` was seeded since Redis last lost it."""
+
+@dataclass(frozen=True)
+class SeedSnapshot:
+    """What a seed reads from Redis before it reads the ledger."""
+
+    generation: str  # changes whenever usage moves towards the ledger (see CounterSeeds)
+    pending_flushes: tuple[str, ...]  # flush ids taken from Redis, maybe not applied yet
+
+
+class CounterSeeds(Protocol):
+    """Month counters (re)built from the ledger when Redis has none: the first call of a
+    month, or after Redis lost it. CheckQuota charges nothing on a counter until it is."""
+
+    async def snapshot(self, tenant_id: str) -> SeedSnapshot:
+        """The tenant's generation and pending flushes, read at one instant. The generation
+        changes when a flush takes or completes a record, and when RecordUsage adds to the
+        ledger usage the counter could not take."""
         ...
 
-    async def seed(self, tenant_id: str, metric: str, month_start: datetime, units: int) -> bool:
-        """Add the ledger's ``units`` to the counter and mark it seeded, unless already seeded."""
+    async def seed(
+        self,
+        tenant_id: str,
+        metric: str,
+        month_start: datetime,
+        ledger_units: int,
+        *,
+        snapshot: SeedSnapshot,
+        applied: frozenset[str],
+    ) -> SeedOutcome:
+        """Create the counter with ``ledger_units`` plus the month's usage still in Redis
+        (leaving out pending flushes the ledger has ``applied``, as it counted them), unless
+        it exists, or the generation is no longer the snapshot's."""
         ...
 
 
@@ -225,6 +260,9 @@ class PushJob:
     stripe_customer_id: str | None
     idempotency_base: str
     attempts: int
+    # The lease this worker holds: its end as written on the row. It fences the worker's
+    # writes: once another worker leased the row, the row no longer carries this value.
+    lease_until: datetime
 
 
 class PaymentGateway(Protocol):
@@ -263,11 +301,19 @@ class PushOutbox(Protocol):
 
     async def set_remote_invoice(self, invoice_id: str, remote_id: str) -> None: ...
 
-    async def done(self, job: PushJob) -> None: ...
+    async def extend(self, job: PushJob, *, lease_seconds: float) -> PushJob | None:
+        """The job with its lease moved to ``lease_seconds`` from now; None if the lease was
+        lost (another worker holds the row, or it is no longer pending)."""
+        ...
 
-    async def retry_later(self, job: PushJob, *, delay_seconds: float, error: str) -> None: ...
+    # The completions below are fenced by ``job.lease_until``: they return False and change
+    # nothing when the caller no longer holds the lease.
 
-    async def fail(self, job: PushJob, error: str) -> None:
+    async def done(self, job: PushJob) -> bool: ...
+
+    async def retry_later(self, job: PushJob, *, delay_seconds: float, error: str) -> bool: ...
+
+    async def fail(self, job: PushJob, error: str) -> bool:
         """Give up: the row is failed and the error is shown on the invoice."""
         ...
 

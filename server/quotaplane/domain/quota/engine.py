@@ -12,8 +12,9 @@ Semantics the callers rely on:
 - ``retry_after`` on OVER_LIMIT is the time until the *last* of the blocking windows that
   lack room resets: only then can the same request succeed.
 - A request id's first decision is kept until the shortest window of the call ends (at most
-  24 h); a repeat within that time is answered from it and charged nothing. Dry runs neither
-  store nor consume anything.
+  24 h); a repeat within that time is answered from it exactly (the limits and windows that
+  answered then, even after a plan change) and charged nothing; a repeat with another metric
+  or cost is refused (``replay.py``). Dry runs neither store nor consume anything.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from quotaplane.domain.quota.ports import (
     CounterStore,
     TenantLookup,
 )
+from quotaplane.domain.quota.replay import FirstRequest, refuse_if_different
 from quotaplane.domain.tenants.model import Tenant
 from quotaplane.domain.windows import Window, window_reset, window_start
 
@@ -76,8 +78,13 @@ class QuotaEngine:
         limits = self._limits(tenant, request.metric)
         now = self._clock()
         windows = _windows(limits, now)
-        result = await self._counters.consume(consume_call(request, windows))
-        decision = decision_of(request, limits, result, windows.resets, now)
+        result = await self._counters.consume(consume_call(request, windows, limits))
+        resets: Sequence[datetime] = windows.resets
+        if result.replayed and (first := result.first_request) is not None:
+            # A repeat is the first answer: its limits and windows, whatever the plan is now.
+            refuse_if_different(request, first)
+            limits, resets = first.limits, first.resets
+        decision = decision_of(request, limits, result, resets, now)
         for observe in self._observers:  # cheap, synchronous: e.g. threshold notifications
             observe(request, decision)
         return decision
@@ -148,8 +155,11 @@ def _windows(limits: Sequence[Limit], now: datetime) -> _Windows:
     return _windows_at(tuple(limits), int(now.timestamp()))
 
 
-def consume_call(request: QuotaRequest, windows: _Windows) -> ConsumeCall:
+def consume_call(
+    request: QuotaRequest, windows: _Windows, limits: tuple[Limit, ...]
+) -> ConsumeCall:
     """The counter-store call for a request in these windows."""
+    keeps_record = request.request_id is not None and not request.dry_run
     return ConsumeCall(
         tenant_id=request.tenant_id,
         metric=request.metric,
@@ -159,6 +169,9 @@ def consume_call(request: QuotaRequest, windows: _Windows) -> ConsumeCall:
         dedup_expires_at_ms=windows.dedup_expires_at_ms,
         request_id=request.request_id,
         dry_run=request.dry_run,
+        first_request=FirstRequest(request.metric, request.cost, limits, windows.resets)
+        if keeps_record
+        else None,
     )
 
 

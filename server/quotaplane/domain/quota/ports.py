@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from quotaplane.domain.quota.replay import FirstRequest
 from quotaplane.domain.tenants.model import Tenant
 from quotaplane.domain.windows import Window
 
@@ -25,6 +26,9 @@ class CounterLimit:
     limit: int
     bill: bool  # overage policy "bill": admit past the limit, mark the excess as overage
     expires_at_ms: int  # unix milliseconds after which the counter is no longer needed
+    # A billing-period counter, (re)built from the ledger: the store charges nothing on it
+    # while it is missing and answers ``needs_seed`` instead.
+    seeded: bool = False
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,9 @@ class ConsumeCall:
     dedup_expires_at_ms: int  # how long a request id's first decision is kept
     request_id: str | None = None
     dry_run: bool = False
+    # Kept with the first decision of ``request_id`` and handed back on a repeat
+    # (``replay.py``); the store does not read it.
+    first_request: FirstRequest | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +55,8 @@ class ConsumeResult:
     allowed: bool
     used: tuple[int, ...]
     replayed: bool = False
+    needs_seed: bool = False  # nothing was decided: a ``seeded`` counter is missing
+    first_request: FirstRequest | None = None  # on a replay: what the first decision kept
 
 
 class CounterStore(Protocol):

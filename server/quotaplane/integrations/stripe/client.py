@@ -3,9 +3,10 @@
 ``StripeGateway`` implements ``PaymentGateway`` with customers, draft invoices that leave
 pending items out, one invoice item per ledger line (carrying the line's position in its
 metadata, so a retry long after Stripe forgot an idempotency key still adds each line once),
-and finalize. The SDK is synchronous; every call runs in a worker thread so the event loop
-never blocks. The SDK's own retries are off: the outbox worker retries with backoff and
-honours ``Retry-After``.
+and finalize. The SDK is synchronous; every call runs in a worker thread through ``_call`` (a
+list is paged to its end inside that thread), so the event loop never blocks and every
+``StripeError`` goes through the one mapping, ``payment_error``. The SDK's own retries are
+off: the outbox worker retries with backoff and honours ``Retry-After``.
 
 Errors become ``PaymentError``: 429, 409 (a concurrent request with the same key), 5xx and
 network failures are retryable; everything else (bad parameters, auth, an idempotency key
@@ -72,9 +73,14 @@ class StripeGateway:
         return str(created.id)
 
     async def get_invoice(self, remote_id: str) -> RemoteInvoice:
-        found = await self._call(lambda: self._client.v1.invoices.retrieve(remote_id))
+        return await self._call(lambda: self._remote_invoice(remote_id))
+
+    def _remote_invoice(self, remote_id: str) -> RemoteInvoice:
+        """Runs in a worker thread: ``auto_paging_iter`` fetches further pages as it goes,
+        so iterating it on the event loop would block the loop for every page."""
+        found = self._client.v1.invoices.retrieve(remote_id)
         items: Any = {"invoice": remote_id, "limit": 100}
-        page = await self._call(lambda: self._client.v1.invoice_items.list(params=items))
+        page = self._client.v1.invoice_items.list(params=items)
         keys = frozenset(
             str(item.metadata[LINE_KEY])
             for item in page.auto_paging_iter()

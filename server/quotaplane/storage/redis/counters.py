@@ -22,6 +22,9 @@ from quotaplane.domain.quota.ports import ConsumeCall, ConsumeResult
 from quotaplane.storage.redis import keys
 from quotaplane.storage.redis.batching import ScriptBatcher
 from quotaplane.storage.redis.client import Arg, CommandPipe
+from quotaplane.storage.redis.replay_records import encode_record, parse_record
+
+NEEDS_SEED = 2  # consume.lua's first reply value when a seeded counter is missing
 
 
 def consume_script_source() -> str:
@@ -87,17 +90,29 @@ class RedisCounterStore:
             call.dedup_expires_at_ms,
             keys.unflushed_field(call.metric, call.hour_start),
             keys.overage_field(call.metric, call.hour_start),
+            encode_record(call.first_request) if call.first_request is not None else "",
         ]
         for limit in call.limits:
-            args += [limit.limit, "bill" if limit.bill else "block", limit.expires_at_ms]
+            policy = "bill" if limit.bill else "block"
+            args += [limit.limit, policy, limit.expires_at_ms, "1" if limit.seeded else "0"]
         return args
 
 
 def parse_reply(reply: Sequence[object], limits: int) -> ConsumeResult:
-    """``[replayed, "allowed,used_1,..."]`` -> ConsumeResult."""
+    """``[replayed, "allowed,used_1,..."]`` (``"<record>\n<allowed,...>"`` for a replay) ->
+    ConsumeResult."""
     replayed, encoded = reply
-    allowed, *used = (int(part) for part in str(encoded).split(","))
-    if len(used) != limits:
-        # Only a replay of a decision taken under another plan (changed limits) gets here.
+    if replayed == NEEDS_SEED:
+        return ConsumeResult(allowed=False, used=(0,) * limits, needs_seed=True)
+    record, newline, decision = str(encoded).rpartition("\n")
+    allowed, *used = (int(part) for part in decision.split(","))
+    if not newline and len(used) != limits:
+        # Only a replay of a decision kept without its record (before records were kept)
+        # under another plan gets here: its counters are matched to the limits in order.
         used = (used + [0] * limits)[:limits]
-    return ConsumeResult(allowed=bool(allowed), used=tuple(used), replayed=bool(replayed))
+    return ConsumeResult(
+        allowed=bool(allowed),
+        used=tuple(used),
+        replayed=bool(replayed),
+        first_request=parse_record(record) if newline else None,
+    )

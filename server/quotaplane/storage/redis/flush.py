@@ -15,9 +15,12 @@ by a crash.
 
 ``RedisQuotaCounters`` adds RecordUsage events to the month counter ``consume.lua`` checks
 (``keys.counter_key``), without touching the unflushed hash: those events reach the ledger
-through their own transaction, never through a flush. It also seeds that counter from the
-ledger after Redis lost its data (``scripts/flush_seed.lua``), marked by
-``<p>:{<tenant>}:seeded:<metric>:<month_start>``, which expires with the counter.
+through their own transaction, never through a flush. It also seeds that counter, when it is
+missing, from the ledger plus the usage still in Redis (``scripts/flush_seed.lua``); a missing
+counter is an unseeded one, and ``consume.lua`` charges nothing on it. The seed is checked
+against ``<p>:{<tenant>}:ledger-gen``, which every flush take and completion and every
+RecordUsage that finds the counter missing bumps: a seed that read the ledger before such a
+change reads it again (``scripts/flush_seed.lua`` says why that makes the seed exact).
 """
 
 from __future__ import annotations
@@ -32,13 +35,15 @@ from typing import Any
 from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
-from quotaplane.domain.billing.ports import HourlyUsage, PendingFlush
+from quotaplane.domain.billing.ports import HourlyUsage, PendingFlush, SeedOutcome, SeedSnapshot
 from quotaplane.domain.errors import Unavailable
 from quotaplane.domain.quota.engine import COUNTER_GRACE
 from quotaplane.domain.windows import Period, Window
 from quotaplane.storage.redis import keys
 
 PENDING_SET = "pending"
+# A seed reads the generation, then the ledger, then seeds: a few hundred ms at most.
+GENERATION_TTL_MS = str(24 * 3600 * 1000)
 SCAN_COUNT = 1000
 # Same margin consume.lua's counters get past their window's end.
 
@@ -84,8 +89,9 @@ class RedisUnflushedUsage:
             keys.unflushed_key(p, tenant_id),
             pending_record_key(p, tenant_id, flush_id),
             pending_set_key(p, tenant_id),
+            ledger_generation_key(p, tenant_id),
         ]
-        reply = await self._call(self._take, script_keys, [flush_id])
+        reply = await self._call(self._take, script_keys, [flush_id, GENERATION_TTL_MS])
         if not reply:
             return None
         fields = dict(zip(reply[::2], reply[1::2], strict=True))
@@ -110,8 +116,12 @@ class RedisUnflushedUsage:
 
     async def complete(self, flush: PendingFlush) -> None:
         p, tenant = self._prefix, flush.tenant_id
-        script_keys = [pending_record_key(p, tenant, flush.flush_id), pending_set_key(p, tenant)]
-        await self._call(self._complete, script_keys, [flush.flush_id])
+        script_keys = [
+            pending_record_key(p, tenant, flush.flush_id),
+            pending_set_key(p, tenant),
+            ledger_generation_key(p, tenant),
+        ]
+        await self._call(self._complete, script_keys, [flush.flush_id, GENERATION_TTL_MS])
 
     async def tenants_with_usage(self) -> set[str]:
         match = keys.unflushed_key(self._prefix, "*") + "*"
@@ -138,33 +148,69 @@ class RedisQuotaCounters:
         self._prefix = key_prefix
         self._add = client.register_script(_script("flush_add.lua"))
         self._seed = client.register_script(_script("flush_seed.lua"))
+        self._snapshot = client.register_script(_script("flush_snapshot.lua"))
 
     async def add(self, tenant_id: str, metric: str, month_start: datetime, units: int) -> None:
-        await self._run(self._add, tenant_id, metric, month_start, units)
-
-    async def is_seeded(self, tenant_id: str, metric: str, month_start: datetime) -> bool:
-        marker = seed_marker_key(self._prefix, tenant_id, metric, _epoch(month_start))
-        with _redis_errors():
-            return bool(await self._client.exists(marker))
-
-    async def seed(self, tenant_id: str, metric: str, month_start: datetime, units: int) -> bool:
-        return bool(await self._run(self._seed, tenant_id, metric, month_start, units))
-
-    async def _run(
-        self, script: Any, tenant_id: str, metric: str, month_start: datetime, units: int
-    ) -> Any:
-        start = _epoch(month_start)
         script_keys = [
-            seed_marker_key(self._prefix, tenant_id, metric, start),
-            keys.counter_key(self._prefix, tenant_id, metric, Window.MONTH.value, start),
+            self._counter(tenant_id, metric, month_start),
+            ledger_generation_key(self._prefix, tenant_id),
         ]
-        expires = Period.of(month_start).end + COUNTER_GRACE
         with _redis_errors():
-            return await script(keys=script_keys, args=[units, int(expires.timestamp() * 1000)])
+            await self._add(keys=script_keys, args=[units, _expiry_ms(month_start)])
+
+    async def snapshot(self, tenant_id: str) -> SeedSnapshot:
+        p = self._prefix
+        script_keys = [ledger_generation_key(p, tenant_id), pending_set_key(p, tenant_id)]
+        with _redis_errors():
+            generation, *pending = await self._snapshot(keys=script_keys)
+        return SeedSnapshot(str(generation), tuple(sorted(str(f) for f in pending)))
+
+    async def seed(
+        self,
+        tenant_id: str,
+        metric: str,
+        month_start: datetime,
+        ledger_units: int,
+        *,
+        snapshot: SeedSnapshot,
+        applied: frozenset[str],
+    ) -> SeedOutcome:
+        p = self._prefix
+        script_keys = [
+            self._counter(tenant_id, metric, month_start),
+            keys.unflushed_key(p, tenant_id),
+            pending_set_key(p, tenant_id),
+            ledger_generation_key(p, tenant_id),
+        ]
+        month = Period.of(month_start)
+        args: list[str | int] = [
+            ledger_units,
+            _expiry_ms(month_start),
+            snapshot.generation,
+            metric,
+            _epoch(month.start),
+            _epoch(month.end),
+            *sorted(applied),
+        ]
+        with _redis_errors():
+            reply = int(await self._seed(keys=script_keys, args=args))
+        return SEED_OUTCOMES[reply]
+
+    def _counter(self, tenant_id: str, metric: str, month_start: datetime) -> str:
+        start = _epoch(month_start)
+        return keys.counter_key(self._prefix, tenant_id, metric, Window.MONTH.value, start)
 
 
-def seed_marker_key(prefix: str, tenant_id: str, metric: str, month_start: int) -> str:
-    return f"{keys.tenant_tag(prefix, tenant_id)}:seeded:{metric}:{month_start}"
+SEED_OUTCOMES = {1: SeedOutcome.SEEDED, 0: SeedOutcome.ALREADY, -1: SeedOutcome.LEDGER_MOVED}
+
+
+def ledger_generation_key(prefix: str, tenant_id: str) -> str:
+    return f"{keys.tenant_tag(prefix, tenant_id)}:ledger-gen"
+
+
+def _expiry_ms(month_start: datetime) -> int:
+    """The month counter lives until the month's end plus the grace ``consume.lua`` gives it."""
+    return int((Period.of(month_start).end + COUNTER_GRACE).timestamp() * 1000)
 
 
 def _epoch(at: datetime) -> int:

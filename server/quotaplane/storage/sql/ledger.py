@@ -117,6 +117,28 @@ class SqlUsageLedger:
                 for row in rows
             ]
 
+    async def units_and_applied(
+        self, tenant_id: str, metric: str, period: Period, flush_ids: Sequence[str]
+    ) -> tuple[int, frozenset[str]]:
+        # One statement (UNION ALL) reads both at one snapshot on every dialect: a flush
+        # applied between two reads would be either counted twice or not at all.
+        units = sa.select(
+            sa.literal("", sa.String).label("flush_id"),
+            sa.func.coalesce(sa.func.sum(usage_hourly.c.quantity), 0).label("units"),
+        ).where(
+            usage_hourly.c.tenant_id == tenant_id,
+            usage_hourly.c.metric == metric,
+            usage_hourly.c.hour_start >= period.start,
+            usage_hourly.c.hour_start < period.end,
+        )
+        applied = sa.select(usage_flushes.c.flush_id, sa.literal(0).label("units")).where(
+            usage_flushes.c.flush_id.in_(list(flush_ids))
+        )
+        async with self._connection() as conn:
+            rows = (await conn.execute(sa.union_all(units, applied))).all()
+        total = sum(int(row.units) for row in rows if row.flush_id == "")
+        return total, frozenset(str(row.flush_id) for row in rows if row.flush_id != "")
+
     @contextlib.asynccontextmanager
     async def _connection(self) -> AsyncIterator[AsyncConnection]:
         with database_errors("usage ledger"):

@@ -3,13 +3,17 @@
 A worker leases a due row by moving its ``next_attempt_at`` forward by the lease in one
 conditional UPDATE (the row's old ``next_attempt_at`` must still be there): of several
 replicas, exactly one wins each row, and a worker that dies leaves the row to be leased again
-when the lease ends. Stripe ids are written as soon as they exist and never overwritten.
+when the lease ends. The lease's end is also its fence: a completion (done, retry, fail) or
+an extension updates the row only while it still carries the caller's lease end, so a worker
+whose lease ran out and was taken over changes nothing. Stripe ids are written as soon as they
+exist and never overwritten.
 Webhook events are recorded by id (primary key) in the transaction that applies them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -67,16 +71,26 @@ class SqlPushOutbox:
                 .values(stripe_invoice_id=remote_id, updated_at=self._clock())
             )
 
-    async def done(self, job: PushJob) -> None:
+    async def extend(self, job: PushJob, *, lease_seconds: float) -> PushJob | None:
         now = self._clock()
+        until = now + timedelta(seconds=lease_seconds)
         async with self._transaction() as conn:
-            await self._set_row(conn, job, state="done", last_error=None, updated_at=now)
-            await self._set_invoice_error(conn, job, None, now)
+            if not await self._set_row(conn, job, next_attempt_at=until, updated_at=now):
+                return None
+        return dataclasses.replace(job, lease_until=until)
 
-    async def retry_later(self, job: PushJob, *, delay_seconds: float, error: str) -> None:
+    async def done(self, job: PushJob) -> bool:
         now = self._clock()
         async with self._transaction() as conn:
-            await self._set_row(
+            if not await self._set_row(conn, job, state="done", last_error=None, updated_at=now):
+                return False
+            await self._set_invoice_error(conn, job, None, now)
+        return True
+
+    async def retry_later(self, job: PushJob, *, delay_seconds: float, error: str) -> bool:
+        now = self._clock()
+        async with self._transaction() as conn:
+            return await self._set_row(
                 conn,
                 job,
                 attempts=job.attempts + 1,
@@ -85,10 +99,10 @@ class SqlPushOutbox:
                 updated_at=now,
             )
 
-    async def fail(self, job: PushJob, error: str) -> None:
+    async def fail(self, job: PushJob, error: str) -> bool:
         now = self._clock()
         async with self._transaction() as conn:
-            await self._set_row(
+            failed = await self._set_row(
                 conn,
                 job,
                 state="failed",
@@ -96,7 +110,10 @@ class SqlPushOutbox:
                 last_error=error,
                 updated_at=now,
             )
+            if not failed:
+                return False
             await self._set_invoice_error(conn, job, error, now)
+        return True
 
     async def apply_event(self, event: PaymentEvent) -> bool:
         now = self._clock()
@@ -135,6 +152,7 @@ class SqlPushOutbox:
                 stripe_outbox.c.invoice_id,
                 stripe_outbox.c.idempotency_base,
                 stripe_outbox.c.attempts,
+                stripe_outbox.c.next_attempt_at,
             )
         )
         async with self._transaction() as conn:
@@ -158,13 +176,25 @@ class SqlPushOutbox:
                 )
             )
         ).one()
-        return PushJob(outbox_id, invoice, tenant.name, tenant.stripe_customer_id, base, attempts)
+        return PushJob(
+            outbox_id,
+            invoice,
+            tenant.name,
+            tenant.stripe_customer_id,
+            base,
+            attempts,
+            lease_until=won.next_attempt_at,  # as stored, so the fence compares equal
+        )
 
     @staticmethod
-    async def _set_row(conn: AsyncConnection, job: PushJob, **values: object) -> None:
-        await conn.execute(
-            stripe_outbox.update().where(stripe_outbox.c.id == job.outbox_id).values(**values)
+    async def _set_row(conn: AsyncConnection, job: PushJob, **values: object) -> bool:
+        """Update the job's row only while it is pending under the job's lease."""
+        fenced = stripe_outbox.update().where(
+            stripe_outbox.c.id == job.outbox_id,
+            stripe_outbox.c.state == "pending",
+            stripe_outbox.c.next_attempt_at == job.lease_until,
         )
+        return (await conn.execute(fenced.values(**values))).rowcount == 1
 
     @staticmethod
     async def _set_invoice_error(

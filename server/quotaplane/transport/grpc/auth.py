@@ -1,15 +1,29 @@
-"""Bearer tokens: AdminService needs the admin token, QuotaService optionally one.
+"""Bearer tokens by role: which token each RPC needs, checked once per call.
 
-Tokens are compared in constant time. A tenant's API key presented to AdminService is refused
-with PERMISSION_DENIED (it is a credential, just not one for this service).
+Three roles, each with its own token (``authorization: Bearer <token>`` metadata):
+
+| RPC | token |
+| --- | --- |
+| QuotaService.CheckQuota, Envoy's Authorization.Check | service |
+| QuotaService.RecordUsage, GenerateInvoice (draft) | billing or admin |
+| GenerateInvoice with finalize, force or push_to_stripe; every AdminService RPC | admin |
+| health, reflection | none |
+
+A role whose token is empty is open (the composition root allows that only on a loopback
+address, when the operator opts out). No token or an unknown one is UNAUTHENTICATED; a token
+of another role (or a tenant's API key) is PERMISSION_DENIED; both name the token needed.
+Tokens are compared in constant time.
 """
 
 from __future__ import annotations
 
+import enum
 import hmac
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
+from envoy.service.auth.v3 import external_auth_pb2
 
 from quotaplane.domain.tenants.api_keys import SECRET_PREFIX
 from quotaplane.transport.grpc.handlers import Behavior, with_behavior
@@ -17,6 +31,38 @@ from quotaplane_client.v1 import admin_pb2, quota_pb2
 
 ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 QUOTA_SERVICE = quota_pb2.DESCRIPTOR.services_by_name["QuotaService"].full_name
+AUTHZ_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
+
+
+class Role(enum.Enum):
+    SERVICE = "service"
+    BILLING = "billing"
+    ADMIN = "admin"
+
+
+Roles = frozenset[Role]
+ADMIN_ONLY: Roles = frozenset({Role.ADMIN})
+BILLING_OR_ADMIN: Roles = frozenset({Role.BILLING, Role.ADMIN})
+SERVICE_ONLY: Roles = frozenset({Role.SERVICE})
+
+
+def invoice_roles(request: Any) -> Roles:
+    """A draft is billing work; closing a period or charging a customer is the admin's."""
+    # getattr: a request that did not decode reaches this check as a stand-in without fields
+    # (decoding.py), and is refused as INVALID_ARGUMENT after it.
+    if any(getattr(request, name, False) for name in ("finalize", "force", "push_to_stripe")):
+        return ADMIN_ONLY
+    return BILLING_OR_ADMIN
+
+
+# Per method (or per service, for every method of it): the roles that may call it.
+NEEDED: Mapping[str, Callable[[Any], Roles]] = {
+    f"{QUOTA_SERVICE}/CheckQuota": lambda _: SERVICE_ONLY,
+    f"{AUTHZ_SERVICE}/Check": lambda _: SERVICE_ONLY,
+    f"{QUOTA_SERVICE}/RecordUsage": lambda _: BILLING_OR_ADMIN,
+    f"{QUOTA_SERVICE}/GenerateInvoice": invoice_roles,
+    ADMIN_SERVICE: lambda _: ADMIN_ONLY,
+}
 
 
 def bearer_token(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
@@ -29,51 +75,62 @@ def bearer_token(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | 
     return None
 
 
-def refusal(
-    presented: str | None, expected: str, service: str
-) -> tuple[grpc.StatusCode, str] | None:
-    """None when ``presented`` matches ``expected``; otherwise the status to refuse with."""
-    if presented is None:
-        return (
-            grpc.StatusCode.UNAUTHENTICATED,
-            f"{service} needs 'authorization: Bearer <token>' metadata",
-        )
-    if hmac.compare_digest(presented.encode(), expected.encode()):
-        return None
-    if presented.startswith(SECRET_PREFIX):
-        return grpc.StatusCode.PERMISSION_DENIED, f"API keys cannot call {service}"
-    return grpc.StatusCode.UNAUTHENTICATED, f"wrong token for {service}"
-
-
 class TokenCheck:
     """Puts the token check in front of each protected method, once, at registration (``wrap``).
 
-    AdminService always needs the admin token; QuotaService needs the service token when one
-    is set. Other services pass unchanged.
+    ``tokens``: each role's token; an empty one leaves the role open.
     """
 
-    def __init__(self, admin_token: str, service_token: str = "") -> None:
-        if not admin_token:
-            raise ValueError("admin_token must not be empty")
-        self._tokens = {ADMIN_SERVICE: (admin_token, "AdminService")}
-        if service_token:
-            self._tokens[QUOTA_SERVICE] = (service_token, "QuotaService")
+    def __init__(self, tokens: Mapping[Role, str]) -> None:
+        if not tokens.get(Role.ADMIN):
+            raise ValueError("the admin token must not be empty")
+        self._tokens = {role: token.encode() for role, token in tokens.items()}
 
     def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        """``handler`` behind the token its service needs (``method``: "pkg.Service/Method")."""
-        needed = self._tokens.get(method.partition("/")[0])
+        """``handler`` behind the token its method needs (``method``: "pkg.Service/Method")."""
+        needed = NEEDED.get(method) or NEEDED.get(method.partition("/")[0])
         if needed is None:
             return handler
         if handler.unary_unary is None:
             raise ValueError(f"{method}: only unary methods can be token-protected")
-        return with_behavior(handler, _checked(handler.unary_unary, *needed))
+        return with_behavior(handler, self._checked(handler.unary_unary, method, needed))
+
+    def refusal(
+        self, presented: str | None, roles: Roles, method: str
+    ) -> tuple[grpc.StatusCode, str] | None:
+        """None when ``presented`` may call ``method`` (open to ``roles``); else the refusal."""
+        if any(not self._tokens.get(role) for role in roles):
+            return None  # an open role: the operator opted out on a loopback address
+        needs = f"{method.rpartition('/')[2] or method} needs the {_names(roles)} token"
+        if presented is None:
+            return grpc.StatusCode.UNAUTHENTICATED, f"{needs} ('authorization: Bearer <token>')"
+        role = self._role_of(presented.encode())
+        if role in roles:
+            return None
+        if role is not None:
+            return grpc.StatusCode.PERMISSION_DENIED, f"the {role.value} token is refused: {needs}"
+        if presented.startswith(SECRET_PREFIX):
+            return grpc.StatusCode.PERMISSION_DENIED, f"an API key is refused: {needs}"
+        return grpc.StatusCode.UNAUTHENTICATED, f"unknown token: {needs}"
+
+    def _role_of(self, presented: bytes) -> Role | None:
+        found = None
+        for role in (Role.ADMIN, Role.BILLING, Role.SERVICE):  # every compare runs: no timing
+            token = self._tokens.get(role)
+            if token and hmac.compare_digest(presented, token) and found is None:
+                found = role
+        return found
+
+    def _checked(self, behavior: Behavior, method: str, needed: Callable[[Any], Roles]) -> Behavior:
+        async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            presented = bearer_token(context.invocation_metadata())
+            refused = self.refusal(presented, needed(request), method)
+            if refused is not None:
+                await context.abort(*refused)
+            return await behavior(request, context)
+
+        return checked
 
 
-def _checked(behavior: Behavior, expected: str, service: str) -> Behavior:
-    async def checked(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        refused = refusal(bearer_token(context.invocation_metadata()), expected, service)
-        if refused is not None:
-            await context.abort(*refused)
-        return await behavior(request, context)
-
-    return checked
+def _names(roles: Roles) -> str:
+    return " or ".join(role.value for role in Role if role in roles)

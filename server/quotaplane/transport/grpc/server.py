@@ -13,19 +13,24 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
+from envoy.service.auth.v3 import external_auth_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
-from quotaplane.transport.grpc.auth import ADMIN_SERVICE, QUOTA_SERVICE, TokenCheck
+from quotaplane.transport.grpc.auth import (
+    ADMIN_SERVICE,
+    AUTHZ_SERVICE,
+    QUOTA_SERVICE,
+    Role,
+    TokenCheck,
+)
 from quotaplane.transport.grpc.decoding import decode_guard
 from quotaplane.transport.grpc.handlers import HandlerWrapper
 from quotaplane_client.v1 import admin_pb2_grpc, quota_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-AUTHZ_SERVICE = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
 SERVED = (QUOTA_SERVICE, ADMIN_SERVICE, AUTHZ_SERVICE)
 # The methods called per request (by Envoy and the internal services); see _WrappingRegistrar.
 HOT_METHODS = frozenset(
@@ -116,6 +121,7 @@ async def start_server(
     *,
     admin_token: str,
     service_token: str = "",
+    billing_token: str = "",
     max_concurrent_streams: int = 1000,
     credentials: grpc.ServerCredentials | None = None,
     wrappers: Sequence[HandlerWrapper] = (),
@@ -124,8 +130,9 @@ async def start_server(
     """Build, bind and start the server; returns once it accepts calls.
 
     ``wrappers`` wrap every method handler outside the token check (first = outermost), so
-    what they observe includes the calls the token check refuses. ``reuse_port``: several
-    worker processes share the port (``serve --workers N``).
+    what they observe includes the calls the token check refuses. An empty service or
+    billing token leaves that role open (``auth.py``). ``reuse_port``: several worker
+    processes share the port (``serve --workers N``).
     """
     server = grpc.aio.server(
         options=[
@@ -137,8 +144,14 @@ async def start_server(
     )
     registrar = _WrappingRegistrar(
         server,
-        # decode_guard innermost: it installs the tolerant deserializer the outer ones reuse.
-        [*wrappers, TokenCheck(admin_token, service_token).wrap, decode_guard],
+        [
+            *wrappers,
+            TokenCheck(
+                {Role.ADMIN: admin_token, Role.SERVICE: service_token, Role.BILLING: billing_token}
+            ).wrap,
+            # Innermost: it installs the tolerant deserializer the outer wrappers reuse.
+            decode_guard,
+        ],
         HOT_METHODS,
     )
     quota_pb2_grpc.add_QuotaServiceServicer_to_server(servicers.quota, registrar)

@@ -8,10 +8,17 @@
 -- ARGV[3] n        number of limits
 -- ARGV[4]          dedup expiry, unix milliseconds (PEXPIREAT)
 -- ARGV[5]          unflushed field for the units, ARGV[6] the field for overage units
--- ARGV[7..]        per limit: limit, policy ("block" | "bill"), counter expiry (unix ms)
+-- ARGV[7]          the request's record (what was asked, which limits answered), kept with
+--                  the first decision of a request id
+-- ARGV[8..]        per limit: limit, policy ("block" | "bill"), counter expiry (unix ms),
+--                  seeded ("1": the counter is a period counter seeded from the ledger)
 --
 -- Returns {replayed (0|1), "allowed,used_1,...,used_n"}: used = the counter after this
--- decision (before it for denials and dry runs). A replay returns the first decision's string.
+-- decision (before it for denials and dry runs). A replay returns {1, "<record>\n<string>"}:
+-- the record and the string kept with the first decision, before anything is charged.
+-- Returns {2, ""} and changes nothing when a seeded counter is missing (never seeded this
+-- period, or lost by Redis): counting it from zero would hand out quota the ledger has
+-- already used up. The caller seeds it from the ledger and calls again.
 -- All keys share one hash tag, so this runs unchanged on Redis Cluster.
 
 local cost = tonumber(ARGV[1])
@@ -26,11 +33,19 @@ if dedup then
   end
 end
 
+local STRIDE = 4
 local used = {}
+for i = 1, n do
+  local counter = redis.call('GET', KEYS[i + 1])
+  if not counter and ARGV[7 + (i - 1) * STRIDE + 4] == '1' then
+    return {2, ''}
+  end
+  used[i] = tonumber(counter or '0')
+end
+
 local allowed = 1
 for i = 1, n do
-  local base = 6 + (i - 1) * 3
-  used[i] = tonumber(redis.call('GET', KEYS[i + 1]) or '0')
+  local base = 7 + (i - 1) * STRIDE
   if ARGV[base + 2] == 'block' and used[i] + cost > tonumber(ARGV[base + 1]) then
     allowed = 0
   end
@@ -39,7 +54,7 @@ end
 if allowed == 1 and not dry_run then
   local overage = 0
   for i = 1, n do
-    local base = 6 + (i - 1) * 3
+    local base = 7 + (i - 1) * STRIDE
     local limit = tonumber(ARGV[base + 1])
     used[i] = redis.call('INCRBY', KEYS[i + 1], cost)
     redis.call('PEXPIREAT', KEYS[i + 1], ARGV[base + 3])
@@ -58,6 +73,6 @@ for i = 1, n do
   encoded = encoded .. ',' .. string.format('%d', used[i])
 end
 if dedup and not dry_run then
-  redis.call('SET', dedup, encoded, 'PXAT', ARGV[4])
+  redis.call('SET', dedup, ARGV[7] .. '\n' .. encoded, 'PXAT', ARGV[4])
 end
 return {0, encoded}
