@@ -18,6 +18,7 @@ from quotaplane.domain.billing.ports import (
     StoredInvoice,
     UsageHistory,
 )
+from quotaplane.domain.billing.statuses import InvoiceStatus
 from quotaplane.domain.errors import FailedPrecondition, InvalidArgument, NotFound
 from quotaplane.domain.paging import Cursor, decode_page_token, parse_page_size
 from quotaplane.domain.quota.decisions import parse_metric
@@ -179,9 +180,9 @@ class InvoiceAdmin:
         if len(reason) > MAX_REASON:
             raise InvalidArgument(f"reason must be at most {MAX_REASON} characters")
         invoice = await self.get(invoice_id)
-        if invoice.status == "void":
+        if invoice.status == InvoiceStatus.VOID:
             return invoice
-        if invoice.status == "paid":
+        if invoice.status == InvoiceStatus.PAID:
             raise FailedPrecondition(
                 f"invoice {invoice.id} is paid and cannot be voided; refund it in Stripe instead"
             )

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from quotaplane.domain.billing.events import UsageEvent
 from quotaplane.domain.billing.pricing import PricedInvoice, PricedLine
+from quotaplane.domain.billing.statuses import InvoiceStatus
 from quotaplane.domain.paging import Cursor
 from quotaplane.domain.windows import Period
 
@@ -187,7 +188,7 @@ class StoredInvoice:
 
     @property
     def frozen(self) -> bool:
-        return self.status in ("finalized", "paid")
+        return InvoiceStatus(self.status).closed
 
 
 # Prices a period from its hourly usage and the tenant's plan history (pure, no I/O).

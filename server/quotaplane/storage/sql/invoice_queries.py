@@ -19,12 +19,11 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from quotaplane.domain.billing.ports import InvoiceFilter, StoredInvoice
+from quotaplane.domain.billing.statuses import InvoiceStatus
 from quotaplane.domain.paging import MAX_PAGE_SIZE, Cursor
 from quotaplane.storage.sql.access import database_errors, utc_now
 from quotaplane.storage.sql.invoices import load_invoice
 from quotaplane.storage.sql.tables import invoices, stripe_outbox
-
-VOID = "void"
 
 
 class SqlInvoiceQueries:
@@ -84,7 +83,7 @@ class SqlInvoiceQueries:
                         invoices.c.status == from_status,
                         not_queued,
                     )
-                    .values(status=VOID, updated_at=self._clock())
+                    .values(status=InvoiceStatus.VOID, updated_at=self._clock())
                     .returning(invoices.c.id)
                 )
                 if changed.first() is None:

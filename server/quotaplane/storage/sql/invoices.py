@@ -26,6 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from quotaplane.domain.billing.ports import HourlyUsage, PlanChange, Pricer, StoredInvoice
 from quotaplane.domain.billing.pricing import PricedInvoice, PricedLine, TierLine
+from quotaplane.domain.billing.statuses import CLOSED, InvoiceStatus
 from quotaplane.domain.money import round_money
 from quotaplane.domain.windows import Period
 from quotaplane.storage.sql.access import database_errors, dialect_insert, utc_now
@@ -38,7 +39,6 @@ from quotaplane.storage.sql.tables import (
     usage_hourly,
 )
 
-FROZEN = ("finalized", "paid")
 PUSH = "push"
 
 
@@ -102,7 +102,7 @@ class SqlInvoiceLedger:
     ) -> StoredInvoice:
         async with self._transaction() as conn:
             row = await _open_row(conn, tenant_id, str(priced.period), lock=True)
-            if row is not None and row["status"] in FROZEN:
+            if row is not None and row["status"] in CLOSED:
                 return await load_invoice(conn, row)
             return await _store(conn, tenant_id, priced, row, finalize_at, self._clock())
 
@@ -113,7 +113,7 @@ class SqlInvoiceLedger:
             if finalize_at is not None:
                 await _hold_tenant(conn, tenant_id)
             row = await _open_row(conn, tenant_id, str(period), lock=True)
-            if row is not None and row["status"] in FROZEN:
+            if row is not None and row["status"] in CLOSED:
                 return await load_invoice(conn, row)
             usage = await _usage(conn, tenant_id, period)
             changes = await _plan_changes(conn, tenant_id)
@@ -192,7 +192,9 @@ async def _open_row(
     conn: AsyncConnection, tenant_id: str, period: str, *, lock: bool
 ) -> Mapping[Any, Any] | None:
     query = sa.select(invoices).where(
-        invoices.c.tenant_id == tenant_id, invoices.c.period == period, invoices.c.status != "void"
+        invoices.c.tenant_id == tenant_id,
+        invoices.c.period == period,
+        invoices.c.status != InvoiceStatus.VOID,
     )
     if lock:
         query = query.with_for_update()
@@ -232,7 +234,7 @@ async def _insert_invoice(
 
 def _totals(priced: PricedInvoice, now: datetime, finalize_at: datetime | None) -> dict[str, Any]:
     return {
-        "status": "draft" if finalize_at is None else "finalized",
+        "status": InvoiceStatus.DRAFT if finalize_at is None else InvoiceStatus.FINALIZED,
         "currency": priced.currency,
         "subtotal": priced.subtotal,
         "total": priced.total,

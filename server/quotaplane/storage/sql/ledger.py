@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from quotaplane.domain.billing.events import UsageEvent
 from quotaplane.domain.billing.ports import HourlyUsage, PendingFlush, Recorded
+from quotaplane.domain.billing.statuses import CLOSED
 from quotaplane.domain.errors import FailedPrecondition
 from quotaplane.domain.windows import Period, Window, window_start
 from quotaplane.storage.sql.access import database_errors, dialect_insert, utc_now
@@ -37,8 +38,6 @@ from quotaplane.storage.sql.tables import (
     usage_flushes,
     usage_hourly,
 )
-
-CLOSED_STATUSES = ("finalized", "paid")
 
 
 @contextlib.contextmanager
@@ -160,7 +159,7 @@ async def _closed_periods(conn: AsyncConnection, tenant_ids: list[str]) -> set[t
         hold = sa.select(tenants.c.id).where(tenants.c.id.in_(tenant_ids)).order_by(tenants.c.id)
         await conn.execute(hold.with_for_update(read=True, key_share=True))
     query = sa.select(invoices.c.tenant_id, invoices.c.period).where(
-        invoices.c.tenant_id.in_(tenant_ids), invoices.c.status.in_(CLOSED_STATUSES)
+        invoices.c.tenant_id.in_(tenant_ids), invoices.c.status.in_(CLOSED)
     )
     return {(row.tenant_id, row.period) for row in await conn.execute(query)}
 

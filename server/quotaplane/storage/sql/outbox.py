@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from quotaplane.domain.billing.ports import PaymentEvent, PushJob
+from quotaplane.domain.billing.statuses import InvoiceStatus
 from quotaplane.storage.sql.access import database_errors, dialect_insert, utc_now
 from quotaplane.storage.sql.invoices import PUSH, load_invoice
 from quotaplane.storage.sql.tables import invoices, stripe_outbox, stripe_webhook_events, tenants
@@ -131,9 +132,9 @@ class SqlPushOutbox:
                     invoices.update()
                     .where(
                         invoices.c.stripe_invoice_id == event.remote_invoice_id,
-                        invoices.c.status == "finalized",
+                        invoices.c.status == InvoiceStatus.FINALIZED,
                     )
-                    .values(status="paid", updated_at=now)
+                    .values(status=InvoiceStatus.PAID, updated_at=now)
                 )
         return True
 

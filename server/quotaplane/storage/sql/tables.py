@@ -28,6 +28,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
+from quotaplane.domain.billing.statuses import InvoiceStatus
+from quotaplane.domain.tenants.model import TenantStatus
+
 NAMING_CONVENTION: dict[str, str] = {
     "pk": "pk_%(table_name)s",
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
@@ -38,9 +41,8 @@ NAMING_CONVENTION: dict[str, str] = {
 
 metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
 
-TENANT_STATUSES = ("active", "suspended")
-INVOICE_STATUSES = ("draft", "finalized", "paid", "void")
-OUTBOX_STATES = ("pending", "done", "failed")
+_TENANT_STATUSES = ", ".join(repr(status.value) for status in TenantStatus)
+_INVOICE_STATUSES = ", ".join(repr(status.value) for status in InvoiceStatus)
 
 # Quantizing must raise, not round or overflow silently, whatever the caller's context.
 _MONEY_CONTEXT = Context(prec=40, traps=[InvalidOperation])
@@ -157,7 +159,7 @@ tenants = sa.Table(
     _at("updated_at"),
     # Bumped on every change; replicas compare it to refresh their tenant caches.
     sa.Column("version", sa.Integer(), nullable=False, server_default="1"),
-    sa.CheckConstraint("status IN ('active', 'suspended')", name="status"),
+    sa.CheckConstraint(f"status IN ({_TENANT_STATUSES})", name="status"),
     sa.CheckConstraint("version >= 1", name="version_positive"),
     sa.Index("ix_tenants_updated_at", "updated_at"),
 )
@@ -232,7 +234,7 @@ invoices = sa.Table(
     sa.Column("version", sa.Integer(), nullable=False, server_default="1"),
     # A voided invoice regenerated for the same period: version + 1, pointing at the old one.
     _id("replaces_invoice_id", nullable=True),
-    sa.Column("status", sa.String(16), nullable=False, server_default="draft"),
+    sa.Column("status", sa.String(16), nullable=False, server_default=InvoiceStatus.DRAFT.value),
     sa.Column("currency", sa.String(3), nullable=False),
     sa.Column("subtotal", amount(), nullable=False),
     sa.Column("total", amount(), nullable=False),
@@ -244,7 +246,9 @@ invoices = sa.Table(
     _at("finalized_at", nullable=True),
     sa.ForeignKeyConstraint(["replaces_invoice_id"], ["invoices.id"]),
     sa.UniqueConstraint("tenant_id", "period", "version"),
-    sa.CheckConstraint("status IN ('draft', 'finalized', 'paid', 'void')", name="status"),
+    sa.CheckConstraint(
+        f"status IN ({', '.join(repr(s.value) for s in InvoiceStatus)})", name="status"
+    ),
     sa.CheckConstraint("version >= 1", name="version_positive"),
     sa.CheckConstraint("length(period) = 7", name="period_format"),
     # At most one invoice per (tenant, period) that is not void: GenerateInvoice's idempotency.

@@ -16,6 +16,7 @@ from quotaplane.domain.billing.events import EventOutcome, EventResult
 from quotaplane.domain.billing.invoicing import InvoiceRequest
 from quotaplane.domain.billing.ports import StoredInvoice
 from quotaplane.domain.billing.pricing import PricedLine, TierLine
+from quotaplane.domain.billing.statuses import InvoiceStatus
 from quotaplane.domain.billing.usage_events import RawUsageEvent
 from quotaplane.domain.errors import InvalidArgument
 from quotaplane.domain.money import decimal_str
@@ -29,10 +30,10 @@ OUTCOMES: dict[EventOutcome, Outcome.ValueType] = {
     EventOutcome.REJECTED: quota_pb2.RecordUsageResponse.REJECTED,
 }
 STATUSES: dict[str, types_pb2.Invoice.Status.ValueType] = {
-    "draft": types_pb2.Invoice.DRAFT,
-    "finalized": types_pb2.Invoice.FINALIZED,
-    "paid": types_pb2.Invoice.PAID,
-    "void": types_pb2.Invoice.VOID,
+    InvoiceStatus.DRAFT: types_pb2.Invoice.DRAFT,
+    InvoiceStatus.FINALIZED: types_pb2.Invoice.FINALIZED,
+    InvoiceStatus.PAID: types_pb2.Invoice.PAID,
+    InvoiceStatus.VOID: types_pb2.Invoice.VOID,
 }
 
 
