@@ -21,12 +21,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from quotaplane.domain.billing.ports import InvoiceFilter, StoredInvoice
 from quotaplane.domain.billing.statuses import InvoiceStatus
 from quotaplane.domain.paging import MAX_PAGE_SIZE, Cursor
-from quotaplane.storage.sql.access import database_errors, utc_now
+from quotaplane.storage.sql.access import SqlStore, utc_now
 from quotaplane.storage.sql.invoices import load_invoice
 from quotaplane.storage.sql.tables import invoices, stripe_outbox
 
 
-class SqlInvoiceQueries:
+class SqlInvoiceQueries(SqlStore):
+    _what = "invoice ledger"
+
     """InvoiceQueries on Postgres or SQLite (SQLAlchemy async)."""
 
     def __init__(self, engine: AsyncEngine, *, clock: Callable[[], datetime] = utc_now) -> None:
@@ -56,39 +58,35 @@ class SqlInvoiceQueries:
             query = query.where(c.tenant_id == filters.tenant_id)
         if filters.period is not None:
             query = query.where(c.period == filters.period)
-        with database_errors("invoice ledger"):
-            async with self._engine.connect() as conn:
-                rows = (await conn.execute(query)).mappings().all()
-                return [await load_invoice(conn, row) for row in rows]
+        async with self._connection() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+            return [await load_invoice(conn, row) for row in rows]
 
     async def get(self, invoice_id: str) -> StoredInvoice | None:
-        with database_errors("invoice ledger"):
-            async with self._engine.connect() as conn:
-                return await _get(conn, invoice_id)
+        async with self._connection() as conn:
+            return await _get(conn, invoice_id)
 
     async def queued_for_stripe(self, invoice_id: str) -> bool:
         query = sa.select(stripe_outbox.c.id).where(stripe_outbox.c.invoice_id == invoice_id)
-        with database_errors("invoice ledger"):
-            async with self._engine.connect() as conn:
-                return (await conn.execute(query.limit(1))).first() is not None
+        async with self._connection() as conn:
+            return (await conn.execute(query.limit(1))).first() is not None
 
     async def void(self, invoice_id: str, *, from_status: str) -> StoredInvoice | None:
         not_queued = ~sa.exists().where(stripe_outbox.c.invoice_id == invoices.c.id)
-        with database_errors("invoice ledger"):
-            async with self._engine.begin() as conn:
-                changed = await conn.execute(
-                    invoices.update()
-                    .where(
-                        invoices.c.id == invoice_id,
-                        invoices.c.status == from_status,
-                        not_queued,
-                    )
-                    .values(status=InvoiceStatus.VOID, updated_at=self._clock())
-                    .returning(invoices.c.id)
+        async with self._transaction() as conn:
+            changed = await conn.execute(
+                invoices.update()
+                .where(
+                    invoices.c.id == invoice_id,
+                    invoices.c.status == from_status,
+                    not_queued,
                 )
-                if changed.first() is None:
-                    return None
-                return await _get(conn, invoice_id)
+                .values(status=InvoiceStatus.VOID, updated_at=self._clock())
+                .returning(invoices.c.id)
+            )
+            if changed.first() is None:
+                return None
+            return await _get(conn, invoice_id)
 
 
 async def _get(conn: AsyncConnection, invoice_id: str) -> StoredInvoice | None:

@@ -13,9 +13,8 @@ proration, span) are JSON with decimals written as strings, never floats.
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -29,7 +28,7 @@ from quotaplane.domain.billing.pricing import PricedInvoice, PricedLine, TierLin
 from quotaplane.domain.billing.statuses import CLOSED, InvoiceStatus
 from quotaplane.domain.money import round_money
 from quotaplane.domain.windows import Period
-from quotaplane.storage.sql.access import database_errors, dialect_insert, utc_now
+from quotaplane.storage.sql.access import SqlStore, dialect_insert, utc_now
 from quotaplane.storage.sql.tables import (
     invoice_lines,
     invoices,
@@ -42,8 +41,10 @@ from quotaplane.storage.sql.tables import (
 PUSH = "push"
 
 
-class SqlInvoiceLedger:
+class SqlInvoiceLedger(SqlStore):
     """InvoiceLedger on Postgres or SQLite."""
+
+    _what = "invoice ledger"
 
     def __init__(self, engine: AsyncEngine, *, clock: Callable[[], datetime] = utc_now) -> None:
         self._engine = engine
@@ -120,18 +121,6 @@ class SqlInvoiceLedger:
             return await _store(
                 conn, tenant_id, price(usage, changes), row, finalize_at, self._clock()
             )
-
-    @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[AsyncConnection]:
-        with database_errors("invoice ledger"):
-            async with self._engine.connect() as conn:
-                yield conn
-
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
-        with database_errors("invoice ledger"):
-            async with self._engine.begin() as conn:
-                yield conn
 
 
 async def _store(

@@ -19,7 +19,7 @@ Database failures become ``Unavailable``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 
 import sqlalchemy as sa
@@ -30,7 +30,7 @@ from quotaplane.domain.billing.ports import HourlyUsage, PendingFlush, Recorded
 from quotaplane.domain.billing.statuses import CLOSED
 from quotaplane.domain.errors import FailedPrecondition
 from quotaplane.domain.windows import Period, Window, window_start
-from quotaplane.storage.sql.access import database_errors, dialect_insert, utc_now
+from quotaplane.storage.sql.access import SqlStore, dialect_insert, utc_now
 from quotaplane.storage.sql.tables import (
     invoices,
     tenants,
@@ -50,8 +50,10 @@ def _refused(what: str) -> Iterator[None]:
         raise FailedPrecondition(f"{what} refused by the ledger: {error.orig}") from None
 
 
-class SqlUsageLedger:
+class SqlUsageLedger(SqlStore):
     """UsageLedger on Postgres or SQLite."""
+
+    _what = "usage ledger"
 
     def __init__(self, engine: AsyncEngine, *, clock: Callable[[], datetime] = utc_now) -> None:
         self._engine = engine
@@ -137,18 +139,6 @@ class SqlUsageLedger:
             rows = (await conn.execute(sa.union_all(units, applied))).all()
         total = sum(int(row.units) for row in rows if row.flush_id == "")
         return total, frozenset(str(row.flush_id) for row in rows if row.flush_id != "")
-
-    @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[AsyncConnection]:
-        with database_errors("usage ledger"):
-            async with self._engine.connect() as conn:
-                yield conn
-
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
-        with database_errors("usage ledger"):
-            async with self._engine.begin() as conn:
-                yield conn
 
 
 async def _closed_periods(conn: AsyncConnection, tenant_ids: list[str]) -> set[tuple[str, str]]:

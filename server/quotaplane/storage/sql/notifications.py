@@ -15,13 +15,13 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from quotaplane.domain.quota.alerts import PendingNotification, QuotaAlert
-from quotaplane.storage.sql.access import database_errors, dialect_insert
+from quotaplane.storage.sql.access import SqlStore, dialect_insert
 from quotaplane.storage.sql.tables import quota_notifications as qn
 
-_WHAT = "notification outbox"
 
+class SqlNotificationStore(SqlStore):
+    _what = "notification outbox"
 
-class SqlNotificationStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
@@ -37,11 +37,10 @@ class SqlNotificationStore:
             "occurred_at": alert.occurred_at,
             "next_attempt_at": alert.occurred_at,
         }
-        with database_errors(_WHAT):
-            async with self._engine.begin() as conn:
-                insert = dialect_insert(conn, qn).values(row).on_conflict_do_nothing()
-                # RETURNING, not rowcount: psycopg reports -1 for ON CONFLICT DO NOTHING.
-                inserted = (await conn.execute(insert.returning(qn.c.id))).first()
+        async with self._transaction() as conn:
+            insert = dialect_insert(conn, qn).values(row).on_conflict_do_nothing()
+            # RETURNING, not rowcount: psycopg reports -1 for ON CONFLICT DO NOTHING.
+            inserted = (await conn.execute(insert.returning(qn.c.id))).first()
         return inserted is not None
 
     async def claim_due(
@@ -54,18 +53,17 @@ class SqlNotificationStore:
             .limit(limit)
         )
         claimed = []
-        with database_errors(_WHAT):
-            async with self._engine.begin() as conn:
-                rows = (await conn.execute(due)).mappings().all()
-            for row in rows:
-                async with self._engine.begin() as conn:
-                    taken = await conn.execute(
-                        sa.update(qn)
-                        .where(qn.c.id == row["id"], qn.c.next_attempt_at == row["next_attempt_at"])
-                        .values(next_attempt_at=now + lease)
-                    )
-                if taken.rowcount == 1:
-                    claimed.append(_pending(row))
+        async with self._transaction() as conn:
+            rows = (await conn.execute(due)).mappings().all()
+        for row in rows:
+            async with self._transaction() as conn:
+                taken = await conn.execute(
+                    sa.update(qn)
+                    .where(qn.c.id == row["id"], qn.c.next_attempt_at == row["next_attempt_at"])
+                    .values(next_attempt_at=now + lease)
+                )
+            if taken.rowcount == 1:
+                claimed.append(_pending(row))
         return claimed
 
     async def delivered(self, notification_id: str, at: datetime) -> None:
@@ -80,16 +78,14 @@ class SqlNotificationStore:
         )
 
     async def _update(self, notification_id: str, **values: Any) -> None:
-        with database_errors(_WHAT):
-            async with self._engine.begin() as conn:
-                await conn.execute(sa.update(qn).where(qn.c.id == notification_id).values(**values))
+        async with self._transaction() as conn:
+            await conn.execute(sa.update(qn).where(qn.c.id == notification_id).values(**values))
 
     async def all_for(self, tenant_id: str) -> list[Mapping[Any, Any]]:
         """Every notification row of a tenant (operators' view and tests)."""
         query = sa.select(qn).where(qn.c.tenant_id == tenant_id).order_by(qn.c.occurred_at)
-        with database_errors(_WHAT):
-            async with self._engine.connect() as conn:
-                return list((await conn.execute(query)).mappings().all())
+        async with self._connection() as conn:
+            return list((await conn.execute(query)).mappings().all())
 
 
 def _pending(row: Mapping[Any, Any]) -> PendingNotification:

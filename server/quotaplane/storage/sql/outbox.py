@@ -12,9 +12,8 @@ Webhook events are recorded by id (primary key) in the transaction that applies 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,13 +22,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from quotaplane.domain.billing.ports import PaymentEvent, PushJob
 from quotaplane.domain.billing.statuses import InvoiceStatus
-from quotaplane.storage.sql.access import database_errors, dialect_insert, utc_now
+from quotaplane.storage.sql.access import SqlStore, dialect_insert, utc_now
 from quotaplane.storage.sql.invoices import PUSH, load_invoice
 from quotaplane.storage.sql.tables import invoices, stripe_outbox, stripe_webhook_events, tenants
 
 
-class SqlPushOutbox:
+class SqlPushOutbox(SqlStore):
     """PushOutbox on Postgres or SQLite."""
+
+    _what = "stripe outbox"
 
     def __init__(self, engine: AsyncEngine, *, clock: Callable[[], datetime] = utc_now) -> None:
         self._engine = engine
@@ -206,9 +207,3 @@ class SqlPushOutbox:
             .where(invoices.c.id == job.invoice.id)
             .values(last_error=error, updated_at=now)
         )
-
-    @contextlib.asynccontextmanager
-    async def _transaction(self) -> AsyncIterator[AsyncConnection]:
-        with database_errors("stripe outbox"):
-            async with self._engine.begin() as conn:
-                yield conn

@@ -13,14 +13,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from quotaplane.domain.paging import MAX_PAGE_SIZE, Cursor
 from quotaplane.domain.tenants.model import Tenant
 from quotaplane.domain.tenants.ports import TenantFilter
-from quotaplane.storage.sql.tables import tenants
 
 # One row mapping and one error translation for the tenants table: the tenant store's.
-from quotaplane.storage.sql.tenants import _database_errors, _tenant
+from quotaplane.storage.sql.access import SqlStore
+from quotaplane.storage.sql.tables import tenants
+from quotaplane.storage.sql.tenants import _tenant
 
 
-class SqlTenantQueries:
+class SqlTenantQueries(SqlStore):
     """TenantQueries on Postgres or SQLite (SQLAlchemy async)."""
+
+    _what = "tenant database"
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -44,13 +47,11 @@ class SqlTenantQueries:
             query = query.where(tenants.c.plan == filters.plan)
         if filters.status is not None:
             query = query.where(tenants.c.status == filters.status.value)
-        with _database_errors():
-            async with self._engine.connect() as conn:
-                result = await conn.execute(query)
-                return [_tenant(row) for row in result.mappings()]
+        async with self._connection() as conn:
+            result = await conn.execute(query)
+            return [_tenant(row) for row in result.mappings()]
 
     async def plans_in_use(self) -> set[str]:
-        with _database_errors():
-            async with self._engine.connect() as conn:
-                result = await conn.execute(sa.select(tenants.c.plan).distinct())
-                return {row[0] for row in result}
+        async with self._connection() as conn:
+            result = await conn.execute(sa.select(tenants.c.plan).distinct())
+            return {row[0] for row in result}
