@@ -106,3 +106,17 @@ def test_a_misconfigured_route_is_logged_once_per_route_and_plan(gw: Gateway) ->
     log = Path(gw.serve.process.log_path).read_text()
     logged = [line for line in log.splitlines() if "route cannot be metered" in line]
     assert len([line for line in logged if "route=v1/cost/neg" in line]) == 1
+
+
+def test_a_client_can_tell_which_limit_refused_it_and_when_to_retry(gw: Gateway) -> None:
+    _, _, key = gw.tenant_with_key()
+    answers = [rate(gw.closed, key) for _ in range(21)]
+    _, ok_headers, _ = answers[0]
+    assert ok_headers["ratelimit-policy"] == '"requests/month";q=20'
+    assert ok_headers["ratelimit"].startswith('"requests/month";r=19;t=')
+    status, headers, body = answers[-1]
+    assert status == 429
+    assert body["limit"]["name"] == "requests/month" and body["limit"]["window"] == "month"
+    assert isinstance(body["retry_after_seconds"], int) and body["retry_after_seconds"] > 0
+    assert headers["x-ratelimit-policy"] == "requests/month"
+    assert headers["ratelimit"].startswith('"requests/month";r=0;t=')
