@@ -82,17 +82,23 @@ def test_db_upgrade_waits_for_a_database_that_starts_late(
     url, forwarder = late_postgres
     argv = [str(BIN / "quotaplane"), "db", "--database-url", url, "upgrade", "--wait", "60"]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    pipe, stderr = process.stderr, []
+    reader = threading.Thread(target=lambda: stderr.extend(iter(pipe.readline, "")))
+    reader.start()
     try:
-        time.sleep(2.5)
-        assert process.poll() is None, process.communicate()
+        deadline = time.monotonic() + 30
+        while not any("retrying" in line for line in stderr):  # refused at least once
+            assert process.poll() is None and time.monotonic() < deadline, stderr
+            time.sleep(0.1)
         forwarder.open()
-        out, err = process.communicate(timeout=60)
+        out, _ = process.communicate(timeout=60)
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert process.returncode == 0, err
-    assert "retrying" in err
+        reader.join(timeout=10)
+    assert process.returncode == 0, "".join(stderr)
     assert "schema revision:" in out and "none" not in out.split("schema revision:")[1]
 
 

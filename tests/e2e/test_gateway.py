@@ -92,7 +92,11 @@ def gateway(
             workdir, upstream_port, authz_port, True, authz, extra_routes=extra_routes
         )
         stack.enter_context(opened)
-        admin = stack.enter_context(QuotaplaneClient(serve.addr, admin_token=serve.admin_token))
+        admin = stack.enter_context(
+            QuotaplaneClient(
+                serve.addr, admin_token=serve.admin_token, service_token=serve.tokens.service
+            )
+        )
         yield Gateway(serve, closed_port, open_port, admin)
 
 
