@@ -150,9 +150,12 @@ async def engine_and_store(
     catalog = parse_plans(PLANS, "cluster-plans.yaml")
     try:
         store = SqlTenantStore(database)
-        flusher = wiring.usage_flusher(settings, connections)
+        stored = wiring.stores(settings, connections)
+        flusher = wiring.usage_flusher(settings, stored)
         directory = TenantDirectory(store)
-        engine = wiring.quota_engine(settings, connections, directory, lambda: catalog, flusher)
+        engine = wiring.quota_engine(
+            settings, connections, stored, directory, lambda: catalog, flusher
+        )
         yield engine, store
     finally:
         await connections.counters.aclose()

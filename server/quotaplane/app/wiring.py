@@ -4,7 +4,8 @@ Nothing here starts, awaits, connects or reads a file: ``runtime.py`` opens the 
 calls these, then starts what they return in order. Tests that need a stack build it with the
 same functions, so what they exercise is what ``serve`` runs.
 
-The counter store a replica decides with is a chain, outermost first:
+Connections -> ``stores`` (every store once) -> ``build_replica``. The counter store a replica
+decides with is a chain, outermost first:
 ``ExhaustedQuotaCache`` (an exhausted monthly quota is denied from memory) ->
 ``UsageTrackingCounters`` (tells the flusher which tenants it admitted usage for) ->
 ``LedgerSeededCounters`` (a month counter lost by Redis is rebuilt from the ledger before it is
@@ -74,6 +75,38 @@ class Connections:
 
 
 @dataclass(frozen=True)
+class Stores:
+    """Every store of one replica over its connections, each built once."""
+
+    tenants: SqlTenantStore
+    keys: SqlApiKeyStore
+    usage: SqlUsageLedger
+    invoices: SqlInvoiceLedger
+    tenant_queries: SqlTenantQueries
+    invoice_queries: SqlInvoiceQueries
+    outbox: SqlPushOutbox
+    notifications: SqlNotificationStore
+    month_counters: RedisQuotaCounters  # usage recorded elsewhere, charged to the quota
+    unflushed: RedisUnflushedUsage  # admitted usage the ledger has not taken yet
+
+
+def stores(settings: Settings, connections: Connections) -> Stores:
+    database, prefix = connections.database, settings.redis_key_prefix
+    return Stores(
+        tenants=SqlTenantStore(database),
+        keys=SqlApiKeyStore(database),
+        usage=SqlUsageLedger(database),
+        invoices=SqlInvoiceLedger(database),
+        tenant_queries=SqlTenantQueries(database),
+        invoice_queries=SqlInvoiceQueries(database),
+        outbox=SqlPushOutbox(database),
+        notifications=SqlNotificationStore(database),
+        month_counters=RedisQuotaCounters(connections.redis, key_prefix=prefix),
+        unflushed=RedisUnflushedUsage(connections.redis, key_prefix=prefix),
+    )
+
+
+@dataclass(frozen=True)
 class Loop:
     """A background service: ``run`` until cancelled, then ``final`` once (if any)."""
 
@@ -104,26 +137,26 @@ class Replica:
 def counter_store(
     settings: Settings,
     connections: Connections,
+    stored: Stores,
     flusher: UsageFlusher,
     *,
     observe: Callable[[float], None] | None = None,
 ) -> CounterStore:
     """The counter chain of the module docstring."""
-    prefix = settings.redis_key_prefix
     redis = RedisCounterStore(
         connections.counters,
-        key_prefix=prefix,
+        key_prefix=settings.redis_key_prefix,
         timeout=settings.redis_timeout.total_seconds(),
         observe=observe,
     )
-    month_counters = RedisQuotaCounters(connections.redis, key_prefix=prefix)
-    seeded = LedgerSeededCounters(redis, month_counters, SqlUsageLedger(connections.database))
+    seeded = LedgerSeededCounters(redis, stored.month_counters, stored.usage)
     return ExhaustedQuotaCache(UsageTrackingCounters(seeded, flusher.mark_dirty))
 
 
 def quota_engine(
     settings: Settings,
     connections: Connections,
+    stored: Stores,
     tenants: TenantLookup,
     plans: Callable[[], PlanCatalog],
     flusher: UsageFlusher,
@@ -136,19 +169,18 @@ def quota_engine(
     return QuotaEngine(
         tenants=tenants,
         plans=plans,
-        counters=counter_store(settings, connections, flusher, observe=observe),
+        counters=counter_store(settings, connections, stored, flusher, observe=observe),
         observers=observers,
     )
 
 
 def usage_flusher(
-    settings: Settings, connections: Connections, telemetry: Telemetry | None = None
+    settings: Settings, stored: Stores, telemetry: Telemetry | None = None
 ) -> UsageFlusher:
     """Admitted usage: Redis unflushed hashes -> usage_hourly every flush interval."""
-    unflushed = RedisUnflushedUsage(connections.redis, key_prefix=settings.redis_key_prefix)
     return UsageFlusher(
-        unflushed,
-        SqlUsageLedger(connections.database),
+        stored.unflushed,
+        stored.usage,
         interval=settings.flush_interval,
         on_lag=telemetry.set_flush_lag if telemetry else None,
     )
@@ -158,16 +190,16 @@ def build_replica(
     settings: Settings, connections: Connections, plans: PlanRegistry, telemetry: Telemetry
 ) -> Replica:
     """Stores, caches, use cases, loops and servicers of one replica, wired and not started."""
-    database = connections.database
-    tenants = SqlTenantStore(database)
+    stored = stores(settings, connections)
+    tenants = stored.tenants
     directory = TenantDirectory(tenants, ttl=settings.cache_ttl)
-    key_store = SqlApiKeyStore(database)
-    api_keys = ApiKeyCache(key_store, ttl=settings.cache_ttl)
-    flusher = usage_flusher(settings, connections, telemetry)
-    notifier = _notifier(settings, database)
+    api_keys = ApiKeyCache(stored.keys, ttl=settings.cache_ttl)
+    flusher = usage_flusher(settings, stored, telemetry)
+    notifier = _notifier(settings, stored)
     engine = quota_engine(
         settings,
         connections,
+        stored,
         directory,
         plans,
         flusher,
@@ -177,26 +209,26 @@ def build_replica(
     usage = UsageRecorder(
         tenants=directory,
         plans=plans,
-        ledger=SqlUsageLedger(database),
-        counters=RedisQuotaCounters(connections.redis, key_prefix=settings.redis_key_prefix),
+        ledger=stored.usage,
+        counters=stored.month_counters,
     )
     invoices = InvoiceService(
         tenants=directory,
         plans=plans,
-        invoices=SqlInvoiceLedger(database),
+        invoices=stored.invoices,
         flush=flusher.flush_tenant,
         on_finalized=_record_finalized(telemetry),
     )
     gateway = Gateway(api_keys, engine, on_misconfigured=telemetry.record_misconfigured)
-    queries = SqlTenantQueries(database)
+    queries = stored.tenant_queries
     servicers = Servicers(
         quota=QuotaServicer(engine, usage=usage, invoices=invoices),
         admin=AdminServicer(
             tenants=TenantAdmin(tenants, queries, plans),
-            keys=ApiKeyAdmin(key_store, tenants),
+            keys=ApiKeyAdmin(stored.keys, tenants),
             plans=PlanAdmin(plans, queries),
-            usage=UsageReports(tenants, SqlUsageLedger(database), flush=flusher.flush_tenant),
-            invoices=InvoiceAdmin(tenants, SqlInvoiceQueries(database)),
+            usage=UsageReports(tenants, stored.usage, flush=flusher.flush_tenant),
+            invoices=InvoiceAdmin(tenants, stored.invoice_queries),
         ),
         authz=AuthorizationServicer(gateway),
     )
@@ -204,7 +236,7 @@ def build_replica(
         Loop("tenant directory poller", directory.run),
         Loop("api key cache poller", api_keys.run),
         Loop("usage flusher", flusher.run, final=flusher.tick),
-        *_stripe_push(settings, database, telemetry),
+        *_stripe_push(settings, stored, telemetry),
         *([Loop("quota notifier", notifier.run)] if notifier else []),
     ]
     return Replica(
@@ -218,7 +250,7 @@ def build_replica(
         http_authz=_http_authz(settings, gateway, telemetry),
         usage=usage,
         invoices=invoices,
-        payment_webhooks=_payment_webhooks(settings, database),
+        payment_webhooks=_payment_webhooks(settings, stored),
         servicers=servicers,
         loops=tuple(loops),
     )
@@ -240,34 +272,31 @@ def _http_authz(settings: Settings, gateway: Gateway, telemetry: Telemetry) -> H
     return HttpAuthz(gateway, settings.authz_routes, on_decision=record)
 
 
-def _notifier(settings: Settings, database: AsyncEngine) -> Notifier | None:
+def _notifier(settings: Settings, stored: Stores) -> Notifier | None:
     """Quota threshold webhooks, when QUOTAPLANE_WEBHOOK_URL is set."""
     if not settings.webhook_url:
         return None
     sender = HttpWebhookSender(settings.webhook_url, settings.webhook_secret)
-    store = SqlNotificationStore(database)
-    return Notifier(store, sender, thresholds=settings.notify_thresholds)
+    return Notifier(stored.notifications, sender, thresholds=settings.notify_thresholds)
 
 
-def _stripe_push(settings: Settings, database: AsyncEngine, telemetry: Telemetry) -> Sequence[Loop]:
+def _stripe_push(settings: Settings, stored: Stores, telemetry: Telemetry) -> Sequence[Loop]:
     """The Stripe outbox worker, when STRIPE_API_KEY is set: pushes finalized invoices."""
     if not settings.stripe_api_key:
         return ()
     gateway = StripeGateway(settings.stripe_api_key, api_base=settings.stripe_api_base or None)
-    pusher = InvoicePusher(
-        SqlPushOutbox(database), gateway, on_outcome=telemetry.record_stripe_push
-    )
+    pusher = InvoicePusher(stored.outbox, gateway, on_outcome=telemetry.record_stripe_push)
     return (Loop("stripe outbox", pusher.run),)
 
 
-def _payment_webhooks(settings: Settings, database: AsyncEngine) -> PaymentWebhooks | None:
+def _payment_webhooks(settings: Settings, stored: Stores) -> PaymentWebhooks | None:
     """Incoming Stripe events, when QUOTAPLANE_STRIPE_WEBHOOK_ADDR is set."""
     if settings.stripe_webhook_addr == "off":
         return None
     if not settings.stripe_webhook_secret:
         raise RuntimeError("QUOTAPLANE_STRIPE_WEBHOOK_ADDR is set: STRIPE_WEBHOOK_SECRET must be")
     verifier = webhook_verifier(settings.stripe_webhook_secret)
-    return PaymentWebhooks(SqlPushOutbox(database), verifier)
+    return PaymentWebhooks(stored.outbox, verifier)
 
 
 def _record_finalized(telemetry: Telemetry) -> Callable[[StoredInvoice], None]:
