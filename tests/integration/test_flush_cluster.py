@@ -9,21 +9,21 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from redis.asyncio import RedisCluster
 
+from quotaplane.app import wiring
+from quotaplane.app.wiring import Connections
+from quotaplane.config import Settings
 from quotaplane.domain.quota.decisions import QuotaRequest
 from quotaplane.domain.quota.engine import QuotaEngine
 from quotaplane.integrations.plans_file import parse_plans
-from quotaplane.services.counter_seeding import LedgerSeededCounters
 from quotaplane.services.tenant_directory import TenantDirectory
 from quotaplane.services.usage_flusher import UsageFlusher
 from quotaplane.storage.redis.client import command_pipe, redis_client
-from quotaplane.storage.redis.counters import RedisCounterStore
-from quotaplane.storage.redis.flush import RedisQuotaCounters, RedisUnflushedUsage
 from quotaplane.storage.sql import migrate
 from quotaplane.storage.sql.engine import create_async_engine_for
 from quotaplane.storage.sql.ledger import SqlUsageLedger
@@ -65,18 +65,20 @@ async def stack(cluster_url: str, tmp_path: Path) -> AsyncIterator[Stack]:  # no
     client = redis_client(cluster_url, timeout=2.0)
     assert isinstance(client, RedisCluster)
     pipe = command_pipe(cluster_url, timeout=2.0)
-    store, ledger = SqlTenantStore(database), SqlUsageLedger(database)
-    counters = RedisCounterStore(pipe, key_prefix=PREFIX, timeout=2.0)
-    month = RedisQuotaCounters(client, key_prefix=PREFIX)
-    seeded = LedgerSeededCounters(counters, month, ledger)
+    # The stores, flusher and counter chain serve builds (app/wiring.py).
+    settings = Settings.defaults(redis_key_prefix=PREFIX, redis_timeout=timedelta(seconds=2))
+    connections = Connections(database=database, counters=pipe, redis=client)
+    stored = wiring.stores(settings, connections)
+    flusher = wiring.usage_flusher(settings, stored)
+    directory = TenantDirectory(stored.tenants)
     try:
         yield Stack(
-            engine=QuotaEngine(
-                tenants=TenantDirectory(store), plans=lambda: PLANS, counters=seeded
+            engine=wiring.quota_engine(
+                settings, connections, stored, directory, lambda: PLANS, flusher
             ),
-            flusher=UsageFlusher(RedisUnflushedUsage(client, key_prefix=PREFIX), ledger),
-            store=store,
-            ledger=ledger,
+            flusher=flusher,
+            store=stored.tenants,
+            ledger=stored.usage,
             client=client,
         )
     finally:

@@ -9,11 +9,15 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import timedelta
 
 import pytest
 import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from quotaplane.app import wiring
+from quotaplane.app.wiring import Connections
+from quotaplane.config import Settings
 from quotaplane.domain.billing.usage_events import RawUsageEvent, UsageRecorder
 from quotaplane.domain.errors import Unavailable
 from quotaplane.domain.quota.decisions import QuotaRequest
@@ -25,7 +29,7 @@ from quotaplane.services.usage_flusher import UsageFlusher
 from quotaplane.storage.redis import keys
 from quotaplane.storage.redis.client import command_pipe
 from quotaplane.storage.redis.counters import RedisCounterStore
-from quotaplane.storage.redis.flush import RedisQuotaCounters, RedisUnflushedUsage
+from quotaplane.storage.redis.flush import RedisQuotaCounters
 from quotaplane.storage.sql.engine import create_async_engine_for
 from quotaplane.storage.sql.ledger import SqlUsageLedger
 from quotaplane.storage.sql.tenants import SqlTenantStore
@@ -64,23 +68,27 @@ async def stack(
     prefix = f"{redis_key_prefix}:rb{uuid.uuid4().hex[:8]}"
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
     pipe = command_pipe(redis_url, timeout=2.0)
-    store = SqlTenantStore(database)
-    directory = TenantDirectory(store)
-    ledger = SqlUsageLedger(database)
-    month = RedisQuotaCounters(client, key_prefix=prefix)
-    counters = RedisCounterStore(pipe, key_prefix=prefix, timeout=2.0)
-    seeded = LedgerSeededCounters(counters, month, ledger)
+    # The stores, flusher and counter chain serve builds (app/wiring.py).
+    settings = Settings.defaults(redis_key_prefix=prefix, redis_timeout=timedelta(seconds=2))
+    connections = Connections(database=database, counters=pipe, redis=client)
+    stored = wiring.stores(settings, connections)
+    directory = TenantDirectory(stored.tenants)
+    flusher = wiring.usage_flusher(settings, stored)
+    engine = wiring.quota_engine(settings, connections, stored, directory, lambda: PLANS, flusher)
     try:
         yield Stack(
-            engine=QuotaEngine(tenants=directory, plans=lambda: PLANS, counters=seeded),
+            engine=engine,
             recorder=UsageRecorder(
-                tenants=directory, plans=lambda: PLANS, ledger=ledger, counters=month
+                tenants=directory,
+                plans=lambda: PLANS,
+                ledger=stored.usage,
+                counters=stored.month_counters,
             ),
-            flusher=UsageFlusher(RedisUnflushedUsage(client, key_prefix=prefix), ledger),
-            store=store,
+            flusher=flusher,
+            store=stored.tenants,
             redis=client,
             prefix=prefix,
-            counters=counters,
+            counters=RedisCounterStore(pipe, key_prefix=prefix, timeout=2.0),
             directory=directory,
         )
     finally:
