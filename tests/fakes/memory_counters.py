@@ -54,12 +54,17 @@ class MemoryCounterStore:
             limit.bill or count + call.cost <= limit.limit
             for limit, count in zip(call.limits, used, strict=True)
         )
+        overage = _overage(call, used) if allowed else 0
         if allowed and not call.dry_run:
-            used = self._charge(call, keys, used)
-        result = ConsumeResult(allowed=allowed, used=tuple(used))
+            used = self._charge(call, keys, used, overage)
+        result = ConsumeResult(allowed=allowed, used=tuple(used), overage=overage)
         if call.request_id is not None and not call.dry_run:
             kept = ConsumeResult(
-                allowed, tuple(used), replayed=True, first_request=call.first_request
+                allowed,
+                tuple(used),
+                replayed=True,
+                first_request=call.first_request,
+                overage=overage,
             )
             self._decisions[(call.tenant_id, call.request_id)] = (kept, call.dedup_expires_at_ms)
         return result
@@ -89,14 +94,13 @@ class MemoryCounterStore:
         """Lose one counter, as a Redis failover without persistence would."""
         self._counters.pop((tenant_id, metric, window, window_start), None)
 
-    def _charge(self, call: ConsumeCall, keys: list[CounterKey], used: list[int]) -> list[int]:
-        overage = 0
+    def _charge(
+        self, call: ConsumeCall, keys: list[CounterKey], used: list[int], overage: int
+    ) -> list[int]:
         after = []
         for limit, key, count in zip(call.limits, keys, used, strict=True):
             self._counters[key] = _Expiring(count + call.cost, limit.expires_at_ms)
             after.append(count + call.cost)
-            if limit.bill and count + call.cost > limit.limit:
-                overage = max(overage, min(call.cost, count + call.cost - limit.limit))
         hour = (call.metric, call.hour_start)
         units = self._unflushed.setdefault(call.tenant_id, {})
         units[hour] = units.get(hour, 0) + call.cost
@@ -108,3 +112,13 @@ class MemoryCounterStore:
     @staticmethod
     def _key(call: ConsumeCall, window: str, window_start: int) -> CounterKey:
         return (call.tenant_id, call.metric, window, window_start)
+
+
+def _overage(call: ConsumeCall, used: list[int]) -> int:
+    """The script's overage rule: the largest excess of this call over a ``bill`` limit."""
+    excess = [
+        min(call.cost, count + call.cost - limit.limit)
+        for limit, count in zip(call.limits, used, strict=True)
+        if limit.bill and count + call.cost > limit.limit
+    ]
+    return max(excess, default=0)

@@ -294,6 +294,26 @@ async def test_bill_overage_admits_past_the_quota_and_records_the_overage(quota:
     assert await quota.counters.overage(tenant) == {hour: 3}
 
 
+async def test_a_dry_run_past_a_bill_limit_reports_its_overage_and_records_none(
+    quota: Quota,
+) -> None:
+    tenant = await quota.tenant("billed")  # month 10, overage bill
+    await quota.check(tenant, cost=8)
+    would = await quota.check(tenant, cost=5, dry_run=True)
+    assert (would.allowed, would.overage) == (True, 3)
+    assert await quota.counters.overage(tenant) == {}
+    assert await quota.counter(tenant, Window.MONTH) == 8
+
+
+async def test_a_replay_reports_the_overage_of_the_first_decision(quota: Quota) -> None:
+    tenant = await quota.tenant("billed")
+    await quota.check(tenant, cost=8)
+    first = await quota.check(tenant, cost=5, request_id="past-the-quota")
+    again = await quota.check(tenant, cost=5, request_id="past-the-quota")
+    assert (first.overage, again.overage, again.replayed) == (3, 3, True)
+    assert sum((await quota.counters.overage(tenant)).values()) == 3
+
+
 async def test_admitted_units_enter_the_unflushed_hash(quota: Quota) -> None:
     tenant = await quota.tenant("unlimited")  # no limits at all: always admitted, still billed
     for cost in (1, 2, 3):

@@ -196,14 +196,12 @@ def decision_of(
             retry_after=_retry_after(request.cost, limits, result.used, resets, now),
             replayed=result.replayed,
         )
-    # A dry run reports counters before the (hypothetical) charge.
-    after = [used + request.cost for used in result.used] if request.dry_run else result.used
     return Decision(
         allowed=True,
         code=DecisionCode.OK,
         cost=request.cost,
         limits=states,
-        overage=_overage(request.cost, limits, after),
+        overage=result.overage,
         replayed=result.replayed,
     )
 
@@ -219,16 +217,6 @@ def _limit_state(limit: Limit, used: int, reset: datetime) -> LimitState:
         overage_policy=limit.overage.value,
         overage=max(0, used - limit.limit) if bill else 0,
     )
-
-
-def _overage(cost: int, limits: Sequence[Limit], used_after: Sequence[int]) -> int:
-    """Units of this decision past a ``bill`` limit (the largest excess over those limits)."""
-    excess = [
-        min(cost, max(0, used - limit.limit))
-        for limit, used in zip(limits, used_after, strict=True)
-        if limit.overage is Overage.BILL
-    ]
-    return max(excess, default=0)
 
 
 def _retry_after(

@@ -56,6 +56,9 @@ class ConsumeResult:
     used: tuple[int, ...]
     replayed: bool = False
     needs_seed: bool = False  # nothing was decided: a ``seeded`` counter is missing
+    # Units of this call past a ``bill`` limit (the largest excess over those limits; for a
+    # dry run, what it would be): the store applies the overage rule where it counts.
+    overage: int = 0
     first_request: FirstRequest | None = None  # on a replay: what the first decision kept
 
 

@@ -99,13 +99,15 @@ class RedisCounterStore:
 
 
 def parse_reply(reply: Sequence[object], limits: int) -> ConsumeResult:
-    """``[replayed, "allowed,used_1,..."]`` (``"<record>\n<allowed,...>"`` for a replay) ->
-    ConsumeResult."""
+    """``[replayed, "allowed,used_1,...|overage"]`` (``"<record>\n<allowed,...>"`` for a
+    replay) -> ConsumeResult. A decision kept before the overage was part of the reply has no
+    ``|overage``: 0."""
     replayed, encoded = reply
     if replayed == NEEDS_SEED:
         return ConsumeResult(allowed=False, used=(0,) * limits, needs_seed=True)
     record, newline, decision = str(encoded).rpartition("\n")
-    allowed, *used = (int(part) for part in decision.split(","))
+    counters, _, overage = decision.partition("|")
+    allowed, *used = (int(part) for part in counters.split(","))
     if not newline and len(used) != limits:
         # Only a replay of a decision kept without its record (before records were kept)
         # under another plan gets here: its counters are matched to the limits in order.
@@ -115,4 +117,5 @@ def parse_reply(reply: Sequence[object], limits: int) -> ConsumeResult:
         used=tuple(used),
         replayed=bool(replayed),
         first_request=parse_record(record) if newline else None,
+        overage=int(overage or 0),
     )

@@ -13,8 +13,10 @@
 -- ARGV[8..]        per limit: limit, policy ("block" | "bill"), counter expiry (unix ms),
 --                  seeded ("1": the counter is a period counter seeded from the ledger)
 --
--- Returns {replayed (0|1), "allowed,used_1,...,used_n"}: used = the counter after this
--- decision (before it for denials and dry runs). A replay returns {1, "<record>\n<string>"}:
+-- Returns {replayed (0|1), "allowed,used_1,...,used_n|overage"}: used = the counter after
+-- this decision (before it for denials and dry runs); overage = the units of this call past a
+-- "bill" limit (the largest excess over those limits; for a dry run, what it would be). This
+-- script is the one place that rule is computed: the engine reports what it returns. A replay returns {1, "<record>\n<string>"}:
 -- the record and the string kept with the first decision, before anything is charged.
 -- Returns {2, ""} and changes nothing when a seeded counter is missing (never seeded this
 -- period, or lost by Redis): counting it from zero would hand out quota the ledger has
@@ -44,23 +46,27 @@ for i = 1, n do
 end
 
 local allowed = 1
+local overage = 0
 for i = 1, n do
   local base = 7 + (i - 1) * STRIDE
-  if ARGV[base + 2] == 'block' and used[i] + cost > tonumber(ARGV[base + 1]) then
-    allowed = 0
+  local excess = used[i] + cost - tonumber(ARGV[base + 1])
+  if excess > 0 then
+    if ARGV[base + 2] == 'block' then
+      allowed = 0
+    else -- "bill": admitted past the limit, the excess billed as overage
+      overage = math.max(overage, math.min(cost, excess))
+    end
   end
+end
+if allowed == 0 then
+  overage = 0
 end
 
 if allowed == 1 and not dry_run then
-  local overage = 0
   for i = 1, n do
     local base = 7 + (i - 1) * STRIDE
-    local limit = tonumber(ARGV[base + 1])
     used[i] = redis.call('INCRBY', KEYS[i + 1], cost)
     redis.call('PEXPIREAT', KEYS[i + 1], ARGV[base + 3])
-    if ARGV[base + 2] == 'bill' and used[i] > limit then
-      overage = math.max(overage, math.min(cost, used[i] - limit))
-    end
   end
   redis.call('HINCRBY', KEYS[1], ARGV[5], cost)
   if overage > 0 then
@@ -72,6 +78,7 @@ local encoded = tostring(allowed)
 for i = 1, n do
   encoded = encoded .. ',' .. string.format('%d', used[i])
 end
+encoded = encoded .. '|' .. string.format('%d', overage)
 if dedup and not dry_run then
   redis.call('SET', dedup, ARGV[7] .. '\n' .. encoded, 'PXAT', ARGV[4])
 end
