@@ -29,6 +29,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from quotaplane.domain.windows import Period
 from quotaplane.storage.sql.engine import create_sync_engine_for
 from quotaplane.storage.sql.tables import metadata
+from quotaplane.transport.grpc.auth import NEEDED, Role
 from quotaplane_client import QuotaplaneClient
 from quotaplane_client.v1 import admin_pb2, quota_pb2
 from tests.harness.quotaplane_server import ServeProcess, start_serve
@@ -246,10 +247,19 @@ def _call(stack: Stack, method: MethodDescriptor, data: bytes) -> tuple[grpc.Sta
     with grpc.insecure_channel(stack.serve.addr) as channel:
         call = channel.unary_unary(path)  # raw bytes in and out
         try:
-            call(data, metadata=stack.serve.admin_metadata(), timeout=20)
+            call(data, metadata=_credentials(stack, path), timeout=20)
         except grpc.RpcError as error:
             return error.code(), error.details() or ""
     return grpc.StatusCode.OK, ""
+
+
+def _credentials(stack: Stack, path: str) -> tuple[tuple[str, str], ...]:
+    """The token the method's role needs (auth.NEEDED), so the fuzz reaches the decoding."""
+    method = path.lstrip("/")
+    needed = NEEDED.get(method) or NEEDED.get(method.partition("/")[0])
+    roles = needed(None) if needed else frozenset()
+    token = stack.serve.tokens.service if Role.SERVICE in roles else stack.serve.admin_token
+    return (("authorization", f"Bearer {token}"),)
 
 
 def _names_field(what: str, details: str) -> bool:

@@ -37,7 +37,7 @@ from quotaplane.domain.tenants.admin import TenantAdmin
 from quotaplane.domain.tenants.api_keys import ApiKeyAdmin
 from quotaplane.integrations.notify.webhooks import HttpWebhookSender
 from quotaplane.integrations.stripe.client import StripeGateway, webhook_verifier
-from quotaplane.services.counter_seeding import LedgerSeededCounters
+from quotaplane.services.counter_seeding import SEED_BUDGET, LedgerSeededCounters
 from quotaplane.services.invoice_push import InvoicePusher
 from quotaplane.services.key_cache import ApiKeyCache
 from quotaplane.services.notifier import Notifier
@@ -149,7 +149,9 @@ def counter_store(
         timeout=settings.redis_timeout.total_seconds(),
         observe=observe,
     )
-    seeded = LedgerSeededCounters(redis, stored.month_counters, stored.usage)
+    # A seed may take as long as the caller already waits for Redis, and at least SEED_BUDGET.
+    budget = max(SEED_BUDGET, settings.redis_timeout)
+    seeded = LedgerSeededCounters(redis, stored.month_counters, stored.usage, budget=budget)
     return ExhaustedQuotaCache(UsageTrackingCounters(seeded, flusher.mark_dirty))
 
 

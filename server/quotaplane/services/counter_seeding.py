@@ -13,7 +13,8 @@ has applied (they are in its units already), and the seed is refused and read ag
 generation moved in between (a flush took or completed a record, or RecordUsage added usage the
 missing counter could not take). Every admitted unit is then counted exactly once.
 
-The seed has ``budget`` (500 ms) for all of its reads and retries: if the ledger cannot answer
+The seed has ``budget`` (``SEED_BUDGET``, or the Redis timeout when longer) for all of its reads
+and retries: if the ledger cannot answer
 in time, the call is ``Unavailable`` (Envoy's failure mode decides), since admitting it would
 mean counting from a guess.
 """
@@ -33,6 +34,7 @@ from quotaplane.domain.windows import Period, Window
 # A call is retried when its counter was lost again right after the seed: rare, so a few
 # attempts suffice.
 ATTEMPTS = 3
+SEED_BUDGET = timedelta(milliseconds=500)  # at least; a longer Redis timeout lengthens it
 Key = tuple[str, str, int]  # tenant, metric, month start (unix seconds)
 
 
@@ -45,7 +47,7 @@ class LedgerSeededCounters:
         seeds: CounterSeeds,
         ledger: UsageLedger,
         *,
-        budget: timedelta = timedelta(milliseconds=500),
+        budget: timedelta = SEED_BUDGET,
     ) -> None:
         self._inner = inner
         self._seeds = seeds
