@@ -14,9 +14,8 @@ generation moved in between (a flush took or completed a record, or RecordUsage 
 missing counter could not take). Every admitted unit is then counted exactly once.
 
 The seed has ``budget`` (``SEED_BUDGET``, or the Redis timeout when longer) for all of its reads
-and retries: if the ledger cannot answer
-in time, the call is ``Unavailable`` (Envoy's failure mode decides), since admitting it would
-mean counting from a guess.
+and retries: if the ledger cannot answer in time, the call is ``Unavailable`` (Envoy's failure
+mode decides), since admitting it would mean counting from a guess.
 """
 
 from __future__ import annotations
