@@ -30,7 +30,7 @@ from quotaplane.domain.billing_ports import StoredInvoice
 from quotaplane.domain.counter_rebuild import LedgerSeededCounters
 from quotaplane.domain.directory import TenantDirectory
 from quotaplane.domain.exhausted import ExhaustedQuotaCache
-from quotaplane.domain.gateway import Gateway, GatewayDecision, GatewayRequest
+from quotaplane.domain.gateway import Gateway
 from quotaplane.domain.invoice_push import InvoicePusher, PaymentWebhooks
 from quotaplane.domain.invoicing import InvoiceService
 from quotaplane.domain.notifications import Notifier
@@ -38,6 +38,7 @@ from quotaplane.domain.plans import PlanCatalog, load_plans
 from quotaplane.domain.quota import QuotaEngine
 from quotaplane.domain.usage import UsageFlusher, UsageTrackingCounters
 from quotaplane.domain.usage_events import UsageRecorder
+from quotaplane.fast_path import start_http_authz
 from quotaplane.payments.stripe import StripeGateway, webhook_verifier
 from quotaplane.payments.webhooks import start_webhook_server
 from quotaplane.shutdown import push_bounded
@@ -62,15 +63,12 @@ from quotaplane.transport.grpc.observability import Observability
 from quotaplane.transport.grpc.quota import QuotaServicer
 from quotaplane.transport.grpc.server import RunningServer, Servicers, start_server
 from quotaplane.transport.grpc.tls import server_credentials
-from quotaplane.transport.http.authz import HttpAuthz
-from quotaplane.transport.http.server import RunningHttp, start_http
+from quotaplane.transport.http.server import RunningHttp
 from quotaplane.webhooks.http import HttpWebhookSender
 
 log = logging.getLogger(__name__)
 
 FINAL_FLUSH_TIMEOUT_S = 5.0
-# Gateway verdicts as the decisions metric names them.
-_HTTP_OUTCOMES = {"allowed": "ok"}
 
 
 def default_plans_path() -> Path:
@@ -159,24 +157,7 @@ class Runtime:
         )
         grace = s.shutdown_grace.total_seconds()
         push_bounded(self._stack, "grpc server", self.grpc.stop, grace, limit=grace + 5)
-        await self._start_http_authz(gateway, telemetry)
-
-    async def _start_http_authz(self, gateway: Gateway, telemetry: Telemetry) -> None:
-        """Envoy's HTTP ext_authz (the fast path), unless QUOTAPLANE_AUTHZ_HTTP_ADDR is off."""
-        s = self.settings
-        if s.authz_http_addr == "off":
-            return
-
-        def record(request: GatewayRequest, outcome: GatewayDecision) -> None:
-            outcome_name = _HTTP_OUTCOMES.get(outcome.verdict.value, outcome.verdict.value)
-            tenant = outcome.tenant_id or "unknown"
-            telemetry.record_decision(request.metric, outcome_name, tenant, "ext_authz_http")
-
-        app = HttpAuthz(gateway, s.authz_routes, on_decision=record)
-        self.http = await start_http(s.authz_http_addr, app.answer, reuse_port=s.reuse_port)
-        grace = s.shutdown_grace.total_seconds()
-        # Pushed after the gRPC server: stopped first, so Envoy's checks drain before the rest.
-        push_bounded(self._stack, "http ext_authz", self.http.stop, grace, limit=grace + 5)
+        self.http = await start_http_authz(self._stack, s, gateway, telemetry)
 
     async def _start_telemetry(self) -> Telemetry:
         """Metric instruments and tracer first, so every later part can record; the scrape

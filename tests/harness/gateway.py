@@ -113,6 +113,9 @@ def start_envoy(
             openclaw_port=openclaw_port,
             failure_mode_allow=fail_open,
             authz=authz,
+            # As the harness's Redis timeout: a loaded 2-core machine must not turn a slow
+            # moment into an ext_authz error (tests of the failure modes stop quotaplane).
+            authz_timeout="2s",
             **{port_name: authz_port},
         )
     )

@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from quotaplane.domain.errors import QuotaplaneError, Unavailable
 from quotaplane.domain.gateway import Gateway, GatewayDecision, GatewayRequest, Verdict
 from quotaplane.domain.routes import RouteTable
+from quotaplane.telemetry import Telemetry
 from quotaplane.transport.grpc.ext_authz import (
     KEY_HEADERS,
     add_rate_limit_headers,
@@ -47,6 +48,8 @@ _JSON = (b"content-type", b"application/json")
 _REMOVE_KEYS = (HEADERS_TO_REMOVE.encode(), ",".join(KEY_HEADERS).encode())
 
 OnDecision = Callable[[GatewayRequest, GatewayDecision], None]
+# Gateway verdicts as the decisions metric names them (the gRPC Check's observer does the same).
+_OUTCOMES = {Verdict.ALLOWED: "ok"}
 
 
 def gateway_request(
@@ -106,6 +109,17 @@ def error_answer(status: int, error: str, message: str, retry_after: str | None 
     if retry_after is not None:
         body["retry_after_seconds"] = retry_after
     return status, [_JSON], json.dumps(body, separators=(",", ":")).encode()
+
+
+def decision_recorder(telemetry: Telemetry) -> OnDecision:
+    """Every decision in quotaplane_quota_decisions_total, with source ``ext_authz_http``."""
+
+    def record(request: GatewayRequest, outcome: GatewayDecision) -> None:
+        name = _OUTCOMES.get(outcome.verdict, outcome.verdict.value)
+        tenant = outcome.tenant_id or "unknown"
+        telemetry.record_decision(request.metric, name, tenant, "ext_authz_http")
+
+    return record
 
 
 class HttpAuthz:
