@@ -133,7 +133,7 @@ def billed(
     else:
         database = f"sqlite:///{workdir / 'ledger.db'}"
         migrate.upgrade(database)
-    prefix = f"{redis_key_prefix}-gwbill-{request.param}"
+    prefix = f"{redis_key_prefix}-gb-{request.param}"  # keys allow 32 characters
     with billed_gateway(workdir, redis_url, prefix, database, authz) as billed:
         yield billed
 
