@@ -14,8 +14,8 @@ help:
 	@echo "make test   - set up, then run linters, type checks and the whole test suite"
 	@echo "make generate - regenerate the Python code of protos/ into clients/"
 	@echo "make bench-quota - CheckQuota requests/s, latency and CPU per call: quotaplane vs a trivial handler"
-	@echo "make bench-envoy - requests/s and latency through Envoy: quotaplane vs a trivial ext_authz"
 	@echo "make bench-key-flood - DB transactions per 1,000 random API keys, a tenant's latency"
+	@echo "make bench-envoy - requests/s, latency, CPU per decision through Envoy: every ext_authz path"
 	@echo "                   (needs h2load and a Redis; BENCH_ARGS=\"--duration 3\" to pass flags)"
 
 # The virtualenv is (re)built whenever pyproject.toml changes.

@@ -46,19 +46,20 @@ DEFAULTS: dict[str, str | int | bool] = {
     # quotaplane's service token, sent with every Check (empty: none, for a server that opted
     # out on loopback). Never commit a real one: compose substitutes it at start.
     "SERVICE_TOKEN": "",
+    "AUTHZ_TIMEOUT": "0.25s",
 }
 # The ext_authz service block of each protocol (the filter's ${AUTHZ_SERVICE}).
 AUTHZ_SERVICES = {
     "grpc": """grpc_service:
   envoy_grpc: {cluster_name: quotaplane}
-  timeout: 0.25s
+  timeout: ${AUTHZ_TIMEOUT}
   # quotaplane's Check needs the service token (QUOTAPLANE_SERVICE_TOKEN).
   initial_metadata:
   - {key: authorization, value: "Bearer ${SERVICE_TOKEN}"}""",
     # x-tenant-id goes to the upstream, the rate-limit headers to the client on success; on a
     # denial every header of quotaplane's answer reaches the client (Envoy's default).
     "http": """http_service:
-  server_uri: {uri: "http://quotaplane", cluster: quotaplane_http, timeout: 0.25s}
+  server_uri: {uri: "http://quotaplane", cluster: quotaplane_http, timeout: ${AUTHZ_TIMEOUT}}
   authorization_response:
     allowed_upstream_headers:
       patterns: [{exact: x-tenant-id}]
@@ -125,6 +126,12 @@ def _check_bool(name: str, value: object) -> str:
     return "true" if value else "false"
 
 
+def _check_duration(name: str, value: object) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"\d{1,3}(\.\d{1,3})?s", value):
+        raise ValueError(f"{name} must be seconds like 0.25s, got {value!r}")
+    return value
+
+
 def _check_authz(value: object) -> str:
     if value not in AUTHZ_SERVICES:
         raise ValueError(f"AUTHZ must be one of {sorted(AUTHZ_SERVICES)}, got {value!r}")
@@ -149,6 +156,8 @@ def values(**overrides: str | int | bool) -> dict[str, str]:
     for name, value in merged.items():
         if name == "AUTHZ":
             checked[name] = _check_authz(value)
+        elif name == "AUTHZ_TIMEOUT":
+            checked[name] = _check_duration(name, value)
         elif name.endswith("_PORT"):
             checked[name] = _check_port(name, value)
         elif name.endswith(("_HOST", "_ADDRESS")):
@@ -190,6 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         if name == "AUTHZ":
             parser.add_argument("--authz", choices=sorted(AUTHZ_SERVICES), dest=name,
                                 help="ext_authz protocol (default http)")  # fmt: skip
+            continue
+        if name == "AUTHZ_TIMEOUT":
+            parser.add_argument("--authz-timeout", dest=name, help=f"default {default}")
             continue
         flag = "--" + name.lower().replace("_", "-")
         kind = int if isinstance(default, int) else str

@@ -30,7 +30,7 @@ import pytest
 from quotaplane.storage.sql import migrate
 from quotaplane_client import QuotaplaneClient
 from quotaplane_client.v1 import admin_pb2, types_pb2
-from tests.harness.gateway import request, start_envoy, start_openclaw
+from tests.harness.gateway import render, request, start_envoy, start_openclaw
 from tests.harness.quotaplane_server import serve_process
 
 pytestmark = pytest.mark.timeout(60)
@@ -81,7 +81,7 @@ def send_traffic(port: int, key: str) -> tuple[list[int], str]:
 
 @contextlib.contextmanager
 def billed_gateway(
-    workdir: Path, redis_url: str, key_prefix: str, database: str
+    workdir: Path, redis_url: str, key_prefix: str, database: str, authz: str
 ) -> Iterator[Billed]:
     (workdir / "plans.yaml").write_text(PLANS)
     serve = serve_process(
@@ -90,14 +90,19 @@ def billed_gateway(
         database_url=database,
         key_prefix=key_prefix,
         plans_path=workdir / "plans.yaml",
-        env={"QUOTAPLANE_FLUSH_INTERVAL": "1h", "QUOTAPLANE_METRICS_ADDR": "off"},
+        env={
+            "QUOTAPLANE_FLUSH_INTERVAL": "1h",
+            "QUOTAPLANE_METRICS_ADDR": "off",
+            "QUOTAPLANE_AUTHZ_ROUTES": render.AUTHZ_ROUTES,
+        },
     )
+    authz_port = serve.http_port if authz == "http" else serve.port
     with contextlib.ExitStack() as stack:
         stack.enter_context(serve.process)
         serve.process.start().wait_for_port(serve.port, timeout=60)
         upstream, upstream_port = start_openclaw(workdir)
         stack.enter_context(upstream)
-        envoy, envoy_port = start_envoy(workdir, upstream_port, serve.port, fail_open=False)
+        envoy, envoy_port = start_envoy(workdir, upstream_port, authz_port, False, authz)
         stack.enter_context(envoy)
         client = stack.enter_context(
             QuotaplaneClient(
@@ -120,7 +125,8 @@ def billed_gateway(
         yield Billed(client, tenant.id, period, statuses, remaining)
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+# Both ledgers and both ext_authz paths, without running every pair.
+@pytest.fixture(scope="module", params=["sqlite-http", "postgres-http", "sqlite-grpc"])
 def billed(
     request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
@@ -128,13 +134,14 @@ def billed(
     redis_key_prefix: str,
 ) -> Iterator[Billed]:
     workdir = tmp_path_factory.mktemp(f"billing-{request.param}")
-    if request.param == "postgres":
+    ledger, authz = request.param.split("-")
+    if ledger == "postgres":
         database = request.getfixturevalue("migrated_postgres")
     else:
         database = f"sqlite:///{workdir / 'ledger.db'}"
         migrate.upgrade(database)
-    prefix = f"{redis_key_prefix}-gwbill-{request.param}"
-    with billed_gateway(workdir, redis_url, prefix, database) as billed:
+    prefix = f"{redis_key_prefix}-gb-{request.param}"  # keys allow 32 characters
+    with billed_gateway(workdir, redis_url, prefix, database, authz) as billed:
         yield billed
 
 

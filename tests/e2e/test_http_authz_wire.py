@@ -61,9 +61,12 @@ def test_hundreds_of_pipelined_requests_all_get_their_answer_in_order(
     with _connect(server) as sock:
         sock.sendall(b"".join(b"GET /v1/rate HTTP/1.1\r\nx-api-key: %b\r\n\r\n" % k for k in keys))
         data = _read_until_closed_or(sock, len(keys))
+        sock.sendall(b"GET /v1/rate HTTP/1.1\r\n\r\n")  # reading resumed after the burst
+        after = _read_until_closed_or(sock, 1)
     answers = data.split(b"HTTP/1.1 ")[1:]
     assert len(answers) == len(keys)
     assert [b"missing API key" in a for a in answers] == [not k for k in keys]
+    assert after.startswith(b"HTTP/1.1 401")
 
 
 def test_a_body_is_ignored_and_connection_close_is_honoured(server: ServeProcess) -> None:

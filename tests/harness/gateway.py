@@ -121,6 +121,9 @@ def start_envoy(
         failure_mode_allow=fail_open,
         authz=authz,
         service_token=SERVICE_TOKEN,  # the token the test servers run with
+        # As the harness's Redis timeout: a loaded 2-core machine must not turn a slow
+        # moment into an ext_authz error (tests of the failure modes stop quotaplane).
+        authz_timeout="2s",
         **{port_name: authz_port},
     )
     assert FIRST_ROUTE in text, "the shipped Envoy config no longer starts with the bulk route"

@@ -31,7 +31,7 @@ from quotaplane.domain.plans.registry import PlanAdmin, PlanRegistry
 from quotaplane.domain.quota.decisions import Decision, QuotaRequest
 from quotaplane.domain.quota.engine import QuotaEngine
 from quotaplane.domain.quota.exhausted import ExhaustedQuotaCache
-from quotaplane.domain.quota.gateway import Gateway, GatewayDecision, GatewayRequest, Verdict
+from quotaplane.domain.quota.gateway import Gateway
 from quotaplane.domain.quota.ports import CounterStore, TenantLookup
 from quotaplane.domain.tenants.admin import TenantAdmin
 from quotaplane.domain.tenants.api_keys import ApiKeyAdmin
@@ -59,10 +59,7 @@ from quotaplane.transport.grpc.admin import AdminServicer
 from quotaplane.transport.grpc.ext_authz import AuthorizationServicer
 from quotaplane.transport.grpc.quota import QuotaServicer
 from quotaplane.transport.grpc.server import Servicers
-from quotaplane.transport.http.authz import HttpAuthz
-
-# Gateway verdicts as the decisions metric names them.
-_HTTP_OUTCOMES = {"allowed": "ok"}
+from quotaplane.transport.http.authz import HttpAuthz, decision_recorder
 
 
 @dataclass(frozen=True)
@@ -261,16 +258,7 @@ def build_replica(
 def _http_authz(settings: Settings, gateway: Gateway, telemetry: Telemetry) -> HttpAuthz | None:
     if settings.authz_http_addr == "off":
         return None
-
-    def record(request: GatewayRequest, outcome: GatewayDecision) -> None:
-        if outcome.verdict is Verdict.MISCONFIGURED:
-            return  # counted by the gateway itself (quotaplane_gateway_misconfigured), as on gRPC
-        verdict = outcome.verdict.value
-        tenant = outcome.tenant_id or "unknown"
-        telemetry.record_decision(
-            request.metric, _HTTP_OUTCOMES.get(verdict, verdict), tenant, "ext_authz_http"
-        )
-
+    record = decision_recorder(telemetry)
     return HttpAuthz(gateway, settings.authz_routes, on_decision=record)
 
 

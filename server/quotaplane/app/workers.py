@@ -192,7 +192,12 @@ def metrics_endpoint(settings: Settings) -> Iterator[Path]:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
         host, _, port = settings.metrics_addr.rpartition(":")
-        server, thread = start_http_server(int(port), addr=host.strip("[]"), registry=registry)
+        try:
+            server, thread = start_http_server(int(port), addr=host.strip("[]"), registry=registry)
+        except OSError as error:  # as in one process: the quota service runs without it
+            log.error("metrics endpoint not started", extra={"error": str(error)})
+            yield Path(directory)
+            return
         log.info("metrics endpoint listening (all workers)", extra={"addr": settings.metrics_addr})
         try:
             yield Path(directory)

@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from quotaplane.domain.errors import QuotaplaneError, Unavailable
 from quotaplane.domain.quota.gateway import Gateway, GatewayDecision, GatewayRequest, Verdict
 from quotaplane.domain.quota.routes import RouteTable
+from quotaplane.telemetry import Telemetry
 from quotaplane.transport.grpc.ext_authz import KEY_HEADERS, api_key_of
 from quotaplane.transport.http.gateway import DENIALS, denial_body, rate_limit_headers
 from quotaplane.transport.http.protocol import Answer, Headers
@@ -42,6 +43,8 @@ _JSON = (b"content-type", b"application/json")
 _REMOVE_KEYS = (HEADERS_TO_REMOVE.encode(), ",".join(KEY_HEADERS).encode())
 
 OnDecision = Callable[[GatewayRequest, GatewayDecision], None]
+# Gateway verdicts as the decisions metric names them (the gRPC Check's observer does the same).
+_OUTCOMES = {Verdict.ALLOWED: "ok"}
 
 
 def gateway_request(
@@ -75,6 +78,19 @@ def error_answer(status: int, error: str, message: str) -> Answer:
     """A JSON answer ``{"error", "message"}`` for what is not a decision."""
     body = {"error": error, "message": message}
     return status, [_JSON], json.dumps(body, separators=(",", ":")).encode()
+
+
+def decision_recorder(telemetry: Telemetry) -> OnDecision:
+    """Every decision in quotaplane_quota_decisions_total, with source ``ext_authz_http``."""
+
+    def record(request: GatewayRequest, outcome: GatewayDecision) -> None:
+        if outcome.verdict is Verdict.MISCONFIGURED:
+            return  # counted by the gateway itself (quotaplane_gateway_misconfigured), as on gRPC
+        name = _OUTCOMES.get(outcome.verdict, outcome.verdict.value)
+        tenant = outcome.tenant_id or "unknown"
+        telemetry.record_decision(request.metric, name, tenant, "ext_authz_http")
+
+    return record
 
 
 class HttpAuthz:

@@ -88,6 +88,7 @@ class AuthzProtocol(asyncio.Protocol):
         self._in_headers = True  # the next bytes start a request's headers
         self._header_bytes = 0
         self._header_timer: asyncio.TimerHandle | None = None
+        self._paused = False  # reading paused: too many unanswered requests
         self.closing = False
 
     @property
@@ -138,8 +139,9 @@ class AuthzProtocol(asyncio.Protocol):
         self._pending.append((task, self._parser.should_keep_alive()))
         task.add_done_callback(self._flush)
         self._in_headers, self._header_bytes = True, 0
-        if len(self._pending) >= MAX_PIPELINED and self._transport is not None:
+        if len(self._pending) >= MAX_PIPELINED and not self._paused and self._transport:
             self._transport.pause_reading()
+            self._paused = True
 
     # answers, in request order
 
@@ -150,9 +152,9 @@ class AuthzProtocol(asyncio.Protocol):
             if not keep_alive or self.closing:
                 self.close()
                 return
-        transport = self._transport
-        if transport is not None and len(self._pending) == MAX_PIPELINED // 2:
-            transport.resume_reading()
+        if self._paused and len(self._pending) <= MAX_PIPELINED // 2 and self._transport:
+            self._transport.resume_reading()
+            self._paused = False
 
     def _write(self, answer: Answer, keep_alive: bool) -> None:
         if self._transport is not None and not self._transport.is_closing():
