@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import sys
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import grpc
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -25,6 +28,7 @@ from quotaplane.storage.sql.invoices import SqlInvoiceLedger
 from quotaplane.storage.sql.outbox import SqlPushOutbox
 from quotaplane.storage.sql.tables import invoices, stripe_outbox
 from quotaplane.storage.sql.tenants import SqlTenantStore
+from quotaplane_client.v1 import quota_pb2, quota_pb2_grpc
 from tests.fakes import StripeEmulator
 from tests.integration.billing_server import sqlite_billing_server
 
@@ -138,15 +142,26 @@ async def test_a_worker_paging_a_slow_stripe_leaves_check_quota_fast(
     ) as server:
         assert server.runtime.database is not None
         tenant = await server.tenant("growth")
+        await server.check(tenant, 1)  # seeds its month counter: steady state from here on
         invoice_id = await finalized_invoice(server.runtime.database)
         emulator.cap_page_size(1)  # two items: the worker has to follow has_more
         emulator.slow_down(2.0, path_prefix="/v1/invoiceitems", method="GET")
         pusher = InvoicePusher(SqlPushOutbox(server.runtime.database), gateway(emulator))
         push = asyncio.ensure_future(pusher.run_once())
 
-        latencies = await check_quota_latencies(server.check, tenant, until=push)
-
-        assert await push == 1
+        assert server.runtime.grpc is not None
+        caller = ExternalCaller(server.runtime.grpc.port, server.runtime.tokens.service, tenant)
+        # The caller, the emulator and the SDK share this process (and its GIL) with the
+        # server, which they never do in production: switch threads often, so their time
+        # slices do not show up as the server's latency.
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(0.0005)
+        caller.start()
+        try:
+            assert await push == 1
+        finally:
+            latencies = await asyncio.to_thread(caller.stop)
+            sys.setswitchinterval(switch_interval)
         assert (await outbox_row(server.runtime.database, invoice_id))["state"] == "done"
     pages = [r for r in emulator.requests if r.method == "GET" and r.path == "/v1/invoiceitems"]
     assert len(pages) >= 3  # one listing of the empty draft, two pages of its two items
@@ -155,26 +170,40 @@ async def test_a_worker_paging_a_slow_stripe_leaves_check_quota_fast(
     assert p99 < 0.050, f"CheckQuota p99 {p99 * 1000:.0f} ms while the worker paged Stripe"
 
 
-async def check_quota_latencies(
-    check: Callable[[str, int], Awaitable[object]],
-    tenant: str,
-    *,
-    until: asyncio.Future[int],
-    every: float = 0.02,
-) -> list[float]:
-    """CheckQuota every ``every`` seconds until ``until`` is done; each latency is measured
-    from the call's scheduled start, so a stalled event loop counts against every call that
-    should have started during the stall."""
-    loop = asyncio.get_running_loop()
-    start = loop.time()
-    calls: list[asyncio.Task[float]] = []
+class ExternalCaller:
+    """A client outside the server's event loop (its own thread, the sync gRPC API): it sends
+    a CheckQuota every ``every`` seconds without waiting for the previous answer, as Envoy
+    does, so while the server's loop is blocked every call sent meanwhile waits and counts."""
 
-    async def one(scheduled: float) -> float:
-        await check(tenant, 1)
-        return loop.time() - scheduled
+    def __init__(self, port: int, token: str, tenant: str, every: float = 0.02) -> None:
+        self._channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        self._stub = quota_pb2_grpc.QuotaServiceStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {token}"),)
+        self._request = quota_pb2.CheckQuotaRequest(tenant_id=tenant, cost=1)
+        self._every = every
+        self._stopped = threading.Event()
+        self._latencies: list[float] = []
+        self._calls: list[grpc.Future] = []
+        self._thread = threading.Thread(target=self._run, name="external-caller", daemon=True)
 
-    while not until.done():
-        scheduled = start + len(calls) * every
-        await asyncio.sleep(max(0.0, scheduled - loop.time()))
-        calls.append(asyncio.ensure_future(one(scheduled)))
-    return list(await asyncio.gather(*calls))
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> list[float]:
+        """Stop sending; the latency of every call sent (all of them answered)."""
+        self._stopped.set()
+        self._thread.join(timeout=10)
+        for call in self._calls:
+            call.result(timeout=10)
+        self._channel.close()
+        return self._latencies
+
+    def _run(self) -> None:
+        while not self._stopped.wait(self._every):
+            sent = time.perf_counter()
+            call = self._stub.CheckQuota.future(self._request, metadata=self._metadata, timeout=10)
+            call.add_done_callback(lambda _, sent=sent: self._answered(sent))
+            self._calls.append(call)
+
+    def _answered(self, sent: float) -> None:
+        self._latencies.append(time.perf_counter() - sent)
