@@ -1,5 +1,8 @@
 """The arms of bench/envoy_load.py: one Envoy (``--concurrency 1``, fail closed, the shipped
-config) per arm in front of the same OpenClaw sample, differing only in the ext_authz behind it.
+config) per arm, differing only in the ext_authz behind it. Behind Envoy, ``upstream``: "direct"
+(default) answers every route with Envoy's own direct_response, so the upstream costs nothing
+and the arms differ only by their ext_authz (as perf-notes measured); "openclaw" sends the
+requests on to the OpenClaw sample, a Python server that then caps every arm alike.
 
 - quotaplane-http-1: ``quotaplane serve`` (1 worker), Envoy's HTTP ext_authz (the fast path);
 - quotaplane-http-2: ``quotaplane serve --workers 2``, the same;
@@ -38,6 +41,7 @@ from tests.harness.gateway import (  # noqa: E402
 from tests.harness.net import free_port  # noqa: E402
 from tests.harness.processes import ManagedProcess  # noqa: E402
 from tests.harness.quotaplane_server import ServeProcess, start_serve  # noqa: E402
+from tests.harness.tokens import SERVICE_TOKEN  # noqa: E402  the token start_serve runs with
 
 QUOTAPLANE_ARMS = ("quotaplane-http-1", "quotaplane-http-2", "quotaplane-grpc")
 # trivial_authz.py under uvloop: installing the policy makes its asyncio.run() use uvloop.
@@ -105,19 +109,27 @@ def _serve(space: Workspace, redis_url: str, name: str, workers: int) -> ServePr
     return server
 
 
-def _envoy(work: Path, name: str, upstream: int, authz: str, port: int) -> tuple[Path, str]:
+def _envoy(
+    work: Path, name: str, upstream: int, authz: str, port: int, direct: bool
+) -> tuple[Path, str]:
     """The shipped config for one arm; ``authz`` http, grpc or none."""
     port_name = "quotaplane_http_port" if authz == "http" else "quotaplane_port"
     text = render.render(render.TEMPLATE, listen_address="127.0.0.1", listen_port=0,
                          admin_port=0, openclaw_port=upstream,
-                         authz="grpc" if authz == "none" else authz,
+                         authz="grpc" if authz == "none" else authz, service_token=SERVICE_TOKEN,
                          **({port_name: port} if port else {}))  # fmt: skip
+    config = yaml.safe_load(text)
+    manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     if authz == "none":
-        config = yaml.safe_load(text)
-        manager = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
         filters = manager["typed_config"]["http_filters"]
         filters[:] = [f for f in filters if f["name"] != "envoy.filters.http.ext_authz"]
-        text = yaml.safe_dump(config)
+    if direct:
+        for host in manager["typed_config"]["route_config"]["virtual_hosts"]:
+            for route in host["routes"]:
+                if "route" in route:
+                    del route["route"]
+                    route["direct_response"] = {"status": 200, "body": {"inline_string": "{}"}}
+    text = yaml.safe_dump(config)
     path = work / f"envoy-{name}.yaml"
     path.write_text(text)
     return path, name
@@ -128,6 +140,8 @@ def start_arms(
     space: Workspace,
     redis_url: str,
     cpus: tuple[set[int] | None, set[int] | None],
+    *,
+    direct: bool = True,
 ) -> dict[str, Arm]:
     """Every arm's server and Envoy, started and registered on ``stack`` to be stopped."""
     authz_cpus, rest_cpus = cpus
@@ -159,7 +173,7 @@ def start_arms(
     }
     arms = {}
     for name, (authz, port, pids) in servers.items():
-        config, envoy_name = _envoy(work, name, upstream, authz, port)
+        config, envoy_name = _envoy(work, name, upstream, authz, port, direct)
         with on_cpus(rest_cpus):
             envoy, listener = run_envoy(work, envoy_name, config)
         stack.enter_context(envoy)

@@ -59,7 +59,7 @@ def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout: float = 
 
 def run(
     url: str,
-    body: Path,
+    body: Path | None,
     log: Path,
     *,
     connections: int,
@@ -80,7 +80,7 @@ def run(
     """
     length = ["-n", str(count)] if count else ["-D", str(duration)]
     argv = ["h2load", *length, "-c", str(connections), "-m", str(1 if rps else streams),
-            "-t", "1", "-d", str(body), "--log-file", str(log)]  # fmt: skip
+            "-t", "1", *(["-d", str(body)] if body else []), "--log-file", str(log)]  # fmt: skip
     for header in headers:
         argv += ["-H", header]
     if h1:

@@ -43,6 +43,8 @@ from quotaplane_client.v1 import admin_pb2
 
 PLANS = "plans:\n  bench:\n    metrics:\n      requests: {limits: {month: 100000000}}\n"
 ADMIN_TOKEN = "bench-admin-token"
+SERVICE_TOKEN = "bench-service-token"  # Envoy's Check needs the service role's token
+SERVICE_METADATA = (("authorization", f"Bearer {SERVICE_TOKEN}"),)
 STATS_SETTLE = 1.5  # Postgres publishes a backend's counters within ~1 s of its transactions
 
 
@@ -60,7 +62,7 @@ async def legit_latencies(stub: object, key: str, calls: int) -> list[float]:
     request, seconds = _check_request(key), []
     for _ in range(calls):
         started = time.perf_counter()
-        response = await stub.Check(request, timeout=10)  # type: ignore[attr-defined]
+        response = await stub.Check(request, timeout=10, metadata=SERVICE_METADATA)  # type: ignore[attr-defined]
         seconds.append(time.perf_counter() - started)
         assert response.status.code == 0, response.status
     return seconds
@@ -73,7 +75,9 @@ async def flood(addr: str, keys: int, concurrency: int) -> None:
 
         async def worker() -> None:
             for _ in remaining:
-                response = await stub.Check(_check_request(_random_key()), timeout=10)
+                response = await stub.Check(
+                    _check_request(_random_key()), timeout=10, metadata=SERVICE_METADATA
+                )
                 assert response.denied_response.status.code == 401
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -157,7 +161,8 @@ def run_with_database(args: argparse.Namespace, database_url: str, name: str) ->
     env = {**os.environ, "QUOTAPLANE_GRPC_ADDR": f"127.0.0.1:{port}",
            "QUOTAPLANE_REDIS_URL": args.redis_url, "QUOTAPLANE_DATABASE_URL": database_url,
            "QUOTAPLANE_REDIS_KEY_PREFIX": f"qpbench-{secrets.token_hex(3)}",
-           "QUOTAPLANE_ADMIN_TOKEN": ADMIN_TOKEN, "QUOTAPLANE_PLANS": str(work / "plans.yaml"),
+           "QUOTAPLANE_ADMIN_TOKEN": ADMIN_TOKEN, "QUOTAPLANE_SERVICE_TOKEN": SERVICE_TOKEN,
+           "QUOTAPLANE_AUTHZ_HTTP_ADDR": "off", "QUOTAPLANE_PLANS": str(work / "plans.yaml"),
            "QUOTAPLANE_METRICS_ADDR": "off", "QUOTAPLANE_DATA_DIR": str(work / "data")}  # fmt: skip
     quotaplane = Path(sys.executable).parent / "quotaplane"
     with open(work / "serve.log", "wb") as log:
