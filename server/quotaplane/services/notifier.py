@@ -11,14 +11,13 @@ from datetime import UTC, datetime, timedelta
 
 from quotaplane.domain.quota.alerts import (
     DEFAULT_THRESHOLDS,
-    NotificationStore,
     PendingNotification,
     QuotaAlert,
-    WebhookSender,
     backoff,
     crossings,
 )
 from quotaplane.domain.quota.decisions import Decision, QuotaRequest
+from quotaplane.domain.quota.ports import NotificationStore, WebhookSender
 
 log = logging.getLogger(__name__)
 

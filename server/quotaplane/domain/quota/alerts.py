@@ -20,7 +20,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
 
 from quotaplane.domain.quota.decisions import Decision, QuotaRequest
 from quotaplane.domain.windows import Period
@@ -75,30 +74,6 @@ def crossings(
                     )
                 )
     return alerts
-
-
-class NotificationStore(Protocol):
-    async def record(self, notification_id: str, alert: QuotaAlert) -> bool:
-        """Store a new notification; False when (tenant, period, metric, threshold) exists."""
-        ...
-
-    async def claim_due(
-        self, now: datetime, lease: timedelta, limit: int
-    ) -> list[PendingNotification]:
-        """Undelivered notifications due now, each leased to this caller until now + lease."""
-        ...
-
-    async def delivered(self, notification_id: str, at: datetime) -> None: ...
-
-    async def failed(self, notification_id: str, error: str, retry_at: datetime | None) -> None:
-        """Record a failed attempt; ``retry_at`` None gives up on it."""
-        ...
-
-
-class WebhookSender(Protocol):
-    async def send(self, notification_id: str, alert: QuotaAlert) -> None:
-        """Deliver one notification; raises on any failure (network error, non-2xx answer)."""
-        ...
 
 
 def backoff(attempts: int) -> timedelta:

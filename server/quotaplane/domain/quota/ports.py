@@ -8,8 +8,10 @@ one atomic step; the tenant lookup and key resolver are the in-process caches of
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Protocol
 
+from quotaplane.domain.quota.alerts import PendingNotification, QuotaAlert
 from quotaplane.domain.quota.replay import FirstRequest
 from quotaplane.domain.tenants.model import Tenant
 from quotaplane.domain.windows import Window
@@ -80,4 +82,28 @@ class TenantLookup(Protocol):
 class KeyResolver(Protocol):
     async def tenant_for_key(self, secret: str) -> tuple[str, str] | None:
         """(tenant_id, key_id) of a valid, unrevoked key; None for anything else."""
+        ...
+
+
+class NotificationStore(Protocol):
+    async def record(self, notification_id: str, alert: QuotaAlert) -> bool:
+        """Store a new notification; False when (tenant, period, metric, threshold) exists."""
+        ...
+
+    async def claim_due(
+        self, now: datetime, lease: timedelta, limit: int
+    ) -> list[PendingNotification]:
+        """Undelivered notifications due now, each leased to this caller until now + lease."""
+        ...
+
+    async def delivered(self, notification_id: str, at: datetime) -> None: ...
+
+    async def failed(self, notification_id: str, error: str, retry_at: datetime | None) -> None:
+        """Record a failed attempt; ``retry_at`` None gives up on it."""
+        ...
+
+
+class WebhookSender(Protocol):
+    async def send(self, notification_id: str, alert: QuotaAlert) -> None:
+        """Deliver one notification; raises on any failure (network error, non-2xx answer)."""
         ...
