@@ -33,7 +33,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from quotaplane.app.credentials import Tokens, resolve_tokens
-from quotaplane.app.datadir import LEDGER_FILE, DataDirLock
+from quotaplane.app.embedded import start_embedded
 from quotaplane.app.shutdown import push_bounded
 from quotaplane.app.wiring import Connections, Loop, Replica, build_replica
 from quotaplane.config import Settings
@@ -41,7 +41,6 @@ from quotaplane.domain.plans.registry import PlanRegistry
 from quotaplane.integrations.plans_file import load_plans
 from quotaplane.integrations.stripe.webhooks import start_webhook_server
 from quotaplane.storage.redis.client import command_pipe, redis_client
-from quotaplane.storage.redis.embedded import EmbeddedValkey
 from quotaplane.storage.sql import migrate
 from quotaplane.storage.sql.engine import create_async_engine_for
 from quotaplane.storage.sql.tenants import SqlTenantStore
@@ -58,10 +57,6 @@ FINAL_STEP_TIMEOUT_S = 5.0  # a loop's last step after cancel (the final usage f
 
 def default_plans_path() -> Path:
     return Path(str(resources.files("quotaplane") / "default_plans.yaml"))
-
-
-def embedded_database_url(data_dir: Path) -> str:
-    return f"sqlite:///{(data_dir / LEDGER_FILE).resolve()}"
 
 
 @dataclass(frozen=True)
@@ -191,25 +186,10 @@ class Runtime:
     async def _start_storage(self) -> Storage:
         """The embedded defaults where no URL is configured; the schema check where one is."""
         s = self.settings
-        if not (s.redis_url and s.database_url):
-            self._stack.enter_context(DataDirLock(s.data_dir))
-        redis_url = s.redis_url or self._start_embedded_valkey()
+        redis_url, database_url = start_embedded(s, self._stack)
         if s.database_url:
-            database_url = s.database_url
             await asyncio.to_thread(_require_current_schema, database_url)
-        else:
-            database_url = embedded_database_url(s.data_dir)
-            await asyncio.to_thread(migrate.upgrade, database_url)
         return Storage(redis_url, database_url, resolve_tokens(s))
-
-    def _start_embedded_valkey(self) -> str:
-        valkey = EmbeddedValkey(self.settings.data_dir / "valkey")
-        # Started on the main thread on purpose: valkey's parent-death signal is tied to the
-        # thread that spawned it, and an executor thread may exit before serve does.
-        url = valkey.start()
-        self._stack.callback(valkey.stop)
-        log.info("embedded valkey started", extra={"url": url})
-        return url
 
     def _connect(self, storage: Storage) -> Connections:
         timeout = self.settings.redis_timeout.total_seconds()

@@ -158,22 +158,13 @@ class Supervisor:
 def shared_resources(settings: Settings) -> Iterator[dict[str, str]]:
     """Embedded valkey, embedded ledger and the tokens, once: their settings as variables."""
     from quotaplane.app.credentials import resolve_tokens
-    from quotaplane.app.datadir import DataDirLock
-    from quotaplane.app.runtime import embedded_database_url
-    from quotaplane.storage.redis.embedded import EmbeddedValkey
-    from quotaplane.storage.sql import migrate
+    from quotaplane.app.embedded import start_embedded
 
     shared: dict[str, str] = {}
     with contextlib.ExitStack() as stack:
-        if not (settings.redis_url and settings.database_url):
-            stack.enter_context(DataDirLock(settings.data_dir))
-        if not settings.redis_url:
-            valkey = EmbeddedValkey(settings.data_dir / "valkey")
-            shared["QUOTAPLANE_REDIS_URL"] = valkey.start()
-            stack.callback(valkey.stop)
-        if not settings.database_url:
-            url = shared["QUOTAPLANE_DATABASE_URL"] = embedded_database_url(settings.data_dir)
-            migrate.upgrade(url)
+        redis_url, database_url = start_embedded(settings, stack)
+        shared["QUOTAPLANE_REDIS_URL"] = redis_url
+        shared["QUOTAPLANE_DATABASE_URL"] = database_url
         # Every role's token once, here: workers generating them at the same time would race.
         tokens = resolve_tokens(settings)
         shared["QUOTAPLANE_ADMIN_TOKEN"] = tokens.admin

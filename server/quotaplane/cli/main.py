@@ -138,7 +138,7 @@ def _database_url(args: argparse.Namespace) -> str | None:
     if settings.database_url:
         return settings.database_url
     from quotaplane.app.datadir import LEDGER_FILE, ensure_data_dir
-    from quotaplane.app.runtime import embedded_database_url
+    from quotaplane.app.embedded import embedded_database_url
 
     url = embedded_database_url(settings.data_dir)
     if args.db_command != "upgrade" and not (settings.data_dir / LEDGER_FILE).exists():
