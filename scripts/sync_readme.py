@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Rewrite README.md's settings table from the settings declarations (quotaplane.config).
+"""Rewrite README.md's settings table from the settings declarations (quotaplane.config_table).
 
 tests/unit/test_cli.py fails while the README's table differs from the generated one.
 """
