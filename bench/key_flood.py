@@ -12,16 +12,20 @@ Starts ``quotaplane serve`` (Redis from --redis-url, a fresh Postgres database o
 It prints the legitimate tenant's Check p50/p99 in both phases, and the database
 transactions (Postgres ``pg_stat_database`` commits + rollbacks) per 1,000 random keys, after
 subtracting the background rate (cache polls, usage flusher) measured over the baseline.
-Not a test: it reports figures. Run it against another tree (e.g. the previous commit) with
-PYTHONPATH=<tree>/server to compare.
+``--realtime`` (bench/priorities.py) runs the legitimate caller, the server and Redis with
+real-time priority and leaves the flood ordinary, as an attacker's client on another machine
+would be: without it, on a 2-core machine, the flood's own client takes a core from the server
+and the figures measure the run queue. Not a test: it reports figures. Run it against another
+tree (e.g. the previous commit) with PYTHONPATH=<tree>/server to compare.
 
-    .venv/bin/python bench/key_flood.py --keys 2000 --concurrency 50
+    .venv/bin/python bench/key_flood.py --keys 2000 --concurrency 50 --realtime
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import secrets
@@ -30,10 +34,13 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import priorities
 import psycopg
+import redis
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from h2load import free_port, wait_for_port
 
@@ -83,8 +90,10 @@ async def flood(addr: str, keys: int, concurrency: int) -> None:
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
-def run_flood(addr: str, keys: int, concurrency: int) -> None:
+def run_flood(addr: str, keys: int, concurrency: int, ordinary: bool) -> None:
     """The flood, in a process of its own: its client work must not delay the measured calls."""
+    if ordinary:
+        priorities.set_ordinary_self()
     asyncio.run(flood(addr, keys, concurrency))
 
 
@@ -114,7 +123,7 @@ async def measure(addr: str, key: str, args: argparse.Namespace, stats: tuple[st
         flood_x, flood_started = transactions(*stats), time.monotonic()
         # spawn, not fork: grpc in the parent process does not survive a fork.
         flooding = multiprocessing.get_context("spawn").Process(
-            target=run_flood, args=(addr, args.keys, args.concurrency)
+            target=run_flood, args=(addr, args.keys, args.concurrency, args.realtime)
         )
         flooding.start()
         during: list[float] = []
@@ -128,9 +137,15 @@ async def measure(addr: str, key: str, args: argparse.Namespace, stats: tuple[st
     net = spent - background * (flood_seconds + STATS_SETTLE)
     print(f"legit Check, no flood:     {quantiles(baseline)}")
     print(f"legit Check, during flood: {quantiles(during)}")
-    print(f"flood: {args.keys} random keys, {args.concurrency} concurrent, {flood_seconds:.2f} s")
+    print(
+        f"flood: {args.keys} random keys, {args.concurrency} concurrent, {flood_seconds:.2f} s "
+        f"({args.keys / flood_seconds:.0f} keys/s)"
+    )
     print(f"background: {background:.1f} transactions/s")
-    print(f"DB transactions during the flood: {spent} raw, {net:.0f} net of background")
+    print(
+        f"DB transactions during the flood: {spent} raw, {net:.0f} net of background "
+        f"({net / flood_seconds:.1f}/s)"
+    )
     print(f"DB transactions per 1,000 random keys: {net * 1000 / args.keys:.1f}")
 
 
@@ -140,8 +155,15 @@ def main() -> None:
     parser.add_argument("--postgres-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--keys", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--legit-calls", type=int, default=1000)
+    parser.add_argument("--legit-calls", type=int, default=2000)
+    parser.add_argument(
+        "--realtime",
+        action="store_true",
+        help="real-time priority for the legitimate caller, the server and Redis (needs root)",
+    )
     args = parser.parse_args()
+    if args.realtime and not priorities.realtime_allowed():
+        parser.error("--realtime needs root or CAP_SYS_NICE")
     name = f"qpbench_flood_{secrets.token_hex(4)}"
     with psycopg.connect(args.postgres_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0')
@@ -151,6 +173,26 @@ def main() -> None:
     finally:
         with psycopg.connect(args.postgres_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@contextlib.contextmanager
+def realtime(args: argparse.Namespace, server_pid: int) -> Iterator[None]:
+    """Under --realtime: this process (the legitimate caller), the server and a local Redis at
+    real-time priority for the measurement, Redis put back to ordinary afterwards."""
+    if not args.realtime:
+        yield
+        return
+    client = redis.Redis.from_url(args.redis_url)
+    redis_pid = int(client.info("server")["process_id"])
+    client.close()
+    priorities.set_process(server_pid, priorities.SERVER)
+    priorities.set_process(redis_pid, priorities.SERVER)
+    priorities.set_self(priorities.INSTRUMENT)
+    try:
+        yield
+    finally:
+        priorities.set_ordinary_self()
+        priorities.set_process(redis_pid, None)
 
 
 def run_with_database(args: argparse.Namespace, database_url: str, name: str) -> None:
@@ -178,7 +220,8 @@ def run_with_database(args: argparse.Namespace, database_url: str, name: str) ->
                 "CreateApiKey", admin_pb2.CreateApiKeyRequest(tenant_id=tenant.id, name="bench")
             ).secret
         stats_url = database_url.rsplit("/", 1)[0] + "/postgres"
-        asyncio.run(measure(addr, key, args, (stats_url, name)))
+        with realtime(args, server.pid):
+            asyncio.run(measure(addr, key, args, (stats_url, name)))
     finally:
         server.terminate()
         server.wait(timeout=30)
