@@ -19,9 +19,11 @@ three arms got (every admitted request was a real, counted decision), with no ex
 
 Placement (``--placement``, 2-core machine): ``split`` (default) runs the one-process ext_authz
 servers on the last CPU and Envoy, OpenClaw and h2load on the others (the 2-worker server gets
-every CPU); ``none`` leaves it to the scheduler. Not a test: it reports figures, asserts nothing.
+every CPU); ``none`` leaves it to the scheduler. ``--realtime`` (bench/priorities.py) runs the
+servers, Envoys and Redis at real-time priority above h2load, so that the shared machine's other
+work does not set the tails. Not a test: it reports figures, asserts nothing.
 
-    .venv/bin/python bench/envoy_load.py --duration 10 --rounds 3
+    .venv/bin/python bench/envoy_load.py --duration 10 --rounds 3 --realtime
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import priorities
 import redis
 from envoy_arms import Arm, on_cpus, start_arms
 from envoy_report import report
@@ -143,6 +146,23 @@ def measure(
     return rate
 
 
+@contextlib.contextmanager
+def realtime(arms: dict[str, Arm], redis: int | None) -> Iterator[None]:
+    """Every server, Envoy and Redis at SERVER priority, this process (so h2load) at LOAD;
+    Redis, which outlives the run, back to ordinary afterwards."""
+    for pid in {p for arm in arms.values() for p in (arm.envoy.pid, *arm.server_pids) if p}:
+        priorities.set_process(pid, priorities.SERVER)
+    if redis is not None:
+        priorities.set_process(redis, priorities.SERVER)
+    priorities.set_self(priorities.LOAD)
+    try:
+        yield
+    finally:
+        priorities.set_ordinary_self()
+        if redis is not None:
+            priorities.set_process(redis, None)
+
+
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
@@ -157,9 +177,16 @@ def parse_args() -> argparse.Namespace:
         help="behind Envoy: its own direct_response (default) or the OpenClaw sample",
     )
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument(
+        "--realtime",
+        action="store_true",
+        help="servers, Envoys and Redis at real-time priority above h2load (needs root)",
+    )
     args = parser.parse_args()
     if args.rounds < 1 or args.duration < 1:
         parser.error("--rounds and --duration must be at least 1")
+    if args.realtime and not priorities.realtime_allowed():
+        parser.error("--realtime needs root or CAP_SYS_NICE")
     return args
 
 
@@ -175,6 +202,8 @@ def main() -> int:
         with contextlib.ExitStack() as stack:
             arms = start_arms(stack, space, args.redis_url, cpus, direct=args.upstream == "direct")
             shared = {"redis": redis_pid(client)}
+            if args.realtime:
+                stack.enter_context(realtime(arms, shared["redis"]))
             rate = measure(arms, shared, space.work, args, secret, cpus[1])
             stats = {name: arm.envoy_stats() for name, arm in arms.items()}
         month = int(window_start(Window.MONTH, datetime.now(UTC)).timestamp())

@@ -42,7 +42,8 @@ def report(
         f"1-process ext_authz on CPU {authz_cpus}, rest on CPU {rest_cpus}" if cpus[0] else "none"
     )
     print(f"h2load --h1 -c {args.connections} -t 1, {args.rounds} x {args.duration}s per arm and "
-          f"load, {os.cpu_count()} CPUs, Envoy --concurrency 1, placement: {where}")  # fmt: skip
+          f"load, {os.cpu_count()} CPUs, Envoy --concurrency 1, placement: {where}"
+          f"{', real-time priorities' if args.realtime else ''}")  # fmt: skip
     print(f"{'pass':<30} {'req/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'p99.9 ms':>8} "
           f"{'non-2xx':>7} {'done':>8}")  # fmt: skip
     for name, arm in arms.items():
