@@ -28,7 +28,7 @@ from quotaplane.domain.billing.ports import StoredInvoice
 from quotaplane.domain.billing.usage_events import UsageRecorder
 from quotaplane.domain.plans.model import PlanCatalog
 from quotaplane.domain.plans.registry import PlanAdmin, PlanRegistry
-from quotaplane.domain.quota.decisions import Decision, QuotaRequest
+from quotaplane.domain.quota.decisions import Decision, DecisionCode, QuotaRequest
 from quotaplane.domain.quota.engine import QuotaEngine
 from quotaplane.domain.quota.exhausted import ExhaustedQuotaCache
 from quotaplane.domain.quota.gateway import Gateway
@@ -165,12 +165,29 @@ def quota_engine(
 ) -> QuotaEngine:
     """CheckQuota's engine on the counter chain of the module docstring."""
     observe = telemetry.observe_redis if telemetry else None
+    recorders = [limit_modes_recorder(telemetry)] if telemetry else []
     return QuotaEngine(
         tenants=tenants,
         plans=plans,
         counters=counter_store(settings, connections, stored, flusher, observe=observe),
-        observers=observers,
+        observers=[*observers, *recorders],
     )
+
+
+def limit_modes_recorder(telemetry: Telemetry) -> Callable[[QuotaRequest, Decision], None]:
+    """Shadow limits' would-be denials and spend-cap denials, from every transport's decisions
+    (a dry run or a replay decides nothing new, so it is not counted)."""
+
+    def record(request: QuotaRequest, decision: Decision) -> None:
+        if request.dry_run or decision.replayed:
+            return
+        if decision.allowed:
+            for name in decision.shadow_denied:
+                telemetry.record_shadow_denial(request.tenant_id, name)
+        elif decision.code is DecisionCode.SPEND_CAP:
+            telemetry.record_spend_cap_denial(request.tenant_id, request.metric)
+
+    return record
 
 
 def usage_flusher(

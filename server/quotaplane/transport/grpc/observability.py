@@ -41,6 +41,7 @@ _CHECK_QUOTA_OUTCOMES = {
     quota_pb2.CheckQuotaResponse.OK: "ok",
     quota_pb2.CheckQuotaResponse.OVER_LIMIT: "over_limit",
     quota_pb2.CheckQuotaResponse.SUSPENDED: "suspended",
+    quota_pb2.CheckQuotaResponse.SPEND_CAP: "spend_cap",
 }
 _AUTHZ_OUTCOMES = {0: "ok", 7: "suspended", 8: "over_limit", 16: "unauthenticated"}
 _PROPAGATOR = TraceContextTextMapPropagator()

@@ -6,7 +6,8 @@ client through Envoy, so what the client sees is built here once:
 - status: 401 unauthenticated, 403 suspended or misconfigured route, 429 over limit.
 - body (denials): ``{"error": ..., "message": ...}``; a 429 adds ``limit`` (the limit that
   refused: name, metric, window, limit, remaining, reset_seconds) and ``retry_after_seconds``
-  (a JSON number).
+  (a JSON number); a spend-cap 429 has ``"error": "spend_cap"``, ``spend_cap`` and
+  ``spend_total`` (decimal strings in the plan's currency) and waits for the month's end.
 - rate-limit headers (200 and 429): the x-ratelimit-* trio people already parse, for the
   *current* limit (on 429 the one that refused, else the one with least room), plus
   ``x-ratelimit-policy`` naming it; and the IETF RateLimit header fields draft
@@ -41,6 +42,7 @@ DENIALS = {
     Verdict.SUSPENDED: Denial(403, "tenant_suspended"),
     Verdict.MISCONFIGURED: Denial(403, "route_misconfigured"),
     Verdict.OVER_LIMIT: Denial(429, "rate_limited"),
+    Verdict.SPEND_CAP: Denial(429, "spend_cap"),
 }
 
 
@@ -100,6 +102,11 @@ def denial_body(outcome: GatewayDecision, now: datetime) -> bytes:
     """The JSON body of a denied request."""
     body: dict[str, object] = {"error": DENIALS[outcome.verdict].error, "message": outcome.reason}
     decision = outcome.decision
+    if outcome.verdict is Verdict.SPEND_CAP and decision is not None:
+        body["spend_cap"] = str(decision.spend_cap)
+        body["spend_total"] = str(decision.spend_total)
+        if (retry_after := retry_after_seconds(decision)) is not None:
+            body["retry_after_seconds"] = retry_after
     if outcome.verdict is Verdict.OVER_LIMIT and decision is not None:
         if (state := current_limit(decision)) is not None:
             body["limit"] = {
