@@ -65,10 +65,9 @@ def plans(draw: st.DrawFn) -> Plan:
     places = CURRENCIES[currency]
     names = draw(st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=3, unique=True))
     metrics = {
-        name: MetricPlan(name, draw(charges(places)), draw(st.integers(0, 300)))
-        for name in names
+        name: MetricPlan(name, draw(charges(places)), draw(st.integers(0, 300))) for name in names
     }
-    cap = Decimal(draw(st.integers(0, 10**(places + 3)))).scaleb(-places)
+    cap = Decimal(draw(st.integers(0, 10 ** (places + 3)))).scaleb(-places)
     return Plan("p", currency, draw(_price(places)), metrics, spend_cap=cap)
 
 
