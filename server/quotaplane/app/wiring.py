@@ -46,6 +46,7 @@ from quotaplane.services.usage_flusher import UsageFlusher, UsageTrackingCounter
 from quotaplane.storage.redis.client import CommandPipe, RedisClient
 from quotaplane.storage.redis.counters import RedisCounterStore
 from quotaplane.storage.redis.flush import RedisQuotaCounters, RedisUnflushedUsage
+from quotaplane.storage.redis.shadow import RedisShadowDenials
 from quotaplane.storage.sql.api_keys import SqlApiKeyStore
 from quotaplane.storage.sql.invoice_queries import SqlInvoiceQueries
 from quotaplane.storage.sql.invoices import SqlInvoiceLedger
@@ -85,6 +86,7 @@ class Stores:
     notifications: SqlNotificationStore
     month_counters: RedisQuotaCounters  # usage recorded elsewhere, charged to the quota
     unflushed: RedisUnflushedUsage  # admitted usage the ledger has not taken yet
+    shadow: RedisShadowDenials  # what shadow limits would have refused (GetUsage)
 
 
 def stores(settings: Settings, connections: Connections) -> Stores:
@@ -100,6 +102,7 @@ def stores(settings: Settings, connections: Connections) -> Stores:
         notifications=SqlNotificationStore(database),
         month_counters=RedisQuotaCounters(connections.redis, key_prefix=prefix),
         unflushed=RedisUnflushedUsage(connections.redis, key_prefix=prefix),
+        shadow=RedisShadowDenials(connections.redis, key_prefix=prefix),
     )
 
 
@@ -243,7 +246,9 @@ def build_replica(
             tenants=TenantAdmin(tenants, queries, plans),
             keys=ApiKeyAdmin(stored.keys, tenants),
             plans=PlanAdmin(plans, queries),
-            usage=UsageReports(tenants, stored.usage, flush=flusher.flush_tenant),
+            usage=UsageReports(
+                tenants, stored.usage, flush=flusher.flush_tenant, shadow=stored.shadow
+            ),
             invoices=InvoiceAdmin(tenants, stored.invoice_queries),
         ),
         authz=AuthorizationServicer(gateway),

@@ -137,4 +137,8 @@ def usage_response(report: UsageReport) -> admin_pb2.GetUsageResponse:
         ],
         total=report.total,
         unflushed=report.unflushed,
+        shadow_denials=[
+            admin_pb2.ShadowDenials(limit=name, count=count)
+            for name, count in report.shadow_denials
+        ],
     )
