@@ -12,7 +12,7 @@ import asyncio
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -140,6 +140,7 @@ class Modes:
     now: datetime
 
     async def tenant(self, plan: str) -> str:
+        """A tenant billed for the whole month (created before it: no proration)."""
         tenant_id = (await self.tenants.create(name=f"t-{plan}", plan=plan)).id
         for name, metric in self.catalog.get(plan).metrics.items():
             if metric.charge is not None and self.catalog.get(plan).spend_cap is not None:
@@ -181,7 +182,8 @@ async def modes(
     # (so the month and hour stay NOW's, which the probes read).
     now = max(NOW, datetime.now(UTC).replace(microsecond=0))
     try:
-        tenants = SqlTenantStore(database)
+        last_month = Period.of(NOW).start - timedelta(days=1)
+        tenants = SqlTenantStore(database, clock=lambda: last_month)
         engine = QuotaEngine(
             tenants=TenantDirectory(tenants),
             plans=lambda: catalog,

@@ -35,6 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
+from quotaplane.domain.billing.pricing import prorated_base_fee, prorated_included
 from quotaplane.domain.money import minor_units, to_minor_units
 from quotaplane.domain.plans.model import (
     UNIT_PRICE_PLACES,
@@ -93,8 +94,13 @@ class SpendRule:
         return None
 
 
-def spend_rule(plan: Plan) -> SpendRule | None:
-    """The plan's spend cap compiled (see the module docstring); None without a cap."""
+def spend_rule(plan: Plan, covered: int = 1, whole: int = 1) -> SpendRule | None:
+    """The plan's spend cap compiled (see the module docstring); None without a cap.
+
+    ``covered / whole``: the share of the period the plan is billed for (a tenant created
+    during the period), which prorates the base fee and the included units exactly as the
+    invoice does (``pricing.prorated_base_fee``, ``pricing.prorated_included``).
+    """
     if plan.spend_cap is None:
         return None
     places = minor_units(plan.currency)
@@ -102,11 +108,15 @@ def spend_rule(plan: Plan) -> SpendRule | None:
     cap_minor = to_minor_units(plan.spend_cap, plan.currency)
     limit = (cap_minor + 1) * divisor
     metrics = tuple(
-        MetricPricing(name, metric.included, _segments(metric.charge, limit))
+        MetricPricing(
+            name,
+            prorated_included(metric.included, covered, whole),
+            _segments(metric.charge, limit),
+        )
         for name, metric in sorted(plan.metrics.items())
         if metric.charge is not None
     )
-    base_fee = to_minor_units(plan.base_fee, plan.currency)
+    base_fee = to_minor_units(prorated_base_fee(plan, covered, whole), plan.currency)
     return SpendRule(plan.currency, cap_minor, base_fee, divisor, metrics)
 
 

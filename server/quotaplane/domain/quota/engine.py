@@ -39,10 +39,11 @@ from quotaplane.domain.quota.ports import (
 )
 from quotaplane.domain.quota.replay import FirstRequest, refuse_if_different
 from quotaplane.domain.tenants.model import Tenant
-from quotaplane.domain.windows import Window, window_reset, window_start
+from quotaplane.domain.windows import Period, Window, window_reset, window_start
 
 DEDUP_MAX_AGE = timedelta(hours=24)
-_RULES_KEPT = 256  # compiled spend caps kept (one per plan value; plans reload rarely)
+_RULES_KEPT = 1024  # compiled spend caps kept: one per plan, and per tenant new this month
+_MICROSECOND = timedelta(microseconds=1)
 # Counters outlive their window a little, so a late reply or a slow clock never reads a
 # counter that has just expired as empty.
 COUNTER_GRACE = timedelta(seconds=10)
@@ -69,7 +70,7 @@ class QuotaEngine:
         self._counters = counters
         self._clock = clock
         self._observers = tuple(observers)
-        self._rules: dict[int, tuple[Plan, SpendRule | None]] = {}
+        self._rules: dict[tuple[int, int, int], tuple[Plan, SpendRule | None]] = {}
 
     async def tenant(self, tenant_id: str) -> Tenant:
         """The tenant from the in-process directory; NotFound if it does not exist."""
@@ -84,7 +85,7 @@ class QuotaEngine:
         limits = _limits(plan, request.metric)
         now = self._clock()
         windows = _windows(limits, now)
-        rule = self._spend_rule(plan)
+        rule = self._spend_rule(plan, tenant, now)
         call = consume_call(request, windows, limits, spend_call(rule, request.metric, limits, now))
         result = await self._counters.consume(call)
         resets: Sequence[datetime] = windows.resets
@@ -97,15 +98,20 @@ class QuotaEngine:
             observe(request, decision)
         return decision
 
-    def _spend_rule(self, plan: Plan) -> SpendRule | None:
-        """The plan's compiled spend cap, built once per plan value (plans are immutable)."""
+    def _spend_rule(self, plan: Plan, tenant: Tenant, now: datetime) -> SpendRule | None:
+        """The plan's compiled spend cap for the share of this month the tenant is billed
+        (from its creation, as the invoice), built once per (plan value, share)."""
         if plan.spend_cap is None:
             return None
-        cached = self._rules.get(id(plan))
+        period = Period.of(now)
+        start = min(max(period.start, tenant.created_at), period.end)
+        covered, whole = (period.end - start) // _MICROSECOND, period.duration // _MICROSECOND
+        key = (id(plan), covered, whole)
+        cached = self._rules.get(key)
         if cached is None or cached[0] is not plan:
             if len(self._rules) >= _RULES_KEPT:
                 self._rules.clear()
-            cached = self._rules[id(plan)] = (plan, spend_rule(plan))
+            cached = self._rules[key] = (plan, spend_rule(plan, covered, whole))
         return cached[1]
 
     def _plan(self, tenant: Tenant) -> Plan:

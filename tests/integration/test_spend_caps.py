@@ -1,0 +1,215 @@
+"""Spend caps and shadow limits on two replicas (two Runtimes sharing one Redis and ledger).
+
+Real gRPC CheckQuota on both replicas, the month counters seeded from the ledger by the
+replicas themselves, the invoice from GenerateInvoice: 200 concurrent callers never push the
+invoice past the cap, and the cap is tight (the next unit would cross it). A shadow limit
+under ~100 requests/s admits everything and reports the would-be denials in the decision,
+the metrics and GetUsage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+
+from quotaplane.app.runtime import Runtime
+from quotaplane.config import Settings
+from quotaplane.domain.billing.pricing import Segment, price_invoice
+from quotaplane.domain.tenants.model import Tenant
+from quotaplane.domain.windows import Period
+from quotaplane.integrations.plans_file import parse_plans
+from quotaplane_client.v1 import admin_pb2, admin_pb2_grpc, quota_pb2, quota_pb2_grpc
+from tests.harness.tokens import token_channel
+
+pytestmark = pytest.mark.timeout(180)
+
+CAP = Decimal("12.34")
+PLANS = """
+plans:
+  capped:
+    base_fee: "2.00"
+    spend_cap: "12.34"
+    metrics:
+      requests:
+        included: 100
+        charge:
+          model: graduated
+          tiers:
+            - {up_to: 500, unit_price: "0.01"}
+            - {up_to: 2000, unit_price: "0.004", flat_fee: "0.50"}
+            - {up_to: null, unit_price: "0.0015"}
+        limits: {month: 1000000}
+      rating.bulk:
+        charge: {model: per_unit, unit_price: "0.003"}
+  shadowed:
+    metrics:
+      requests:
+        limits: {second: {limit: 10, mode: shadow}}
+"""
+CATALOG = parse_plans(PLANS, "spend-caps.yaml")
+SPEND_CAP = quota_pb2.CheckQuotaResponse.SPEND_CAP
+
+
+@dataclass
+class Replica:
+    runtime: Runtime
+    quota: quota_pb2_grpc.QuotaServiceStub
+    admin: admin_pb2_grpc.AdminServiceStub
+
+    async def check(
+        self, tenant_id: str, cost: int = 1, metric: str = ""
+    ) -> quota_pb2.CheckQuotaResponse:
+        request = quota_pb2.CheckQuotaRequest(tenant_id=tenant_id, cost=cost, metric=metric)
+        reply: quota_pb2.CheckQuotaResponse = await self.quota.CheckQuota(request, timeout=20)
+        return reply
+
+
+@pytest.fixture
+async def replicas(
+    tmp_path: Path, redis_url: str, redis_key_prefix: str, ledger_url: str
+) -> AsyncIterator[list[Replica]]:
+    plans = tmp_path / "plans.yaml"
+    plans.write_text(PLANS)
+    prefix = f"{redis_key_prefix}:s{uuid.uuid4().hex[:8]}"  # shared by both replicas
+    async with AsyncExitStack() as stack:
+        running = []
+        for index in range(2):
+            settings = Settings.defaults(
+                grpc_addr="127.0.0.1:0",
+                authz_http_addr="127.0.0.1:0",
+                redis_url=redis_url,
+                database_url=ledger_url,
+                data_dir=tmp_path / f"data{index}",
+                plans_path=plans,
+                admin_token="spend-cap-test-token",
+                redis_key_prefix=prefix,
+                metrics_addr="off",
+                metrics_tenant_labels=10,
+                redis_timeout=timedelta(seconds=5),  # a shared, loaded test machine
+            )
+            runtime = await stack.enter_async_context(Runtime(settings))
+            channel = await stack.enter_async_context(
+                token_channel(f"127.0.0.1:{runtime.grpc.port}", runtime.tokens)
+            )
+            running.append(
+                Replica(
+                    runtime,
+                    quota_pb2_grpc.QuotaServiceStub(channel),
+                    admin_pb2_grpc.AdminServiceStub(channel),
+                )
+            )
+        yield running
+
+
+async def _tenant(replica: Replica, plan: str) -> Tenant:
+    """A tenant created now: its first invoice prorates the base fee and included units."""
+    return await replica.runtime.tenants.create(name=f"cap-{plan}", plan=plan)
+
+
+def _total(tenant: Tenant, usage: dict[str, int]) -> Decimal:
+    """The invoice total pricing.py gives the tenant's month (from its creation) for usage."""
+    period = Period.of(datetime.now(UTC))
+    segment = Segment(CATALOG.get("capped"), tenant.created_at, period.end, usage)
+    return price_invoice(period, [segment]).total
+
+
+async def _spend_until_refused(
+    replica: Replica, tenant_id: str, seed: int, metric: str = ""
+) -> int:
+    """One caller: random costs while they fit, then single units until refused; its units."""
+    rng = random.Random(seed)
+    admitted, cost = 0, rng.randint(1, 25)
+    while True:
+        reply = await replica.check(tenant_id, cost, metric)
+        if reply.allowed:
+            admitted += cost
+            cost = rng.randint(1, 25)
+            continue
+        assert reply.code == SPEND_CAP and reply.reason == "spend_cap"
+        assert Decimal(reply.spend_total) <= CAP and reply.spend_cap == "12.34"
+        if cost == 1:
+            return admitted
+        cost = 1
+
+
+async def _invoice_usage(replica: Replica, tenant_id: str) -> tuple[Decimal, dict[str, int]]:
+    period = datetime.now(UTC).strftime("%Y-%m")
+    request = quota_pb2.GenerateInvoiceRequest(tenant_id=tenant_id, period=period)
+    invoice = await replica.quota.GenerateInvoice(request, timeout=30)
+    usage = {line.metric: line.quantity for line in invoice.lines if line.metric != "base_fee"}
+    return Decimal(invoice.total), usage
+
+
+async def test_200_callers_on_two_replicas_stop_exactly_at_the_cap(
+    replicas: list[Replica],
+) -> None:
+    tenant = await _tenant(replicas[0], "capped")
+    admitted = await asyncio.gather(
+        *(_spend_until_refused(replicas[i % 2], tenant.id, seed=i) for i in range(200))
+    )
+    total, usage = await _invoice_usage(replicas[0], tenant.id)
+    assert usage["requests"] == sum(admitted)  # every admitted unit is on the invoice
+    assert total <= CAP
+    assert total == _total(tenant, usage)
+    # No allowed request could have been refused: one more unit crosses the cap.
+    assert _total(tenant, {**usage, "requests": usage["requests"] + 1}) > CAP
+
+
+async def test_two_metrics_on_two_replicas_share_the_cap(replicas: list[Replica]) -> None:
+    tenant = await _tenant(replicas[0], "capped")
+    callers = [
+        _spend_until_refused(
+            replicas[i % 2], tenant.id, seed=i, metric=("", "rating.bulk")[i % 3 % 2]
+        )
+        for i in range(200)
+    ]
+    await asyncio.gather(*callers)
+    total, usage = await _invoice_usage(replicas[1], tenant.id)
+    assert total <= CAP and usage["rating.bulk"] > 0 and total == _total(tenant, usage)
+    for metric in ("requests", "rating.bulk"):
+        assert _total(tenant, {**usage, metric: usage[metric] + 1}) > CAP, metric
+
+
+async def test_a_shadow_limit_under_100_per_second_reports_the_would_be_denials(
+    replicas: list[Replica],
+) -> None:
+    tenant = (await _tenant(replicas[0], "shadowed")).id
+    replies = []
+    start = time.monotonic()
+    for index in range(300):  # ~100 requests/s for 3 s, alternating replicas
+        await asyncio.sleep(max(0.0, start + index / 100 - time.monotonic()))
+        replies.append(await replicas[index % 2].check(tenant))
+    assert all(reply.allowed for reply in replies)  # a shadow limit never refuses
+    per_second = Counter(reply.limits[0].reset_at.seconds for reply in replies)
+    flagged = [reply for reply in replies if reply.shadow_denied]
+    # Exactly the requests past the 10th of each second, wherever they were decided.
+    assert len(flagged) == sum(max(0, n - 10) for n in per_second.values())
+    full = [n - 10 for n in per_second.values() if n >= 95]
+    assert full and all(85 <= denied <= 95 for denied in full)  # ~90 per whole second
+    assert {tuple(reply.shadow_denied) for reply in flagged} == {("requests/second",)}
+    usage = await replicas[1].admin.GetUsage(
+        admin_pb2.GetUsageRequest(tenant_id=tenant), timeout=20
+    )
+    assert [(s.limit, s.count) for s in usage.shadow_denials] == [("requests/second", len(flagged))]
+    scraped = sum(
+        _shadow_samples(replica.runtime.telemetry.scrape(), tenant) for replica in replicas
+    )
+    assert scraped == len(flagged)
+
+
+def _shadow_samples(exposition: str, tenant_id: str) -> int:
+    prefix = f'quotaplane_shadow_denials_total{{limit="requests/second",tenant="{tenant_id}"}}'
+    return sum(
+        int(float(line.split()[-1])) for line in exposition.splitlines() if line.startswith(prefix)
+    )
