@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 
@@ -38,6 +39,20 @@ OUTCOMES = [
     ),
     GatewayDecision(Verdict.SUSPENDED, "tenant is suspended", TENANT),
     GatewayDecision(Verdict.UNAUTHENTICATED, "missing API key"),
+    GatewayDecision(
+        Verdict.SPEND_CAP,
+        "the month's invoice would exceed the spend cap",
+        TENANT,
+        Decision(
+            allowed=False,
+            code=DecisionCode.SPEND_CAP,
+            cost=1,
+            limits=(),
+            retry_after=timedelta(days=28),
+            spend_cap=Decimal("12.34"),
+            spend_total=Decimal("12.30"),
+        ),
+    ),
 ]
 
 
@@ -61,3 +76,15 @@ def test_http_and_grpc_answers_agree(outcome: GatewayDecision) -> None:
     assert status == denied.status.code
     assert _text(headers) == {o.header.key: o.header.value for o in denied.headers}
     assert json.loads(body) == json.loads(denied.body)
+
+
+def test_a_spend_cap_denial_is_a_429_naming_the_cap_and_the_total() -> None:
+    status, _, body = encode(OUTCOMES[-1], NOW)
+    assert status == 429
+    assert json.loads(body) == {
+        "error": "spend_cap",
+        "message": "the month's invoice would exceed the spend cap",
+        "spend_cap": "12.34",
+        "spend_total": "12.30",
+        "retry_after_seconds": 28 * 86400,
+    }
