@@ -411,7 +411,7 @@ metrics:
         ('spend_cap: "1.234"', "plans.p.spend_cap: 1.234 has 3 decimal places; at most 2 allowed"),
         ('spend_cap: "1000000001"', "plans.p.spend_cap: must be at most 1,000,000,000"),
         ("spend_cap: 1.5e3", "plans.p.spend_cap"),
-        (
+        ("mode: loud", "limits.month.mode: must be one of enforce, shadow"),
             "mode: loud",
             "plans.p.metrics.requests.limits.month.mode: must be one of enforce, shadow",
         ),
