@@ -412,9 +412,6 @@ metrics:
         ('spend_cap: "1000000001"', "plans.p.spend_cap: must be at most 1,000,000,000"),
         ("spend_cap: 1.5e3", "plans.p.spend_cap"),
         ("mode: loud", "limits.month.mode: must be one of enforce, shadow"),
-            "mode: loud",
-            "plans.p.metrics.requests.limits.month.mode: must be one of enforce, shadow",
-        ),
         ("mode: shadow\n        overage: bill", "a shadow limit never refuses"),
     ],
 )
