@@ -14,7 +14,8 @@ client through Envoy, so what the client sees is built here once:
   (draft-ietf-httpapi-ratelimit-headers): ``RateLimit-Policy`` lists every limit
   (``"requests/month";q=10000``, with ``w`` = window seconds where the window has a fixed
   length) and ``RateLimit`` gives the current one (``"requests/month";r=3;t=600``).
-  Reset values are delta seconds, rounded up; ``retry-after`` accompanies a 429.
+  Reset values are delta seconds, rounded up; ``retry-after`` accompanies a 429. Shadow limits
+  (a trial the operator watches) are left out of every header and body.
 """
 
 from __future__ import annotations
@@ -57,20 +58,24 @@ def retry_after_seconds(decision: Decision | None) -> int | None:
     return math.ceil(decision.retry_after.total_seconds())
 
 
+def enforced(decision: Decision) -> tuple[LimitState, ...]:
+    """The limits a client sees: shadow limits are the operator's trial, never shown."""
+    return tuple(s for s in decision.limits if not s.shadow)
+
+
 def current_limit(decision: Decision) -> LimitState | None:
     """The limit a client should look at: on a denial the blocking limit that resets last (it
     decides when a retry can succeed), otherwise the one with least room."""
-    if not decision.limits:
+    limits = enforced(decision)
+    if not limits:
         return None
     if not decision.allowed:
         blocking = [
-            s
-            for s in decision.limits
-            if s.overage_policy == OVERAGE_BLOCK and s.remaining < decision.cost
+            s for s in limits if s.overage_policy == OVERAGE_BLOCK and s.remaining < decision.cost
         ]
         if blocking:
             return max(blocking, key=lambda s: s.reset_at)
-    return min(decision.limits, key=lambda s: (s.remaining, s.reset_at))
+    return min(limits, key=lambda s: (s.remaining, s.reset_at))
 
 
 def _policy_item(state: LimitState) -> str:
@@ -90,7 +95,7 @@ def rate_limit_headers(decision: Decision | None, now: datetime) -> list[tuple[s
         ("x-ratelimit-remaining", str(current.remaining)),
         ("x-ratelimit-reset", reset),
         ("x-ratelimit-policy", current.name),
-        ("ratelimit-policy", ", ".join(_policy_item(s) for s in decision.limits)),
+        ("ratelimit-policy", ", ".join(_policy_item(s) for s in enforced(decision))),
         ("ratelimit", f'"{current.name}";r={current.remaining};t={reset}'),
     ]
     if (retry_after := retry_after_seconds(decision)) is not None:
