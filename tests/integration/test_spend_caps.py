@@ -29,6 +29,8 @@ from quotaplane.domain.billing.pricing import Segment, price_invoice
 from quotaplane.domain.tenants.model import Tenant
 from quotaplane.domain.windows import Period
 from quotaplane.integrations.plans_file import parse_plans
+from quotaplane.storage.redis import keys
+from quotaplane.storage.redis.client import redis_client
 from quotaplane_client.v1 import admin_pb2, admin_pb2_grpc, quota_pb2, quota_pb2_grpc
 from tests.harness.tokens import token_channel
 
@@ -213,3 +215,27 @@ def _shadow_samples(exposition: str, tenant_id: str) -> int:
     return sum(
         int(float(line.split()[-1])) for line in exposition.splitlines() if line.startswith(prefix)
     )
+
+
+async def test_lost_month_counters_are_rebuilt_from_the_ledger_before_the_cap_is_checked(
+    replicas: list[Replica], redis_url: str
+) -> None:
+    tenant = await _tenant(replicas[0], "capped")
+    assert (await replicas[0].check(tenant.id, 1000)).allowed
+    assert (await replicas[1].check(tenant.id, 300, "rating.bulk")).allowed
+    await _invoice_usage(replicas[0], tenant.id)  # flushes the usage into the ledger
+    settings = replicas[0].runtime.settings
+    month = int(Period.of(datetime.now(UTC)).start.timestamp())
+    client = redis_client(redis_url, timeout=5.0)
+    try:  # Redis loses both month counters (a failover without persistence)
+        for metric in ("requests", "rating.bulk"):
+            key = keys.counter_key(settings.redis_key_prefix, tenant.id, metric, "month", month)
+            assert await client.delete(key) == 1
+    finally:
+        await client.aclose()
+    await asyncio.gather(
+        *(_spend_until_refused(replicas[i % 2], tenant.id, seed=i) for i in range(50))
+    )
+    total, usage = await _invoice_usage(replicas[1], tenant.id)
+    assert usage["rating.bulk"] == 300 and total <= CAP and total == _total(tenant, usage)
+    assert _total(tenant, {**usage, "requests": usage["requests"] + 1}) > CAP
