@@ -10,6 +10,7 @@ the metrics and GetUsage.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
 import uuid
@@ -239,3 +240,27 @@ async def test_lost_month_counters_are_rebuilt_from_the_ledger_before_the_cap_is
     total, usage = await _invoice_usage(replicas[1], tenant.id)
     assert usage["rating.bulk"] == 300 and total <= CAP and total == _total(tenant, usage)
     assert _total(tenant, {**usage, "requests": usage["requests"] + 1}) > CAP
+
+
+async def test_the_http_ext_authz_answers_429_spend_cap(replicas: list[Replica]) -> None:
+    tenant = await _tenant(replicas[0], "capped")
+    created = await replicas[0].admin.CreateApiKey(
+        admin_pb2.CreateApiKeyRequest(tenant_id=tenant.id, name="gw"), timeout=20
+    )
+    await _spend_until_refused(replicas[0], tenant.id, seed=1)  # the cap is reached
+    http = replicas[1].runtime.running.http
+    assert http is not None
+    reader, writer = await asyncio.open_connection("127.0.0.1", http.port)
+    try:
+        writer.write(
+            b"GET /v1/rate HTTP/1.1\r\nhost: q\r\nx-api-key: %b\r\nconnection: close\r\n\r\n"
+            % created.secret.encode()
+        )
+        answer = await asyncio.wait_for(reader.read(), timeout=20)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 429")
+    denial = json.loads(body)
+    assert (denial["error"], denial["spend_cap"]) == ("spend_cap", "12.34")
+    assert Decimal(denial["spend_total"]) <= CAP and denial["retry_after_seconds"] > 0
