@@ -23,6 +23,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 
 from quotaplane.app.runtime import Runtime
 from quotaplane.config import Settings
@@ -69,6 +70,7 @@ class Replica:
     runtime: Runtime
     quota: quota_pb2_grpc.QuotaServiceStub
     admin: admin_pb2_grpc.AdminServiceStub
+    authz: external_auth_pb2_grpc.AuthorizationStub
 
     async def check(
         self, tenant_id: str, cost: int = 1, metric: str = ""
@@ -110,6 +112,7 @@ async def replicas(
                     runtime,
                     quota_pb2_grpc.QuotaServiceStub(channel),
                     admin_pb2_grpc.AdminServiceStub(channel),
+                    external_auth_pb2_grpc.AuthorizationStub(channel),
                 )
             )
         yield running
@@ -264,3 +267,12 @@ async def test_the_http_ext_authz_answers_429_spend_cap(replicas: list[Replica])
     denial = json.loads(body)
     assert (denial["error"], denial["spend_cap"]) == ("spend_cap", "12.34")
     assert Decimal(denial["spend_total"]) <= CAP and denial["retry_after_seconds"] > 0
+    # Envoy's gRPC Check: the same 429 body, and the decision counted as spend_cap.
+    check = external_auth_pb2.CheckRequest()
+    check.attributes.request.http.headers["x-api-key"] = created.secret
+    reply = await replicas[0].authz.Check(check, timeout=20)
+    assert reply.denied_response.status.code == 429
+    assert json.loads(reply.denied_response.body)["error"] == "spend_cap"
+    scrape = replicas[0].runtime.telemetry.scrape()
+    assert 'outcome="spend_cap",source="ext_authz"' in scrape
+    assert f'quotaplane_spend_cap_denials_total{{metric="requests",tenant="{tenant.id}"}}' in scrape
