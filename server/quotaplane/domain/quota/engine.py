@@ -5,6 +5,10 @@ without touching the counters, takes the metric's limits from the in-memory plan
 computes each limit's fixed UTC window, and asks the counter store to check and consume the
 cost on every limit at once: either every ``block`` limit has room and all are charged, or
 nothing is. ``bill`` limits admit past their limit; the excess is reported as overage.
+``shadow`` limits are counted in the same step but never refuse; the decision names those that
+would have. A plan's spend cap is checked in that step too (``SpendCall``, compiled once per
+plan and billed share of the month by ``domain/billing/spend_cap.py``): a charged metric's
+request that would make the month's invoice total exceed it is refused as SPEND_CAP.
 
 Semantics the callers rely on:
 
