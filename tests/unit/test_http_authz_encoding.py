@@ -85,6 +85,7 @@ def test_a_spend_cap_denial_is_a_429_naming_the_cap_and_the_total() -> None:
     assert status == 429
     assert json.loads(body) == {
         "error": "spend_cap",
+        "reason": "spend_cap",
         "message": "the month's invoice would exceed the spend cap",
         "spend_cap": "12.34",
         "spend_total": "12.30",

@@ -6,7 +6,7 @@ client through Envoy, so what the client sees is built here once:
 - status: 401 unauthenticated, 403 suspended or misconfigured route, 429 over limit.
 - body (denials): ``{"error": ..., "message": ...}``; a 429 adds ``limit`` (the limit that
   refused: name, metric, window, limit, remaining, reset_seconds) and ``retry_after_seconds``
-  (a JSON number); a spend-cap 429 has ``"error": "spend_cap"``, ``spend_cap`` and
+  (a JSON number); a spend-cap 429 has ``"error"`` and ``"reason": "spend_cap"``, ``spend_cap`` and
   ``spend_total`` (decimal strings in the plan's currency) and waits for the month's end.
 - rate-limit headers (200 and 429): the x-ratelimit-* trio people already parse, for the
   *current* limit (on 429 the one that refused, else the one with least room), plus
@@ -108,6 +108,7 @@ def denial_body(outcome: GatewayDecision, now: datetime) -> bytes:
     body: dict[str, object] = {"error": DENIALS[outcome.verdict].error, "message": outcome.reason}
     decision = outcome.decision
     if outcome.verdict is Verdict.SPEND_CAP and decision is not None:
+        body["reason"] = decision.code.value  # "spend_cap", as CheckQuota's reason
         body["spend_cap"] = str(decision.spend_cap)
         body["spend_total"] = str(decision.spend_total)
         if (retry_after := retry_after_seconds(decision)) is not None:
