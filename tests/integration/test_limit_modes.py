@@ -340,3 +340,28 @@ async def test_the_script_evaluates_the_invoice_total_exactly(modes: Modes) -> N
         assert expected == invoice or (expected > rule.cap_minor and invoice > rule.cap_minor)
         after = price_period(Period.of(NOW), plan, {"requests": usage + 1}).total_minor
         assert result.allowed == (after <= rule.cap_minor)
+
+
+async def test_a_replay_keeps_the_shadow_limits_and_the_spend_verdict(modes: Modes) -> None:
+    shadowed = await modes.tenant("shadowed")
+    await modes.check(shadowed, cost=10)
+    request = QuotaRequest.parse(tenant_id=shadowed, metric="", cost=1, request_id="r-1")
+    first = await modes.engine.check(request)
+    again = await modes.engine.check(request)
+    assert (again.replayed, again.limits, again.shadow_denied) == (
+        True,
+        first.limits,
+        ("requests/second",),
+    )
+    assert next(s for s in again.limits if s.window == "second").shadow
+    capped = await modes.tenant("volume")
+    await modes.check(capped, cost=237)
+    request = QuotaRequest.parse(tenant_id=capped, metric="", cost=1, request_id="r-2")
+    refused = await modes.engine.check(request)
+    replayed = await modes.engine.check(request)
+    assert (refused.code, replayed.code, replayed.replayed) == (
+        DecisionCode.SPEND_CAP,
+        DecisionCode.SPEND_CAP,
+        True,
+    )
+    assert replayed.spend_total == refused.spend_total == Decimal("4.99")
