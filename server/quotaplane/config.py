@@ -16,7 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from quotaplane.config_table import SETTINGS
+from quotaplane.config_table import SETTINGS as SETTINGS  # re-exported: the CLI reads it
 from quotaplane.domain.quota.routes import RouteTable
 
 

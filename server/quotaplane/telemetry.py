@@ -57,6 +57,8 @@ PENDING_UNITS: Final = "quotaplane_usage_pending_units"
 STRIPE_PUSHES: Final = "quotaplane_stripe_pushes"
 INVOICED_MINOR: Final = "quotaplane_invoiced_minor_units"
 MISCONFIGURED_ROUTES: Final = "quotaplane_gateway_misconfigured"
+SHADOW_DENIALS: Final = "quotaplane_shadow_denials"
+SPEND_CAP_DENIALS: Final = "quotaplane_spend_cap_denials"
 
 # Sub-millisecond to 200 ms in fine steps (the p99 target is 2 ms, the alert fires at 200 ms),
 # then coarse steps for the slow admin and billing calls.
@@ -77,7 +79,9 @@ LATENCY_BUCKETS: Final = (
     2.5,
     10.0,
 )
-DECISION_OUTCOMES: Final = frozenset({"ok", "over_limit", "suspended", "unauthenticated"})
+DECISION_OUTCOMES: Final = frozenset(
+    {"ok", "over_limit", "suspended", "unauthenticated", "spend_cap"}
+)
 STRIPE_OUTCOMES: Final = frozenset({"ok", "retried", "failed"})
 ALL_TENANTS: Final = "all"
 OTHER_TENANTS: Final = "other"
@@ -169,6 +173,19 @@ class _Instruments:
             registry=None,
         )
 
+        self.shadow = Counter(
+            SHADOW_DENIALS,
+            "Admitted requests a shadow limit would have refused, by tenant and limit",
+            ["tenant", "limit"],
+            registry=None,
+        )
+        self.spend_cap = Counter(
+            SPEND_CAP_DENIALS,
+            "Requests refused because the month's invoice would exceed the spend cap",
+            ["tenant", "metric"],
+            registry=None,
+        )
+
     def used(self, metric: MetricWrapperBase) -> None:
         """Export ``metric`` from now on (called before its first sample)."""
         if metric in self._registered:
@@ -234,6 +251,17 @@ class Telemetry:
             self._metrics.used(self._metrics.decisions)
             child = self._decision_children[key] = self._metrics.decisions.labels(*key)
         child.inc()
+
+    def record_shadow_denial(self, tenant_id: str, limit_name: str) -> None:
+        """An admitted request that the shadow limit ``limit_name`` would have refused
+        (limit names come from the plans, so with bounded tenants the label sets are bounded)."""
+        self._metrics.used(self._metrics.shadow)
+        self._metrics.shadow.labels(self.tenants.label(tenant_id), limit_name).inc()
+
+    def record_spend_cap_denial(self, tenant_id: str, metric: str) -> None:
+        """A request refused by its tenant's spend cap."""
+        self._metrics.used(self._metrics.spend_cap)
+        self._metrics.spend_cap.labels(self.tenants.label(tenant_id), metric).inc()
 
     def record_misconfigured(self, route: str, plan: str, problem: str) -> None:
         """A gateway request denied for its route's configuration (route and plan come from

@@ -23,7 +23,7 @@ class InMemoryCounters:
         keys = [(call.tenant_id, call.metric, c.window, c.window_start) for c in call.limits]
         used = tuple(self.used.get(key, 0) for key in keys)
         room = all(
-            c.bill or count + call.cost <= c.limit
+            c.bill or c.shadow or count + call.cost <= c.limit
             for c, count in zip(call.limits, used, strict=True)
         )
         if not room or call.dry_run:
@@ -112,3 +112,12 @@ async def test_the_cache_is_bounded() -> None:
         while (await cache.consume(call(month(1), tenant_id=f"t{tenant}"))).allowed:
             pass
     assert len(cache) == 3
+
+
+async def test_a_used_up_shadow_month_is_never_remembered_as_exhausted() -> None:
+    store = InMemoryCounters()
+    cache = ExhaustedQuotaCache(store)
+    shadow_month = replace(month(2), shadow=True)
+    await exhaust(cache, shadow_month, second(3, 100))  # the shadow month is 3 over its limit
+    assert len(cache) == 0  # denied by the second, not by the month: no certainty
+    assert (await cache.consume(call(shadow_month, second(3, 101)))).allowed

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
 import pytest
 
@@ -11,6 +13,7 @@ from quotaplane.domain.quota.decisions import Decision, DecisionCode, LimitState
 from quotaplane.domain.quota.gateway import GatewayDecision, Verdict
 from quotaplane.transport.grpc.ext_authz import check_response
 from quotaplane.transport.http.authz import HEADERS_TO_REMOVE, encode
+from quotaplane.transport.http.gateway import rate_limit_headers
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
 TENANT = "7c9e6679-7425-40de-944b-e07fc1f90ae7"
@@ -38,6 +41,20 @@ OUTCOMES = [
     ),
     GatewayDecision(Verdict.SUSPENDED, "tenant is suspended", TENANT),
     GatewayDecision(Verdict.UNAUTHENTICATED, "missing API key"),
+    GatewayDecision(
+        Verdict.SPEND_CAP,
+        "the month's invoice would exceed the spend cap",
+        TENANT,
+        Decision(
+            allowed=False,
+            code=DecisionCode.SPEND_CAP,
+            cost=1,
+            limits=(),
+            retry_after=timedelta(days=28),
+            spend_cap=Decimal("12.34"),
+            spend_total=Decimal("12.30"),
+        ),
+    ),
 ]
 
 
@@ -61,3 +78,28 @@ def test_http_and_grpc_answers_agree(outcome: GatewayDecision) -> None:
     assert status == denied.status.code
     assert _text(headers) == {o.header.key: o.header.value for o in denied.headers}
     assert json.loads(body) == json.loads(denied.body)
+
+
+def test_a_spend_cap_denial_is_a_429_naming_the_cap_and_the_total() -> None:
+    status, _, body = encode(OUTCOMES[-1], NOW)
+    assert status == 429
+    assert json.loads(body) == {
+        "error": "spend_cap",
+        "reason": "spend_cap",
+        "message": "the month's invoice would exceed the spend cap",
+        "spend_cap": "12.34",
+        "spend_total": "12.30",
+        "retry_after_seconds": 28 * 86400,
+    }
+
+
+def test_shadow_limits_stay_out_of_the_clients_headers() -> None:
+    enforced = _decision(True, 41)
+    trial = replace(enforced.limits[0], window="second", limit=10, remaining=0, shadow=True)
+    decision = replace(
+        enforced, limits=(trial, *enforced.limits), shadow_denied=("requests/second",)
+    )
+    headers = dict(rate_limit_headers(decision, NOW))
+    assert headers["x-ratelimit-policy"] == "requests/month"
+    assert headers["x-ratelimit-remaining"] == "41"
+    assert "second" not in headers["ratelimit-policy"]

@@ -389,3 +389,43 @@ def test_alias_bombs_are_refused() -> None:
 def test_an_unknown_plan_currency_is_the_only_problem_reported() -> None:
     text = one_plan('currency: XYZ\nbase_fee: "49.00"\nmetrics: {r: {limits: {day: 1}}}')
     assert len(problems_of(text)) == 1
+
+
+def test_a_limit_may_be_a_shadow_limit_and_a_plan_may_cap_its_spend() -> None:
+    text = one_plan("""
+spend_cap: "12.34"
+metrics:
+  requests:
+    charge: {model: per_unit, unit_price: "0.001"}
+    limits: {second: {limit: 10, mode: shadow}, month: {limit: 5, mode: enforce}}
+""")
+    plan = parse_plans(text, "plans.yaml").get("p")
+    second, month = plan.limits_for("requests")
+    assert (second.shadow, month.shadow) == (True, False)
+    assert plan.spend_cap == Decimal("12.34")
+
+
+@pytest.mark.parametrize(
+    ("body", "problem"),
+    [
+        ('spend_cap: "1.234"', "plans.p.spend_cap: 1.234 has 3 decimal places; at most 2 allowed"),
+        ('spend_cap: "1000000001"', "plans.p.spend_cap: must be at most 1,000,000,000"),
+        ("spend_cap: 1.5e3", "plans.p.spend_cap"),
+        ("mode: loud", "limits.month.mode: must be one of enforce, shadow"),
+        ("mode: shadow\n        overage: bill", "a shadow limit never refuses"),
+    ],
+)
+def test_bad_modes_and_caps_are_named(body: str, problem: str) -> None:
+    cap, _, limit = body.partition("mode:")
+    limit_keys = f"mode:{limit}" if limit else ""
+    text = one_plan(f"""
+{cap}
+metrics:
+  requests:
+    charge: {{model: per_unit, unit_price: "0.001"}}
+    limits:
+      month:
+        limit: 5
+        {limit_keys}
+""")
+    assert any(problem in line for line in problems_of(text)), problems_of(text)

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from quotaplane_client.v1 import types_pb2 as quotaplane_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19quotaplane/v1/admin.proto\x12\rquotaplane.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19quotaplane/v1/types.proto\"F\n\x13\x43reateTenantRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04plan\x18\x02 \x01(\t\x12\x13\n\x0b\x65xternal_id\x18\x03 \x01(\t\"%\n\x10GetTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"w\n\x12ListTenantsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0c\n\x04plan\x18\x03 \x01(\t\x12,\n\x06status\x18\x04 \x01(\x0e\x32\x1c.quotaplane.v1.Tenant.Status\"V\n\x13ListTenantsResponse\x12&\n\x07tenants\x18\x01 \x03(\x0b\x32\x15.quotaplane.v1.Tenant\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\":\n\x17UpdateTenantPlanRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0c\n\x04plan\x18\x02 \x01(\t\"9\n\x14SuspendTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"(\n\x13ResumeTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"6\n\x13\x43reateApiKeyRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"J\n\x14\x43reateApiKeyResponse\x12\"\n\x03key\x18\x01 \x01(\x0b\x32\x15.quotaplane.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"@\n\x12ListApiKeysRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x17\n\x0finclude_revoked\x18\x02 \x01(\x08\":\n\x13ListApiKeysResponse\x12#\n\x04keys\x18\x01 \x03(\x0b\x32\x15.quotaplane.v1.ApiKey\"%\n\x13RevokeApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"\x12\n\x10ListPlansRequest\"w\n\tPlanLimit\x12%\n\x06window\x18\x01 \x01(\x0e\x32\x15.quotaplane.v1.Window\x12\r\n\x05limit\x18\x02 \x01(\x03\x12\x34\n\x0eoverage_policy\x18\x03 \x01(\x0e\x32\x1c.quotaplane.v1.OveragePolicy\"}\n\nPlanMetric\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x14\n\x0c\x63harge_model\x18\x02 \x01(\t\x12\x10\n\x08included\x18\x03 \x01(\x03\x12(\n\x06limits\x18\x04 \x03(\x0b\x32\x18.quotaplane.v1.PlanLimit\x12\r\n\x05price\x18\x05 \x01(\t\"d\n\x04Plan\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61se_fee\x18\x03 \x01(\t\x12*\n\x07metrics\x18\x04 \x03(\x0b\x32\x19.quotaplane.v1.PlanMetric\"v\n\x11ListPlansResponse\x12\"\n\x05plans\x18\x01 \x03(\x0b\x32\x13.quotaplane.v1.Plan\x12\x0e\n\x06source\x18\x02 \x01(\t\x12-\n\tloaded_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x14\n\x12ReloadPlansRequest\"\xb4\x01\n\x0fGetUsageRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12)\n\x05start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x06\x62ucket\x18\x05 \x01(\x0e\x32\x1a.quotaplane.v1.UsageBucket\"x\n\x10UsageBucketTotal\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08quantity\x18\x03 \x01(\x03\"\x89\x01\n\x10GetUsageResponse\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\x30\n\x07\x62uckets\x18\x03 \x03(\x0b\x32\x1f.quotaplane.v1.UsageBucketTotal\x12\r\n\x05total\x18\x04 \x01(\x03\x12\x11\n\tunflushed\x18\x05 \x01(\x03\"_\n\x13ListInvoicesRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06period\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"Y\n\x14ListInvoicesResponse\x12(\n\x08invoices\x18\x01 \x03(\x0b\x32\x16.quotaplane.v1.Invoice\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x11GetInvoiceRequest\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\"8\n\x12VoidInvoiceRequest\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t*p\n\x0bUsageBucket\x12\x1c\n\x18USAGE_BUCKET_UNSPECIFIED\x10\x00\x12\x15\n\x11USAGE_BUCKET_HOUR\x10\x01\x12\x14\n\x10USAGE_BUCKET_DAY\x10\x02\x12\x16\n\x12USAGE_BUCKET_MONTH\x10\x03\x32\xb5\t\n\x0c\x41\x64minService\x12I\n\x0c\x43reateTenant\x12\".quotaplane.v1.CreateTenantRequest\x1a\x15.quotaplane.v1.Tenant\x12\x43\n\tGetTenant\x12\x1f.quotaplane.v1.GetTenantRequest\x1a\x15.quotaplane.v1.Tenant\x12T\n\x0bListTenants\x12!.quotaplane.v1.ListTenantsRequest\x1a\".quotaplane.v1.ListTenantsResponse\x12Q\n\x10UpdateTenantPlan\x12&.quotaplane.v1.UpdateTenantPlanRequest\x1a\x15.quotaplane.v1.Tenant\x12K\n\rSuspendTenant\x12#.quotaplane.v1.SuspendTenantRequest\x1a\x15.quotaplane.v1.Tenant\x12I\n\x0cResumeTenant\x12\".quotaplane.v1.ResumeTenantRequest\x1a\x15.quotaplane.v1.Tenant\x12W\n\x0c\x43reateApiKey\x12\".quotaplane.v1.CreateApiKeyRequest\x1a#.quotaplane.v1.CreateApiKeyResponse\x12T\n\x0bListApiKeys\x12!.quotaplane.v1.ListApiKeysRequest\x1a\".quotaplane.v1.ListApiKeysResponse\x12I\n\x0cRevokeApiKey\x12\".quotaplane.v1.RevokeApiKeyRequest\x1a\x15.quotaplane.v1.ApiKey\x12N\n\tListPlans\x12\x1f.quotaplane.v1.ListPlansRequest\x1a .quotaplane.v1.ListPlansResponse\x12R\n\x0bReloadPlans\x12!.quotaplane.v1.ReloadPlansRequest\x1a .quotaplane.v1.ListPlansResponse\x12K\n\x08GetUsage\x12\x1e.quotaplane.v1.GetUsageRequest\x1a\x1f.quotaplane.v1.GetUsageResponse\x12W\n\x0cListInvoices\x12\".quotaplane.v1.ListInvoicesRequest\x1a#.quotaplane.v1.ListInvoicesResponse\x12\x46\n\nGetInvoice\x12 .quotaplane.v1.GetInvoiceRequest\x1a\x16.quotaplane.v1.Invoice\x12H\n\x0bVoidInvoice\x12!.quotaplane.v1.VoidInvoiceRequest\x1a\x16.quotaplane.v1.InvoiceBAZ?github.com/quotaplane/quotaplane/gen/quotaplane/v1;quotaplanev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19quotaplane/v1/admin.proto\x12\rquotaplane.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19quotaplane/v1/types.proto\"F\n\x13\x43reateTenantRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04plan\x18\x02 \x01(\t\x12\x13\n\x0b\x65xternal_id\x18\x03 \x01(\t\"%\n\x10GetTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"w\n\x12ListTenantsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0c\n\x04plan\x18\x03 \x01(\t\x12,\n\x06status\x18\x04 \x01(\x0e\x32\x1c.quotaplane.v1.Tenant.Status\"V\n\x13ListTenantsResponse\x12&\n\x07tenants\x18\x01 \x03(\x0b\x32\x15.quotaplane.v1.Tenant\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\":\n\x17UpdateTenantPlanRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0c\n\x04plan\x18\x02 \x01(\t\"9\n\x14SuspendTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"(\n\x13ResumeTenantRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\"6\n\x13\x43reateApiKeyRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"J\n\x14\x43reateApiKeyResponse\x12\"\n\x03key\x18\x01 \x01(\x0b\x32\x15.quotaplane.v1.ApiKey\x12\x0e\n\x06secret\x18\x02 \x01(\t\"@\n\x12ListApiKeysRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x17\n\x0finclude_revoked\x18\x02 \x01(\x08\":\n\x13ListApiKeysResponse\x12#\n\x04keys\x18\x01 \x03(\x0b\x32\x15.quotaplane.v1.ApiKey\"%\n\x13RevokeApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\"\x12\n\x10ListPlansRequest\"\x87\x01\n\tPlanLimit\x12%\n\x06window\x18\x01 \x01(\x0e\x32\x15.quotaplane.v1.Window\x12\r\n\x05limit\x18\x02 \x01(\x03\x12\x34\n\x0eoverage_policy\x18\x03 \x01(\x0e\x32\x1c.quotaplane.v1.OveragePolicy\x12\x0e\n\x06shadow\x18\x04 \x01(\x08\"}\n\nPlanMetric\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x14\n\x0c\x63harge_model\x18\x02 \x01(\t\x12\x10\n\x08included\x18\x03 \x01(\x03\x12(\n\x06limits\x18\x04 \x03(\x0b\x32\x18.quotaplane.v1.PlanLimit\x12\r\n\x05price\x18\x05 \x01(\t\"w\n\x04Plan\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61se_fee\x18\x03 \x01(\t\x12*\n\x07metrics\x18\x04 \x03(\x0b\x32\x19.quotaplane.v1.PlanMetric\x12\x11\n\tspend_cap\x18\x05 \x01(\t\"v\n\x11ListPlansResponse\x12\"\n\x05plans\x18\x01 \x03(\x0b\x32\x13.quotaplane.v1.Plan\x12\x0e\n\x06source\x18\x02 \x01(\t\x12-\n\tloaded_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x14\n\x12ReloadPlansRequest\"\xb4\x01\n\x0fGetUsageRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12)\n\x05start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x06\x62ucket\x18\x05 \x01(\x0e\x32\x1a.quotaplane.v1.UsageBucket\"x\n\x10UsageBucketTotal\x12)\n\x05start\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\'\n\x03\x65nd\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08quantity\x18\x03 \x01(\x03\"\xbf\x01\n\x10GetUsageResponse\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\x30\n\x07\x62uckets\x18\x03 \x03(\x0b\x32\x1f.quotaplane.v1.UsageBucketTotal\x12\r\n\x05total\x18\x04 \x01(\x03\x12\x11\n\tunflushed\x18\x05 \x01(\x03\x12\x34\n\x0eshadow_denials\x18\x06 \x03(\x0b\x32\x1c.quotaplane.v1.ShadowDenials\"-\n\rShadowDenials\x12\r\n\x05limit\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"_\n\x13ListInvoicesRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06period\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"Y\n\x14ListInvoicesResponse\x12(\n\x08invoices\x18\x01 \x03(\x0b\x32\x16.quotaplane.v1.Invoice\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x11GetInvoiceRequest\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\"8\n\x12VoidInvoiceRequest\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t*p\n\x0bUsageBucket\x12\x1c\n\x18USAGE_BUCKET_UNSPECIFIED\x10\x00\x12\x15\n\x11USAGE_BUCKET_HOUR\x10\x01\x12\x14\n\x10USAGE_BUCKET_DAY\x10\x02\x12\x16\n\x12USAGE_BUCKET_MONTH\x10\x03\x32\xb5\t\n\x0c\x41\x64minService\x12I\n\x0c\x43reateTenant\x12\".quotaplane.v1.CreateTenantRequest\x1a\x15.quotaplane.v1.Tenant\x12\x43\n\tGetTenant\x12\x1f.quotaplane.v1.GetTenantRequest\x1a\x15.quotaplane.v1.Tenant\x12T\n\x0bListTenants\x12!.quotaplane.v1.ListTenantsRequest\x1a\".quotaplane.v1.ListTenantsResponse\x12Q\n\x10UpdateTenantPlan\x12&.quotaplane.v1.UpdateTenantPlanRequest\x1a\x15.quotaplane.v1.Tenant\x12K\n\rSuspendTenant\x12#.quotaplane.v1.SuspendTenantRequest\x1a\x15.quotaplane.v1.Tenant\x12I\n\x0cResumeTenant\x12\".quotaplane.v1.ResumeTenantRequest\x1a\x15.quotaplane.v1.Tenant\x12W\n\x0c\x43reateApiKey\x12\".quotaplane.v1.CreateApiKeyRequest\x1a#.quotaplane.v1.CreateApiKeyResponse\x12T\n\x0bListApiKeys\x12!.quotaplane.v1.ListApiKeysRequest\x1a\".quotaplane.v1.ListApiKeysResponse\x12I\n\x0cRevokeApiKey\x12\".quotaplane.v1.RevokeApiKeyRequest\x1a\x15.quotaplane.v1.ApiKey\x12N\n\tListPlans\x12\x1f.quotaplane.v1.ListPlansRequest\x1a .quotaplane.v1.ListPlansResponse\x12R\n\x0bReloadPlans\x12!.quotaplane.v1.ReloadPlansRequest\x1a .quotaplane.v1.ListPlansResponse\x12K\n\x08GetUsage\x12\x1e.quotaplane.v1.GetUsageRequest\x1a\x1f.quotaplane.v1.GetUsageResponse\x12W\n\x0cListInvoices\x12\".quotaplane.v1.ListInvoicesRequest\x1a#.quotaplane.v1.ListInvoicesResponse\x12\x46\n\nGetInvoice\x12 .quotaplane.v1.GetInvoiceRequest\x1a\x16.quotaplane.v1.Invoice\x12H\n\x0bVoidInvoice\x12!.quotaplane.v1.VoidInvoiceRequest\x1a\x16.quotaplane.v1.InvoiceBAZ?github.com/quotaplane/quotaplane/gen/quotaplane/v1;quotaplanev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'quotaplane.v1.admin_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z?github.com/quotaplane/quotaplane/gen/quotaplane/v1;quotaplanev1'
-  _globals['_USAGEBUCKET']._serialized_start=2126
-  _globals['_USAGEBUCKET']._serialized_end=2238
+  _globals['_USAGEBUCKET']._serialized_start=2263
+  _globals['_USAGEBUCKET']._serialized_end=2375
   _globals['_CREATETENANTREQUEST']._serialized_start=104
   _globals['_CREATETENANTREQUEST']._serialized_end=174
   _globals['_GETTENANTREQUEST']._serialized_start=176
@@ -62,30 +62,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REVOKEAPIKEYREQUEST']._serialized_end=880
   _globals['_LISTPLANSREQUEST']._serialized_start=882
   _globals['_LISTPLANSREQUEST']._serialized_end=900
-  _globals['_PLANLIMIT']._serialized_start=902
-  _globals['_PLANLIMIT']._serialized_end=1021
-  _globals['_PLANMETRIC']._serialized_start=1023
-  _globals['_PLANMETRIC']._serialized_end=1148
-  _globals['_PLAN']._serialized_start=1150
-  _globals['_PLAN']._serialized_end=1250
-  _globals['_LISTPLANSRESPONSE']._serialized_start=1252
-  _globals['_LISTPLANSRESPONSE']._serialized_end=1370
-  _globals['_RELOADPLANSREQUEST']._serialized_start=1372
-  _globals['_RELOADPLANSREQUEST']._serialized_end=1392
-  _globals['_GETUSAGEREQUEST']._serialized_start=1395
-  _globals['_GETUSAGEREQUEST']._serialized_end=1575
-  _globals['_USAGEBUCKETTOTAL']._serialized_start=1577
-  _globals['_USAGEBUCKETTOTAL']._serialized_end=1697
-  _globals['_GETUSAGERESPONSE']._serialized_start=1700
-  _globals['_GETUSAGERESPONSE']._serialized_end=1837
-  _globals['_LISTINVOICESREQUEST']._serialized_start=1839
-  _globals['_LISTINVOICESREQUEST']._serialized_end=1934
-  _globals['_LISTINVOICESRESPONSE']._serialized_start=1936
-  _globals['_LISTINVOICESRESPONSE']._serialized_end=2025
-  _globals['_GETINVOICEREQUEST']._serialized_start=2027
-  _globals['_GETINVOICEREQUEST']._serialized_end=2066
-  _globals['_VOIDINVOICEREQUEST']._serialized_start=2068
-  _globals['_VOIDINVOICEREQUEST']._serialized_end=2124
-  _globals['_ADMINSERVICE']._serialized_start=2241
-  _globals['_ADMINSERVICE']._serialized_end=3446
+  _globals['_PLANLIMIT']._serialized_start=903
+  _globals['_PLANLIMIT']._serialized_end=1038
+  _globals['_PLANMETRIC']._serialized_start=1040
+  _globals['_PLANMETRIC']._serialized_end=1165
+  _globals['_PLAN']._serialized_start=1167
+  _globals['_PLAN']._serialized_end=1286
+  _globals['_LISTPLANSRESPONSE']._serialized_start=1288
+  _globals['_LISTPLANSRESPONSE']._serialized_end=1406
+  _globals['_RELOADPLANSREQUEST']._serialized_start=1408
+  _globals['_RELOADPLANSREQUEST']._serialized_end=1428
+  _globals['_GETUSAGEREQUEST']._serialized_start=1431
+  _globals['_GETUSAGEREQUEST']._serialized_end=1611
+  _globals['_USAGEBUCKETTOTAL']._serialized_start=1613
+  _globals['_USAGEBUCKETTOTAL']._serialized_end=1733
+  _globals['_GETUSAGERESPONSE']._serialized_start=1736
+  _globals['_GETUSAGERESPONSE']._serialized_end=1927
+  _globals['_SHADOWDENIALS']._serialized_start=1929
+  _globals['_SHADOWDENIALS']._serialized_end=1974
+  _globals['_LISTINVOICESREQUEST']._serialized_start=1976
+  _globals['_LISTINVOICESREQUEST']._serialized_end=2071
+  _globals['_LISTINVOICESRESPONSE']._serialized_start=2073
+  _globals['_LISTINVOICESRESPONSE']._serialized_end=2162
+  _globals['_GETINVOICEREQUEST']._serialized_start=2164
+  _globals['_GETINVOICEREQUEST']._serialized_end=2203
+  _globals['_VOIDINVOICEREQUEST']._serialized_start=2205
+  _globals['_VOIDINVOICEREQUEST']._serialized_end=2261
+  _globals['_ADMINSERVICE']._serialized_start=2378
+  _globals['_ADMINSERVICE']._serialized_end=3583
 # @@protoc_insertion_point(module_scope)

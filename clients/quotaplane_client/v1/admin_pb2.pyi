@@ -370,22 +370,26 @@ class PlanLimit(_message.Message):
     WINDOW_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     OVERAGE_POLICY_FIELD_NUMBER: _builtins.int
+    SHADOW_FIELD_NUMBER: _builtins.int
     window: _types_pb2.Window.ValueType
     """Window counted in."""
     limit: _builtins.int
     """Units per window."""
     overage_policy: _types_pb2.OveragePolicy.ValueType
     """BLOCK or BILL."""
+    shadow: _builtins.bool
+    """Mode shadow: counted and reported, never refuses."""
     def __init__(
         self,
         *,
         window: _types_pb2.Window.ValueType = ...,
         limit: _builtins.int = ...,
         overage_policy: _types_pb2.OveragePolicy.ValueType = ...,
+        shadow: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "overage_policy", b"overage_policy", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "overage_policy", b"overage_policy", "shadow", b"shadow", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -437,12 +441,15 @@ class Plan(_message.Message):
     CURRENCY_FIELD_NUMBER: _builtins.int
     BASE_FEE_FIELD_NUMBER: _builtins.int
     METRICS_FIELD_NUMBER: _builtins.int
+    SPEND_CAP_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Plan name."""
     currency: _builtins.str
     """ISO 4217 currency."""
     base_fee: _builtins.str
     """Monthly base fee, decimal string ("0" when none)."""
+    spend_cap: _builtins.str
+    """Monthly cap on the invoice total, decimal string; empty when none."""
     @_builtins.property
     def metrics(self) -> _containers.RepeatedCompositeFieldContainer[Global___PlanMetric]:
         """Metrics billed and limited by the plan."""
@@ -454,10 +461,11 @@ class Plan(_message.Message):
         currency: _builtins.str = ...,
         base_fee: _builtins.str = ...,
         metrics: _abc.Iterable[Global___PlanMetric] | None = ...,
+        spend_cap: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_fee", b"base_fee", "currency", b"currency", "metrics", b"metrics", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_fee", b"base_fee", "currency", b"currency", "metrics", b"metrics", "name", b"name", "spend_cap", b"spend_cap"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -591,6 +599,7 @@ class GetUsageResponse(_message.Message):
     BUCKETS_FIELD_NUMBER: _builtins.int
     TOTAL_FIELD_NUMBER: _builtins.int
     UNFLUSHED_FIELD_NUMBER: _builtins.int
+    SHADOW_DENIALS_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     """Tenant UUID."""
     metric: _builtins.str
@@ -603,6 +612,10 @@ class GetUsageResponse(_message.Message):
     def buckets(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageBucketTotal]:
         """Non-empty buckets in time order."""
 
+    @_builtins.property
+    def shadow_denials(self) -> _containers.RepeatedCompositeFieldContainer[Global___ShadowDenials]:
+        """Per shadow limit of the metric: admitted requests it would have refused in the range."""
+
     def __init__(
         self,
         *,
@@ -611,14 +624,41 @@ class GetUsageResponse(_message.Message):
         buckets: _abc.Iterable[Global___UsageBucketTotal] | None = ...,
         total: _builtins.int = ...,
         unflushed: _builtins.int = ...,
+        shadow_denials: _abc.Iterable[Global___ShadowDenials] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["buckets", b"buckets", "metric", b"metric", "tenant_id", b"tenant_id", "total", b"total", "unflushed", b"unflushed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buckets", b"buckets", "metric", b"metric", "shadow_denials", b"shadow_denials", "tenant_id", b"tenant_id", "total", b"total", "unflushed", b"unflushed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetUsageResponse: _TypeAlias = GetUsageResponse  # noqa: Y015
+
+@_typing.final
+class ShadowDenials(_message.Message):
+    """Would-be denials of one shadow limit (counted per UTC hour, kept 40 days)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    limit: _builtins.str
+    """Limit name "<metric>/<window>"."""
+    count: _builtins.int
+    """Admitted requests the limit would have refused."""
+    def __init__(
+        self,
+        *,
+        limit: _builtins.str = ...,
+        count: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShadowDenials: _TypeAlias = ShadowDenials  # noqa: Y015
 
 @_typing.final
 class ListInvoicesRequest(_message.Message):

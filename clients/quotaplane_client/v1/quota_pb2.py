@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from quotaplane_client.v1 import types_pb2 as quotaplane_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19quotaplane/v1/quota.proto\x12\rquotaplane.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19quotaplane/v1/types.proto\"\xd6\x01\n\x11\x43heckQuotaRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\x0c\n\x04\x63ost\x18\x03 \x01(\x03\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x05 \x01(\x08\x12<\n\x06labels\x18\x06 \x03(\x0b\x32,.quotaplane.v1.CheckQuotaRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xad\x02\n\x12\x43heckQuotaResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x34\n\x04\x63ode\x18\x02 \x01(\x0e\x32&.quotaplane.v1.CheckQuotaResponse.Code\x12*\n\x06limits\x18\x03 \x03(\x0b\x32\x1a.quotaplane.v1.LimitStatus\x12.\n\x0bretry_after\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08replayed\x18\x05 \x01(\x08\x12\x0c\n\x04\x63ost\x18\x06 \x01(\x03\x12\x0f\n\x07overage\x18\x07 \x01(\x03\"C\n\x04\x43ode\x12\x14\n\x10\x43ODE_UNSPECIFIED\x10\x00\x12\x06\n\x02OK\x10\x01\x12\x0e\n\nOVER_LIMIT\x10\x02\x12\r\n\tSUSPENDED\x10\x03\"\x82\x01\n\nUsageEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0e\n\x06metric\x18\x03 \x01(\t\x12\x10\n\x08quantity\x18\x04 \x01(\x03\x12-\n\ttimestamp\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x12RecordUsageRequest\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.quotaplane.v1.UsageEvent\"\xdd\x02\n\x13RecordUsageResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x11\n\tduplicate\x18\x02 \x01(\x05\x12\x10\n\x08rejected\x18\x03 \x01(\x05\x12?\n\x07results\x18\x04 \x03(\x0b\x32..quotaplane.v1.RecordUsageResponse.EventResult\x1a\x7f\n\x0b\x45ventResult\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12;\n\x07outcome\x18\x03 \x01(\x0e\x32*.quotaplane.v1.RecordUsageResponse.Outcome\x12\x0e\n\x06reason\x18\x04 \x01(\t\"M\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x41\x43\x43\x45PTED\x10\x01\x12\r\n\tDUPLICATE\x10\x02\x12\x0c\n\x08REJECTED\x10\x03\"t\n\x16GenerateInvoiceRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06period\x18\x02 \x01(\t\x12\x10\n\x08\x66inalize\x18\x03 \x01(\x08\x12\r\n\x05\x66orce\x18\x04 \x01(\x08\x12\x16\n\x0epush_to_stripe\x18\x05 \x01(\x08\x32\x89\x02\n\x0cQuotaService\x12Q\n\nCheckQuota\x12 .quotaplane.v1.CheckQuotaRequest\x1a!.quotaplane.v1.CheckQuotaResponse\x12T\n\x0bRecordUsage\x12!.quotaplane.v1.RecordUsageRequest\x1a\".quotaplane.v1.RecordUsageResponse\x12P\n\x0fGenerateInvoice\x12%.quotaplane.v1.GenerateInvoiceRequest\x1a\x16.quotaplane.v1.InvoiceBAZ?github.com/quotaplane/quotaplane/gen/quotaplane/v1;quotaplanev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19quotaplane/v1/quota.proto\x12\rquotaplane.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19quotaplane/v1/types.proto\"\xd6\x01\n\x11\x43heckQuotaRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06metric\x18\x02 \x01(\t\x12\x0c\n\x04\x63ost\x18\x03 \x01(\x03\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12\x0f\n\x07\x64ry_run\x18\x05 \x01(\x08\x12<\n\x06labels\x18\x06 \x03(\x0b\x32,.quotaplane.v1.CheckQuotaRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x8b\x03\n\x12\x43heckQuotaResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x34\n\x04\x63ode\x18\x02 \x01(\x0e\x32&.quotaplane.v1.CheckQuotaResponse.Code\x12*\n\x06limits\x18\x03 \x03(\x0b\x32\x1a.quotaplane.v1.LimitStatus\x12.\n\x0bretry_after\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08replayed\x18\x05 \x01(\x08\x12\x0c\n\x04\x63ost\x18\x06 \x01(\x03\x12\x0f\n\x07overage\x18\x07 \x01(\x03\x12\x0e\n\x06reason\x18\x08 \x01(\t\x12\x15\n\rshadow_denied\x18\t \x03(\t\x12\x11\n\tspend_cap\x18\n \x01(\t\x12\x13\n\x0bspend_total\x18\x0b \x01(\t\"R\n\x04\x43ode\x12\x14\n\x10\x43ODE_UNSPECIFIED\x10\x00\x12\x06\n\x02OK\x10\x01\x12\x0e\n\nOVER_LIMIT\x10\x02\x12\r\n\tSUSPENDED\x10\x03\x12\r\n\tSPEND_CAP\x10\x04\"\x82\x01\n\nUsageEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0e\n\x06metric\x18\x03 \x01(\t\x12\x10\n\x08quantity\x18\x04 \x01(\x03\x12-\n\ttimestamp\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\x12RecordUsageRequest\x12)\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x19.quotaplane.v1.UsageEvent\"\xdd\x02\n\x13RecordUsageResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x05\x12\x11\n\tduplicate\x18\x02 \x01(\x05\x12\x10\n\x08rejected\x18\x03 \x01(\x05\x12?\n\x07results\x18\x04 \x03(\x0b\x32..quotaplane.v1.RecordUsageResponse.EventResult\x1a\x7f\n\x0b\x45ventResult\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12;\n\x07outcome\x18\x03 \x01(\x0e\x32*.quotaplane.v1.RecordUsageResponse.Outcome\x12\x0e\n\x06reason\x18\x04 \x01(\t\"M\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x41\x43\x43\x45PTED\x10\x01\x12\r\n\tDUPLICATE\x10\x02\x12\x0c\n\x08REJECTED\x10\x03\"t\n\x16GenerateInvoiceRequest\x12\x11\n\ttenant_id\x18\x01 \x01(\t\x12\x0e\n\x06period\x18\x02 \x01(\t\x12\x10\n\x08\x66inalize\x18\x03 \x01(\x08\x12\r\n\x05\x66orce\x18\x04 \x01(\x08\x12\x16\n\x0epush_to_stripe\x18\x05 \x01(\x08\x32\x89\x02\n\x0cQuotaService\x12Q\n\nCheckQuota\x12 .quotaplane.v1.CheckQuotaRequest\x1a!.quotaplane.v1.CheckQuotaResponse\x12T\n\x0bRecordUsage\x12!.quotaplane.v1.RecordUsageRequest\x1a\".quotaplane.v1.RecordUsageResponse\x12P\n\x0fGenerateInvoice\x12%.quotaplane.v1.GenerateInvoiceRequest\x1a\x16.quotaplane.v1.InvoiceBAZ?github.com/quotaplane/quotaplane/gen/quotaplane/v1;quotaplanev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,21 +42,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHECKQUOTAREQUEST_LABELSENTRY']._serialized_start=306
   _globals['_CHECKQUOTAREQUEST_LABELSENTRY']._serialized_end=351
   _globals['_CHECKQUOTARESPONSE']._serialized_start=354
-  _globals['_CHECKQUOTARESPONSE']._serialized_end=655
-  _globals['_CHECKQUOTARESPONSE_CODE']._serialized_start=588
-  _globals['_CHECKQUOTARESPONSE_CODE']._serialized_end=655
-  _globals['_USAGEEVENT']._serialized_start=658
-  _globals['_USAGEEVENT']._serialized_end=788
-  _globals['_RECORDUSAGEREQUEST']._serialized_start=790
-  _globals['_RECORDUSAGEREQUEST']._serialized_end=853
-  _globals['_RECORDUSAGERESPONSE']._serialized_start=856
-  _globals['_RECORDUSAGERESPONSE']._serialized_end=1205
-  _globals['_RECORDUSAGERESPONSE_EVENTRESULT']._serialized_start=999
-  _globals['_RECORDUSAGERESPONSE_EVENTRESULT']._serialized_end=1126
-  _globals['_RECORDUSAGERESPONSE_OUTCOME']._serialized_start=1128
-  _globals['_RECORDUSAGERESPONSE_OUTCOME']._serialized_end=1205
-  _globals['_GENERATEINVOICEREQUEST']._serialized_start=1207
-  _globals['_GENERATEINVOICEREQUEST']._serialized_end=1323
-  _globals['_QUOTASERVICE']._serialized_start=1326
-  _globals['_QUOTASERVICE']._serialized_end=1591
+  _globals['_CHECKQUOTARESPONSE']._serialized_end=749
+  _globals['_CHECKQUOTARESPONSE_CODE']._serialized_start=667
+  _globals['_CHECKQUOTARESPONSE_CODE']._serialized_end=749
+  _globals['_USAGEEVENT']._serialized_start=752
+  _globals['_USAGEEVENT']._serialized_end=882
+  _globals['_RECORDUSAGEREQUEST']._serialized_start=884
+  _globals['_RECORDUSAGEREQUEST']._serialized_end=947
+  _globals['_RECORDUSAGERESPONSE']._serialized_start=950
+  _globals['_RECORDUSAGERESPONSE']._serialized_end=1299
+  _globals['_RECORDUSAGERESPONSE_EVENTRESULT']._serialized_start=1093
+  _globals['_RECORDUSAGERESPONSE_EVENTRESULT']._serialized_end=1220
+  _globals['_RECORDUSAGERESPONSE_OUTCOME']._serialized_start=1222
+  _globals['_RECORDUSAGERESPONSE_OUTCOME']._serialized_end=1299
+  _globals['_GENERATEINVOICEREQUEST']._serialized_start=1301
+  _globals['_GENERATEINVOICEREQUEST']._serialized_end=1417
+  _globals['_QUOTASERVICE']._serialized_start=1420
+  _globals['_QUOTASERVICE']._serialized_end=1685
 # @@protoc_insertion_point(module_scope)

@@ -117,6 +117,8 @@ class CheckQuotaResponse(_message.Message):
         """A limit with overage policy BLOCK has no room (allowed = false)."""
         SUSPENDED: CheckQuotaResponse._Code.ValueType  # 3
         """The tenant is suspended (allowed = false)."""
+        SPEND_CAP: CheckQuotaResponse._Code.ValueType  # 4
+        """The month's invoice total would exceed the plan's spend cap (allowed = false)."""
 
     class Code(_Code, metaclass=_CodeEnumTypeWrapper):
         """Outcome class of the decision."""
@@ -129,6 +131,8 @@ class CheckQuotaResponse(_message.Message):
     """A limit with overage policy BLOCK has no room (allowed = false)."""
     SUSPENDED: CheckQuotaResponse.Code.ValueType  # 3
     """The tenant is suspended (allowed = false)."""
+    SPEND_CAP: CheckQuotaResponse.Code.ValueType  # 4
+    """The month's invoice total would exceed the plan's spend cap (allowed = false)."""
 
     ALLOWED_FIELD_NUMBER: _builtins.int
     CODE_FIELD_NUMBER: _builtins.int
@@ -137,23 +141,43 @@ class CheckQuotaResponse(_message.Message):
     REPLAYED_FIELD_NUMBER: _builtins.int
     COST_FIELD_NUMBER: _builtins.int
     OVERAGE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    SHADOW_DENIED_FIELD_NUMBER: _builtins.int
+    SPEND_CAP_FIELD_NUMBER: _builtins.int
+    SPEND_TOTAL_FIELD_NUMBER: _builtins.int
     allowed: _builtins.bool
     """True when the units were admitted (and, unless dry_run, consumed)."""
     code: Global___CheckQuotaResponse.Code.ValueType
-    """OK, OVER_LIMIT or SUSPENDED."""
+    """OK, OVER_LIMIT, SUSPENDED or SPEND_CAP."""
     replayed: _builtins.bool
     """True when this answer was replayed from an earlier decision with the same request_id."""
     cost: _builtins.int
     """Units of the decision (the request's cost, with 0 read as 1)."""
     overage: _builtins.int
     """Units of this decision admitted beyond a limit whose overage policy is BILL."""
+    reason: _builtins.str
+    """Why it was denied: "over_limit", "spend_cap" or "suspended"; empty when allowed."""
+    spend_cap: _builtins.str
+    """With a spend cap: the cap and the month's invoice total after this decision (now, when
+    refused), decimal strings in the plan's currency ("12.34"). Empty without a cap, or for a
+    metric the plan does not charge.
+    """
+    spend_total: _builtins.str
     @_builtins.property
     def limits(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.LimitStatus]:
         """Every limit that applies to the metric, after this decision."""
 
     @_builtins.property
     def retry_after(self) -> _duration_pb2.Duration:
-        """When denied for OVER_LIMIT: how long until the first blocking window resets. Unset otherwise."""
+        """When denied for OVER_LIMIT: how long until the blocking windows reset; for SPEND_CAP:
+        until the month ends. Unset otherwise.
+        """
+
+    @_builtins.property
+    def shadow_denied(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Names of the shadow limits ("<metric>/<window>") that would have refused this request;
+        shadow limits never refuse.
+        """
 
     def __init__(
         self,
@@ -165,10 +189,14 @@ class CheckQuotaResponse(_message.Message):
         replayed: _builtins.bool = ...,
         cost: _builtins.int = ...,
         overage: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        shadow_denied: _abc.Iterable[_builtins.str] | None = ...,
+        spend_cap: _builtins.str = ...,
+        spend_total: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["retry_after", b"retry_after"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "code", b"code", "cost", b"cost", "limits", b"limits", "overage", b"overage", "replayed", b"replayed", "retry_after", b"retry_after"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed", b"allowed", "code", b"code", "cost", b"cost", "limits", b"limits", "overage", b"overage", "reason", b"reason", "replayed", b"replayed", "retry_after", b"retry_after", "shadow_denied", b"shadow_denied", "spend_cap", b"spend_cap", "spend_total", b"spend_total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -228,6 +228,7 @@ class LimitStatus(_message.Message):
     RESET_AT_FIELD_NUMBER: _builtins.int
     OVERAGE_POLICY_FIELD_NUMBER: _builtins.int
     OVERAGE_FIELD_NUMBER: _builtins.int
+    SHADOW_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Stable name "<metric>/<window>", e.g. "requests/month"."""
     window: Global___Window.ValueType
@@ -240,6 +241,8 @@ class LimitStatus(_message.Message):
     """BLOCK or BILL."""
     overage: _builtins.int
     """Units admitted beyond the limit in this window (only with OVERAGE_POLICY_BILL)."""
+    shadow: _builtins.bool
+    """Mode shadow: counted and reported, never refuses."""
     @_builtins.property
     def reset_at(self) -> _timestamp_pb2.Timestamp:
         """When the current window ends and the counter starts again (exclusive end)."""
@@ -254,10 +257,11 @@ class LimitStatus(_message.Message):
         reset_at: _timestamp_pb2.Timestamp | None = ...,
         overage_policy: Global___OveragePolicy.ValueType = ...,
         overage: _builtins.int = ...,
+        shadow: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["reset_at", b"reset_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "name", b"name", "overage", b"overage", "overage_policy", b"overage_policy", "remaining", b"remaining", "reset_at", b"reset_at", "window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit", "name", b"name", "overage", b"overage", "overage_policy", b"overage_policy", "remaining", b"remaining", "reset_at", b"reset_at", "shadow", b"shadow", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

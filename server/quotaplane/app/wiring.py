@@ -28,7 +28,7 @@ from quotaplane.domain.billing.ports import StoredInvoice
 from quotaplane.domain.billing.usage_events import UsageRecorder
 from quotaplane.domain.plans.model import PlanCatalog
 from quotaplane.domain.plans.registry import PlanAdmin, PlanRegistry
-from quotaplane.domain.quota.decisions import Decision, QuotaRequest
+from quotaplane.domain.quota.decisions import Decision, DecisionCode, QuotaRequest
 from quotaplane.domain.quota.engine import QuotaEngine
 from quotaplane.domain.quota.exhausted import ExhaustedQuotaCache
 from quotaplane.domain.quota.gateway import Gateway
@@ -46,6 +46,7 @@ from quotaplane.services.usage_flusher import UsageFlusher, UsageTrackingCounter
 from quotaplane.storage.redis.client import CommandPipe, RedisClient
 from quotaplane.storage.redis.counters import RedisCounterStore
 from quotaplane.storage.redis.flush import RedisQuotaCounters, RedisUnflushedUsage
+from quotaplane.storage.redis.shadow import RedisShadowDenials
 from quotaplane.storage.sql.api_keys import SqlApiKeyStore
 from quotaplane.storage.sql.invoice_queries import SqlInvoiceQueries
 from quotaplane.storage.sql.invoices import SqlInvoiceLedger
@@ -85,6 +86,7 @@ class Stores:
     notifications: SqlNotificationStore
     month_counters: RedisQuotaCounters  # usage recorded elsewhere, charged to the quota
     unflushed: RedisUnflushedUsage  # admitted usage the ledger has not taken yet
+    shadow: RedisShadowDenials  # what shadow limits would have refused (GetUsage)
 
 
 def stores(settings: Settings, connections: Connections) -> Stores:
@@ -100,6 +102,7 @@ def stores(settings: Settings, connections: Connections) -> Stores:
         notifications=SqlNotificationStore(database),
         month_counters=RedisQuotaCounters(connections.redis, key_prefix=prefix),
         unflushed=RedisUnflushedUsage(connections.redis, key_prefix=prefix),
+        shadow=RedisShadowDenials(connections.redis, key_prefix=prefix),
     )
 
 
@@ -165,12 +168,29 @@ def quota_engine(
 ) -> QuotaEngine:
     """CheckQuota's engine on the counter chain of the module docstring."""
     observe = telemetry.observe_redis if telemetry else None
+    recorders = [limit_modes_recorder(telemetry)] if telemetry else []
     return QuotaEngine(
         tenants=tenants,
         plans=plans,
         counters=counter_store(settings, connections, stored, flusher, observe=observe),
-        observers=observers,
+        observers=[*observers, *recorders],
     )
+
+
+def limit_modes_recorder(telemetry: Telemetry) -> Callable[[QuotaRequest, Decision], None]:
+    """Shadow limits' would-be denials and spend-cap denials, from every transport's decisions
+    (a dry run or a replay decides nothing new, so it is not counted)."""
+
+    def record(request: QuotaRequest, decision: Decision) -> None:
+        if request.dry_run or decision.replayed:
+            return
+        if decision.allowed:
+            for name in decision.shadow_denied:
+                telemetry.record_shadow_denial(request.tenant_id, name)
+        elif decision.code is DecisionCode.SPEND_CAP:
+            telemetry.record_spend_cap_denial(request.tenant_id, request.metric)
+
+    return record
 
 
 def usage_flusher(
@@ -226,7 +246,9 @@ def build_replica(
             tenants=TenantAdmin(tenants, queries, plans),
             keys=ApiKeyAdmin(stored.keys, tenants),
             plans=PlanAdmin(plans, queries),
-            usage=UsageReports(tenants, stored.usage, flush=flusher.flush_tenant),
+            usage=UsageReports(
+                tenants, stored.usage, flush=flusher.flush_tenant, shadow=stored.shadow
+            ),
             invoices=InvoiceAdmin(tenants, stored.invoice_queries),
         ),
         authz=AuthorizationServicer(gateway),

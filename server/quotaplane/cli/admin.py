@@ -217,6 +217,8 @@ def usage_show(args: argparse.Namespace, c: QuotaplaneClient) -> int:
     if not args.json:
         pending = f"{usage.unflushed:,} not yet in the ledger"
         print(f"total {usage.total:,} {usage.metric} ({pending})")
+        for shadow in usage.shadow_denials:
+            print(f"shadow limit {shadow.limit}: would have refused {shadow.count:,}")
     return 0
 
 

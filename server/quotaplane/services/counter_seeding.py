@@ -3,7 +3,8 @@
 ``LedgerSeededCounters`` wraps the counter store and marks every ``month`` limit of a call as
 *seeded*: the store's atomic script charges nothing on such a counter while it is missing
 (the first call of the month, a Redis failover or data loss, a deleted key) and answers
-``needs_seed`` instead. The wrapper then builds the counter (``CounterSeeds.seed``) from the
+``needs_seed`` instead (so does it for the month counters a spend cap reads: every charged
+metric's, ``SpendCall``). The wrapper then builds the counter (``CounterSeeds.seed``) from the
 ledger's units of the month plus the month's usage still waiting in Redis, once across
 replicas, and calls again. There is no window in which a missing counter admits from zero.
 
@@ -60,7 +61,7 @@ class LedgerSeededCounters:
             result = await self._inner.consume(call)
             if not result.needs_seed:
                 return result
-            await self._seed_once(_month_key(call))
+            await self._seed_once(_month_key(call, result))
         raise Unavailable(f"the month counter of tenant {call.tenant_id} keeps disappearing")
 
     async def _seed_once(self, key: Key) -> None:
@@ -107,6 +108,12 @@ def _seeded_limits(limits: tuple[CounterLimit, ...]) -> tuple[CounterLimit, ...]
     )
 
 
-def _month_key(call: ConsumeCall) -> Key:
-    month = next(limit for limit in call.limits if limit.seeded)
+def _month_key(call: ConsumeCall, result: ConsumeResult) -> Key:
+    if result.seed_metric is not None and call.spend is not None:
+        # A spend cap's month counter of another charged metric (``SpendCall``).
+        return call.tenant_id, result.seed_metric, call.spend.month_start
+    month = next((limit for limit in call.limits if limit.seeded), None)
+    if month is None:  # the call's own metric, counted for its spend cap only
+        assert call.spend is not None
+        return call.tenant_id, call.metric, call.spend.month_start
     return call.tenant_id, call.metric, month.window_start

@@ -15,6 +15,7 @@ from quotaplane.domain.billing.ports import (
     HourlyUsage,
     InvoiceFilter,
     InvoiceQueries,
+    ShadowDenialCounts,
     StoredInvoice,
     UsageHistory,
 )
@@ -51,6 +52,9 @@ class UsageReport:
     buckets: list[UsageTotal]
     total: int
     unflushed: int = 0
+    # Per shadow limit of the metric ("<metric>/<window>", by name): admitted requests in the
+    # range's hours that it would have refused.
+    shadow_denials: tuple[tuple[str, int], ...] = ()
 
 
 class UsageReports:
@@ -69,11 +73,13 @@ class UsageReports:
         *,
         flush: Callable[[str], Awaitable[int]] | None = None,
         clock: Callable[[], datetime] = _utc_now,
+        shadow: ShadowDenialCounts | None = None,
     ) -> None:
         self._tenants = tenants
         self._ledger = ledger
         self._flush = flush
         self._clock = clock
+        self._shadow = shadow
 
     async def usage(
         self,
@@ -91,9 +97,19 @@ class UsageReports:
             raise NotFound(f"tenant {tenant_id} does not exist")
         if self._flush is not None:
             await self._flush(tenant_id)
-        rows = await self._ledger.usage(tenant_id, window_start(Window.HOUR, start), end)
+        first_hour = window_start(Window.HOUR, start)
+        rows = await self._ledger.usage(tenant_id, first_hour, end)
         buckets = bucket_totals((r for r in rows if r.metric == metric), bucket)
-        return UsageReport(tenant_id, metric, buckets, sum(b.quantity for b in buckets))
+        shadow = {}
+        if self._shadow is not None:
+            shadow = await self._shadow.counts(tenant_id, metric, first_hour, end)
+        return UsageReport(
+            tenant_id,
+            metric,
+            buckets,
+            sum(b.quantity for b in buckets),
+            shadow_denials=tuple(sorted(shadow.items())),
+        )
 
     def _range(self, start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
         now = self._clock()

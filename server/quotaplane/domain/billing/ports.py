@@ -68,6 +68,16 @@ class UnflushedUsage(Protocol):
         ...
 
 
+class ShadowDenialCounts(Protocol):
+    """Admitted calls that shadow limits would have refused (counted per UTC hour)."""
+
+    async def counts(
+        self, tenant_id: str, metric: str, start: datetime, end: datetime
+    ) -> dict[str, int]:
+        """Per shadow limit name of ``metric``: its count over hours in ``[start, end)``."""
+        ...
+
+
 class UsageHistory(Protocol):
     """The ledger's hourly usage, read-only (usage reports)."""
 

@@ -249,15 +249,13 @@ def _segment_lines(period: Period, segment: Segment) -> list[PricedLine]:
     whole = period.duration // _ONE_MICROSECOND
     with localcontext(MONEY_CONTEXT):
         fraction = Decimal(covered) / Decimal(whole)
-        # Multiply before dividing: the one inexact step happens at 80 digits, far below
-        # any minor unit, so round_money sees the exact half-way cases as they are.
-        base_fee = round_money(plan.base_fee * covered / whole, plan.currency)
+    base_fee = prorated_base_fee(plan, covered, whole)
     lines = [_base_fee(plan, base_fee, fraction)] if plan.base_fee else []
     charged = {name for name, metric in plan.metrics.items() if metric.charge is not None}
     for metric in sorted(charged | set(segment.usage)):
         metric_plan = plan.metrics.get(metric)
         full = metric_plan.included if metric_plan else 0
-        included = (2 * full * covered + whole) // (2 * whole)  # half up to whole units
+        included = prorated_included(full, covered, whole)
         quantity = _quantity(metric, segment.usage.get(metric, 0))
         charge = metric_plan.charge if metric_plan else None
         lines.append(_usage_line(plan, metric, quantity, included, charge))
@@ -265,6 +263,19 @@ def _segment_lines(period: Period, segment: Segment) -> list[PricedLine]:
         replace(line, fraction=fraction, span_start=segment.start, span_end=segment.end)
         for line in lines
     ]
+
+
+def prorated_base_fee(plan: Plan, covered: int, whole: int) -> Decimal:
+    """The base fee line of a segment covering ``covered`` of ``whole`` (any one unit)."""
+    with localcontext(MONEY_CONTEXT):
+        # Multiply before dividing: the one inexact step happens at 80 digits, far below
+        # any minor unit, so round_money sees the exact half-way cases as they are.
+        return round_money(plan.base_fee * covered / whole, plan.currency)
+
+
+def prorated_included(included: int, covered: int, whole: int) -> int:
+    """A segment's included units: ``included * covered / whole``, half up to whole units."""
+    return (2 * included * covered + whole) // (2 * whole)
 
 
 def _quantity(metric: str, quantity: int) -> int:

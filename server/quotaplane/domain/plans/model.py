@@ -22,6 +22,7 @@ The full format::
       pro:                           # plan name: [a-z0-9][a-z0-9_-]{0,63}
         currency: EUR                # optional, overrides the default
         base_fee: "49.00"            # optional, per month, at most the currency's places
+        spend_cap: "500.00"          # optional: the month's invoice total never exceeds it
         metrics:                     # at least one metric
           requests:                  # metric name: [a-z][a-z0-9_.-]{0,63}
             included: 10000          # optional free units per month, before any charge
@@ -32,6 +33,7 @@ The full format::
                 - {up_to: null, unit_price: "0.0003", flat_fee: "1.00"}
             limits:                  # optional; window -> limit
               month: {limit: 1000000, overage: bill}
+              hour: {limit: 20000, mode: shadow}   # counted and reported, never denies
               second: 50             # short form: the limit, overage block
               minute: 1000
           rating.bulk:
@@ -55,6 +57,12 @@ Limits: windows ``second``, ``minute``, ``hour``, ``day``, ``month`` (fixed, UTC
 calendar month). ``overage: block`` (default) refuses at the limit; ``overage: bill``
 admits and bills usage beyond it, which only makes sense for ``month`` on a charged metric.
 
+``mode: shadow`` (default ``enforce``) makes a limit a trial: it is counted in the same atomic
+step, but never denies; the requests it would have denied are reported (decision, metrics,
+GetUsage). ``spend_cap`` (at most ``MAX_SPEND_CAP``, at most the currency's places) denies a
+request of a charged metric that would make the month's invoice total exceed it
+(``domain/billing/spend_cap.py``).
+
 Numbers may be written as YAML numbers or strings: the loader never turns them into
 floats, so ``0.05`` is exactly five cents.
 """
@@ -75,6 +83,15 @@ DEFAULT_CURRENCY = "USD"
 SEED_METRIC = "requests"
 SEED_PACKAGE_SIZE = 1000
 UNIT_PRICE_PLACES = 6
+# Keeps the spend-cap arithmetic of the consume script exact (integers below 2**53).
+MAX_SPEND_CAP = Decimal(1_000_000_000)
+
+
+class LimitMode(enum.StrEnum):
+    """``enforce`` denies at the limit; ``shadow`` only counts and reports would-be denials."""
+
+    ENFORCE = "enforce"
+    SHADOW = "shadow"
 
 
 class Overage(enum.StrEnum):
@@ -90,10 +107,15 @@ class Limit:
     window: Window
     limit: int
     overage: Overage = Overage.BLOCK
+    mode: LimitMode = LimitMode.ENFORCE
 
     @property
     def name(self) -> str:
         return f"{self.metric}/{self.window.value}"
+
+    @property
+    def shadow(self) -> bool:
+        return self.mode is LimitMode.SHADOW
 
 
 @dataclass(frozen=True)
@@ -145,6 +167,8 @@ class Plan:
     currency: str
     base_fee: Decimal
     metrics: Mapping[str, MetricPlan] = field(default_factory=dict)
+    # Monthly cap on the period's invoice total, in ``currency``; None: no cap.
+    spend_cap: Decimal | None = None
 
     def __post_init__(self) -> None:
         # Plans are shared by every request handler: keep them read-only.

@@ -16,12 +16,14 @@ from quotaplane.domain.errors import PlanFileError
 from quotaplane.domain.money import CURRENCY_MINOR_UNITS
 from quotaplane.domain.plans.model import (
     DEFAULT_CURRENCY,
+    MAX_SPEND_CAP,
     SEED_METRIC,
     SEED_PACKAGE_SIZE,
     UNIT_PRICE_PLACES,
     Charge,
     Graduated,
     Limit,
+    LimitMode,
     MetricPlan,
     Overage,
     Package,
@@ -40,9 +42,9 @@ _DIGITS_RE = re.compile(r"[0-9]+")
 
 _TOP_KEYS = ("currency", "plans")
 _SEED_KEYS = ("price_per_1000_requests", "monthly_quota")
-_PLAN_KEYS = ("currency", "base_fee", "metrics")
+_PLAN_KEYS = ("currency", "base_fee", "spend_cap", "metrics")
 _METRIC_KEYS = ("included", "charge", "limits")
-_LIMIT_KEYS = ("limit", "overage")
+_LIMIT_KEYS = ("limit", "overage", "mode")
 _TIER_KEYS = ("up_to", "unit_price", "flat_fee")
 _CHARGE_KEYS = {
     PerUnit.model: ("unit_price",),
@@ -98,7 +100,7 @@ def _plan(name: str, value: Tree, default_currency: str, problems: Problems) -> 
     if not PLAN_NAME_RE.fullmatch(name):
         problems.add(path, "plan names are 1-64 of a-z, 0-9, '_', '-', starting alphanumeric")
     is_seed = isinstance(value, dict) and any(key in value for key in _SEED_KEYS)
-    allowed = (*_SEED_KEYS, "currency", "base_fee") if is_seed else _PLAN_KEYS
+    allowed = (*_SEED_KEYS, "currency", "base_fee", "spend_cap") if is_seed else _PLAN_KEYS
     raw = problems.mapping(value, path, allowed, required=_SEED_KEYS if is_seed else ("metrics",))
     if raw is None:
         return None
@@ -110,12 +112,31 @@ def _plan(name: str, value: Tree, default_currency: str, problems: Problems) -> 
     base_fee: Decimal | None = Decimal(0)
     if "base_fee" in raw:
         base_fee = problems.money(raw["base_fee"], (*path, "base_fee"), max_places=places)
+    cap_ok, spend_cap = _spend_cap(raw, path, places, problems)
     metrics = _seed_metrics(raw, path, places, problems) if is_seed else None
     if not is_seed and "metrics" in raw:
         metrics = _metrics(raw["metrics"], (*path, "metrics"), places, problems)
     if not currency or base_fee is None or metrics is None or not PLAN_NAME_RE.fullmatch(name):
         return None
-    return Plan(name=name, currency=currency, base_fee=base_fee, metrics=metrics)
+    if not cap_ok:
+        return None
+    return Plan(
+        name=name, currency=currency, base_fee=base_fee, metrics=metrics, spend_cap=spend_cap
+    )
+
+
+def _spend_cap(
+    raw: dict[str, Tree], path: KeyPath, places: int, problems: Problems
+) -> tuple[bool, Decimal | None]:
+    """(valid, the plan's spend cap or None when it sets none); problems are reported."""
+    if "spend_cap" not in raw:
+        return True, None
+    cap_path = (*path, "spend_cap")
+    cap = problems.money(raw["spend_cap"], cap_path, max_places=places)
+    if cap is not None and cap > MAX_SPEND_CAP:
+        problems.add(cap_path, f"must be at most {MAX_SPEND_CAP:,}")
+        return False, None
+    return cap is not None, cap
 
 
 def _seed_metrics(
@@ -298,13 +319,22 @@ def _limit(metric: str, key: str, value: Tree, path: KeyPath, problems: Problems
     if raw is None or "limit" not in raw:
         return None
     number = problems.integer(raw["limit"], (*path, "limit"))
+    mode = LimitMode.ENFORCE
+    if "mode" in raw:
+        chosen_mode = problems.choice(raw["mode"], (*path, "mode"), [m.value for m in LimitMode])
+        if chosen_mode is None:
+            return None
+        mode = LimitMode(chosen_mode)
     overage = Overage.BLOCK
     if "overage" in raw:
         chosen = problems.choice(raw["overage"], (*path, "overage"), [o.value for o in Overage])
         if chosen is None:
             return None
         overage = Overage(chosen)
+    if overage is Overage.BILL and mode is LimitMode.SHADOW:
+        problems.add((*path, "mode"), "a shadow limit never refuses, so it has no overage 'bill'")
+        return None
     if overage is Overage.BILL and window is not Window.MONTH:
         problems.add((*path, "overage"), "overage 'bill' is only allowed on the month window")
         return None
-    return None if number is None else Limit(metric, window, number, overage)
+    return None if number is None else Limit(metric, window, number, overage, mode)

@@ -41,6 +41,8 @@ def _summarize_plan(plan: Plan) -> str:
     fee = "no base fee"
     if plan.base_fee:
         fee = f"base fee {format_money(plan.base_fee, plan.currency)}/month"
+    if plan.spend_cap is not None:
+        fee += f", spend cap {format_money(plan.spend_cap, plan.currency)}/month"
     metrics = [_summarize_metric(m, plan.currency) for _, m in sorted(plan.metrics.items())]
     return f"{plan.name} ({plan.currency}, {fee}): " + "; ".join(metrics)
 
@@ -49,7 +51,8 @@ def _summarize_metric(metric: MetricPlan, currency: str) -> str:
     parts = [f"{metric.included:,} included"] if metric.included else []
     parts.append(price_summary(metric.charge, currency))
     parts.extend(
-        f"limit {limit.limit:,}/{limit.window.value} ({limit.overage.value})"
+        f"limit {limit.limit:,}/{limit.window.value} "
+        f"({'shadow' if limit.shadow else limit.overage.value})"
         for limit in metric.limits
     )
     return f"{metric.metric}: " + ", ".join(parts)

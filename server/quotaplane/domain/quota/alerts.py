@@ -55,8 +55,8 @@ def crossings(
         return []
     alerts = []
     for state in decision.limits:
-        if state.window != "month" or state.limit <= 0:
-            continue
+        if state.window != "month" or state.limit <= 0 or state.shadow:
+            continue  # a shadow limit is the operator's trial: the tenant is not told
         used_after = state.limit - state.remaining + state.overage
         used_before = used_after - decision.cost
         for threshold in thresholds:

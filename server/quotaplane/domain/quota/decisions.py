@@ -11,6 +11,7 @@ import enum
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from decimal import Decimal
 
 from quotaplane.domain.errors import InvalidArgument
 from quotaplane.domain.tenants.model import parse_tenant_id
@@ -39,6 +40,7 @@ class DecisionCode(enum.Enum):
     OK = "ok"
     OVER_LIMIT = "over_limit"
     SUSPENDED = "suspended"
+    SPEND_CAP = "spend_cap"  # the month's invoice total would exceed the plan's spend cap
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ class LimitState:
     reset_at: datetime
     overage_policy: str
     overage: int = 0
+    shadow: bool = False  # mode shadow: counted and reported, never refuses
 
     @property
     def name(self) -> str:
@@ -121,3 +124,9 @@ class Decision:
     retry_after: timedelta | None = None
     overage: int = 0
     replayed: bool = False
+    # Names of the shadow limits that would have refused this request.
+    shadow_denied: tuple[str, ...] = ()
+    # The spend cap and the month's invoice total after this decision (now, if refused), in
+    # the plan's currency; None without a cap.
+    spend_cap: Decimal | None = None
+    spend_total: Decimal | None = None

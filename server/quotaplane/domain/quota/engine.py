@@ -5,6 +5,10 @@ without touching the counters, takes the metric's limits from the in-memory plan
 computes each limit's fixed UTC window, and asks the counter store to check and consume the
 cost on every limit at once: either every ``block`` limit has room and all are charged, or
 nothing is. ``bill`` limits admit past their limit; the excess is reported as overage.
+``shadow`` limits are counted in the same step but never refuse; the decision names those that
+would have. A plan's spend cap is checked in that step too (``SpendCall``, compiled once per
+plan and billed share of the month by ``domain/billing/spend_cap.py``): a charged metric's
+request that would make the month's invoice total exceed it is refused as SPEND_CAP.
 
 Semantics the callers rely on:
 
@@ -23,7 +27,9 @@ import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 
+from quotaplane.domain.billing.spend_cap import SpendRule, spend_rule
 from quotaplane.domain.errors import FailedPrecondition, InvalidArgument, NotFound
 from quotaplane.domain.plans.model import Limit, Overage, Plan, PlanCatalog
 from quotaplane.domain.quota.decisions import Decision, DecisionCode, LimitState, QuotaRequest
@@ -32,13 +38,16 @@ from quotaplane.domain.quota.ports import (
     ConsumeResult,
     CounterLimit,
     CounterStore,
+    SpendCall,
     TenantLookup,
 )
 from quotaplane.domain.quota.replay import FirstRequest, refuse_if_different
 from quotaplane.domain.tenants.model import Tenant
-from quotaplane.domain.windows import Window, window_reset, window_start
+from quotaplane.domain.windows import Period, Window, window_reset, window_start
 
 DEDUP_MAX_AGE = timedelta(hours=24)
+_RULES_KEPT = 1024  # compiled spend caps kept: one per plan, and per tenant new this month
+_MICROSECOND = timedelta(microseconds=1)
 # Counters outlive their window a little, so a late reply or a slow clock never reads a
 # counter that has just expired as empty.
 COUNTER_GRACE = timedelta(seconds=10)
@@ -65,6 +74,7 @@ class QuotaEngine:
         self._counters = counters
         self._clock = clock
         self._observers = tuple(observers)
+        self._rules: dict[tuple[int, int, int], tuple[Plan, SpendRule | None]] = {}
 
     async def tenant(self, tenant_id: str) -> Tenant:
         """The tenant from the in-process directory; NotFound if it does not exist."""
@@ -75,28 +85,38 @@ class QuotaEngine:
         # Suspension first: a suspended tenant is answered SUSPENDED whatever it asks for.
         if not tenant.active:
             return Decision(allowed=False, code=DecisionCode.SUSPENDED, cost=request.cost)
-        limits = self._limits(tenant, request.metric)
+        plan = self._plan(tenant)
+        limits = _limits(plan, request.metric)
         now = self._clock()
         windows = _windows(limits, now)
-        result = await self._counters.consume(consume_call(request, windows, limits))
+        rule = self._spend_rule(plan, tenant, now)
+        call = consume_call(request, windows, limits, spend_call(rule, request.metric, limits, now))
+        result = await self._counters.consume(call)
         resets: Sequence[datetime] = windows.resets
         if result.replayed and (first := result.first_request) is not None:
             # A repeat is the first answer: its limits and windows, whatever the plan is now.
             refuse_if_different(request, first)
             limits, resets = first.limits, first.resets
-        decision = decision_of(request, limits, result, resets, now)
+        decision = decision_of(request, limits, result, resets, now, rule)
         for observe in self._observers:  # cheap, synchronous: e.g. threshold notifications
             observe(request, decision)
         return decision
 
-    def _limits(self, tenant: Tenant, metric: str) -> tuple[Limit, ...]:
-        plan = self._plan(tenant)
-        if not plan.has_metric(metric):
-            metrics = ", ".join(sorted(plan.metrics)) or "none"
-            raise InvalidArgument(
-                f"metric {metric!r} is not part of plan {plan.name!r} (its metrics: {metrics})"
-            )
-        return plan.limits_for(metric)
+    def _spend_rule(self, plan: Plan, tenant: Tenant, now: datetime) -> SpendRule | None:
+        """The plan's compiled spend cap for the share of this month the tenant is billed
+        (from its creation, as the invoice), built once per (plan value, share)."""
+        if plan.spend_cap is None:
+            return None
+        period = Period.of(now)
+        start = min(max(period.start, tenant.created_at), period.end)
+        covered, whole = (period.end - start) // _MICROSECOND, period.duration // _MICROSECOND
+        key = (id(plan), covered, whole)
+        cached = self._rules.get(key)
+        if cached is None or cached[0] is not plan:
+            if len(self._rules) >= _RULES_KEPT:
+                self._rules.clear()
+            cached = self._rules[key] = (plan, spend_rule(plan, covered, whole))
+        return cached[1]
 
     def _plan(self, tenant: Tenant) -> Plan:
         try:
@@ -105,6 +125,33 @@ class QuotaEngine:
             raise FailedPrecondition(
                 f"tenant {tenant.id} is on plan {tenant.plan!r}, which the plans file no longer has"
             ) from None
+
+
+def _limits(plan: Plan, metric: str) -> tuple[Limit, ...]:
+    if not plan.has_metric(metric):
+        metrics = ", ".join(sorted(plan.metrics)) or "none"
+        raise InvalidArgument(
+            f"metric {metric!r} is not part of plan {plan.name!r} (its metrics: {metrics})"
+        )
+    return plan.limits_for(metric)
+
+
+def spend_call(
+    rule: SpendRule | None, metric: str, limits: Sequence[Limit], now: datetime
+) -> SpendCall | None:
+    """The spend-cap part of a call: None without a cap or for a metric that is free."""
+    index = None if rule is None else rule.index_of(metric)
+    if rule is None or index is None:
+        return None
+    start, reset = window_bounds(Window.MONTH, int(now.timestamp()))
+    month = [i for i, limit in enumerate(limits) if limit.window is Window.MONTH]
+    return SpendCall(
+        rule=rule,
+        metric_index=index,
+        month_start=start,
+        expires_at_ms=_epoch_ms(reset + COUNTER_GRACE),
+        self_limit=month[0] if month else None,
+    )
 
 
 @functools.lru_cache(maxsize=256)
@@ -142,6 +189,7 @@ def _windows_at(limits: tuple[Limit, ...], second: int) -> _Windows:
                 limit=limit.limit,
                 bill=limit.overage is Overage.BILL,
                 expires_at_ms=_epoch_ms(reset + COUNTER_GRACE),
+                shadow=limit.shadow,
             )
             for limit, (start, reset) in zip(limits, bounds, strict=True)
         ),
@@ -156,7 +204,10 @@ def _windows(limits: Sequence[Limit], now: datetime) -> _Windows:
 
 
 def consume_call(
-    request: QuotaRequest, windows: _Windows, limits: tuple[Limit, ...]
+    request: QuotaRequest,
+    windows: _Windows,
+    limits: tuple[Limit, ...],
+    spend: SpendCall | None = None,
 ) -> ConsumeCall:
     """The counter-store call for a request in these windows."""
     keeps_record = request.request_id is not None and not request.dry_run
@@ -172,6 +223,7 @@ def consume_call(
         first_request=FirstRequest(request.metric, request.cost, limits, windows.resets)
         if keeps_record
         else None,
+        spend=spend,
     )
 
 
@@ -181,20 +233,28 @@ def decision_of(
     result: ConsumeResult,
     resets: Sequence[datetime],
     now: datetime,
+    rule: SpendRule | None = None,
 ) -> Decision:
     """The Decision for the counter store's answer (``resets``: each limit's window end)."""
     states = tuple(
         _limit_state(limit, used, reset)
         for limit, used, reset in zip(limits, result.used, resets, strict=True)
     )
+    shadow_denied = tuple(limits[i].name for i in result.shadow_denied if i < len(limits))
+    spend_cap, spend_total = _spend(rule, result.spend_total)
     if not result.allowed:
         return Decision(
             allowed=False,
-            code=DecisionCode.OVER_LIMIT,
+            code=DecisionCode.SPEND_CAP if result.spend_denied else DecisionCode.OVER_LIMIT,
             cost=request.cost,
             limits=states,
-            retry_after=_retry_after(request.cost, limits, result.used, resets, now),
+            retry_after=window_reset(Window.MONTH, now) - now
+            if result.spend_denied
+            else _retry_after(request.cost, limits, result.used, resets, now),
             replayed=result.replayed,
+            shadow_denied=shadow_denied,
+            spend_cap=spend_cap,
+            spend_total=spend_total,
         )
     return Decision(
         allowed=True,
@@ -203,7 +263,17 @@ def decision_of(
         limits=states,
         overage=result.overage,
         replayed=result.replayed,
+        shadow_denied=shadow_denied,
+        spend_cap=spend_cap,
+        spend_total=spend_total,
     )
+
+
+def _spend(rule: SpendRule | None, total: int | None) -> tuple[Decimal | None, Decimal | None]:
+    """(cap, the month's invoice total) as amounts; (None, None) when the cap did not apply."""
+    if rule is None or total is None:
+        return None, None
+    return rule.amount(rule.cap_minor), rule.amount(total)
 
 
 def _limit_state(limit: Limit, used: int, reset: datetime) -> LimitState:
@@ -216,6 +286,7 @@ def _limit_state(limit: Limit, used: int, reset: datetime) -> LimitState:
         reset_at=reset,
         overage_policy=limit.overage.value,
         overage=max(0, used - limit.limit) if bill else 0,
+        shadow=limit.shadow,
     )
 
 
@@ -229,7 +300,7 @@ def _retry_after(
     blocking = [
         reset
         for limit, count, reset in zip(limits, used, resets, strict=True)
-        if limit.overage is Overage.BLOCK and count + cost > limit.limit
+        if limit.overage is Overage.BLOCK and not limit.shadow and count + cost > limit.limit
     ]
     return max(blocking, default=now) - now
 

@@ -28,7 +28,7 @@ from quotaplane.domain.windows import Window
 
 MAX_ENTRIES = 100_000
 
-_Shape = tuple[tuple[Window, int, bool], ...]
+_Shape = tuple[tuple[Window, int, bool, bool], ...]
 
 
 @dataclass(frozen=True)
@@ -39,15 +39,15 @@ class _Exhausted:
 
 
 def _shape(limits: tuple[CounterLimit, ...]) -> _Shape:
-    return tuple((limit.window, limit.limit, limit.bill) for limit in limits)
+    return tuple((limit.window, limit.limit, limit.bill, limit.shadow) for limit in limits)
 
 
 def _month_start(limits: tuple[CounterLimit, ...], used: tuple[int, ...] | None) -> int | None:
     """Window start of the exhausted monthly block limit (with ``used``), or of any monthly
     block limit (without)."""
     for index, limit in enumerate(limits):
-        if limit.window is not Window.MONTH or limit.bill:
-            continue
+        if limit.window is not Window.MONTH or limit.bill or limit.shadow:
+            continue  # only an enforced, blocking month limit refuses for the whole month
         if used is None or used[index] >= limit.limit:
             return limit.window_start
     return None

@@ -11,7 +11,7 @@ wire, so every transport applies the same rules in the same order:
 3. A route whose cost is not a whole number in 1..MAX_COST, whose metric is not in the tenant's
    plan, or a tenant whose plan the plans file lost -> MISCONFIGURED: a denial naming the
    problem, counted by ``on_misconfigured`` per request and logged once per (route, plan).
-4. Otherwise the engine's decision: ALLOWED or OVER_LIMIT, with every limit's state.
+4. Otherwise the engine's decision: ALLOWED, OVER_LIMIT or SPEND_CAP, with every limit's state.
 
 Only a storage failure (``Unavailable``) propagates: it is the one thing the proxy's failure
 mode should decide. Everything about the request, the key, the tenant or the route is a
@@ -47,6 +47,7 @@ class Verdict(enum.Enum):
     SUSPENDED = "suspended"
     MISCONFIGURED = "misconfigured"
     OVER_LIMIT = "over_limit"
+    SPEND_CAP = "spend_cap"
 
 
 @dataclass(frozen=True)
@@ -88,11 +89,13 @@ _VERDICT_OF_CODE = {
     DecisionCode.OK: Verdict.ALLOWED,
     DecisionCode.OVER_LIMIT: Verdict.OVER_LIMIT,
     DecisionCode.SUSPENDED: Verdict.SUSPENDED,
+    DecisionCode.SPEND_CAP: Verdict.SPEND_CAP,
 }
 _REASON_OF_VERDICT = {
     Verdict.ALLOWED: "allowed",
     Verdict.OVER_LIMIT: "quota or rate limit exceeded",
     Verdict.SUSPENDED: "tenant is suspended",
+    Verdict.SPEND_CAP: "the month's invoice would exceed the spend cap",
 }
 # (route, plan, problem) -> None: e.g. a metrics counter.
 MisconfigurationObserver = Callable[[str, str, str], None]

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from quotaplane.domain.billing.spend_cap import SpendRule
 from quotaplane.domain.quota.alerts import PendingNotification, QuotaAlert
 from quotaplane.domain.quota.replay import FirstRequest
 from quotaplane.domain.tenants.model import Tenant
@@ -31,6 +32,21 @@ class CounterLimit:
     # A billing-period counter, (re)built from the ledger: the store charges nothing on it
     # while it is missing and answers ``needs_seed`` instead.
     seeded: bool = False
+    # A shadow limit never refuses; an admitted call it would have refused is reported.
+    shadow: bool = False
+
+
+@dataclass(frozen=True)
+class SpendCall:
+    """The spend cap, checked with the limits: the month's invoice total after the call must
+    stay within ``rule.cap_minor`` (``domain/billing/spend_cap.py``)."""
+
+    rule: SpendRule
+    metric_index: int  # the call's metric among ``rule.metrics``
+    month_start: int  # unix seconds: names the month counters (seeded, like month limits)
+    expires_at_ms: int
+    # The call's limit that counts the same month counter (a month limit), charged once.
+    self_limit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -48,6 +64,7 @@ class ConsumeCall:
     # Kept with the first decision of ``request_id`` and handed back on a repeat
     # (``replay.py``); the store does not read it.
     first_request: FirstRequest | None = None
+    spend: SpendCall | None = None
 
 
 @dataclass(frozen=True)
@@ -62,6 +79,13 @@ class ConsumeResult:
     # dry run, what it would be): the store applies the overage rule where it counts.
     overage: int = 0
     first_request: FirstRequest | None = None  # on a replay: what the first decision kept
+    # Indices of the shadow limits that would have refused this call.
+    shadow_denied: tuple[int, ...] = ()
+    spend_denied: bool = False  # refused only because of the spend cap
+    # The month's invoice total in minor units after the call (now, if refused); None: no cap.
+    spend_total: int | None = None
+    # With ``needs_seed``: the metric whose month counter is missing (None: the call's own).
+    seed_metric: str | None = None
 
 
 class CounterStore(Protocol):

@@ -18,13 +18,15 @@ from importlib import resources
 from redis.exceptions import RedisError
 
 from quotaplane.domain.errors import Unavailable
-from quotaplane.domain.quota.ports import ConsumeCall, ConsumeResult
+from quotaplane.domain.quota.ports import ConsumeCall, ConsumeResult, SpendCall
+from quotaplane.domain.windows import Window
 from quotaplane.storage.redis import keys
 from quotaplane.storage.redis.batching import ScriptBatcher
 from quotaplane.storage.redis.client import Arg, CommandPipe
 from quotaplane.storage.redis.replay_records import encode_record, parse_record
 
 NEEDS_SEED = 2  # consume.lua's first reply value when a seeded counter is missing
+ALLOWED, SPEND_CAP = 1, 2  # consume.lua's verdicts besides 0 (refused by a limit)
 
 
 def consume_script_source() -> str:
@@ -61,7 +63,7 @@ class RedisCounterStore:
             raise Unavailable(f"Redis did not answer within {self._timeout * 1000:g} ms") from None
         except (RedisError, OSError) as error:
             raise Unavailable(f"Redis is unavailable: {type(error).__name__}: {error}") from None
-        return parse_reply(reply, len(call.limits))
+        return parse_reply(reply, len(call.limits), call)
 
     async def load_script(self) -> None:
         """Load the script into Redis now rather than on the first call."""
@@ -77,6 +79,13 @@ class RedisCounterStore:
             keys.counter_key(p, tenant, call.metric, limit.window.value, limit.window_start)
             for limit in call.limits
         ]
+        if call.spend is not None:
+            start = call.spend.month_start
+            script_keys += [
+                keys.counter_key(p, tenant, pricing.metric, Window.MONTH.value, start)
+                for pricing in call.spend.rule.metrics
+            ]
+        script_keys.append(keys.shadow_key(p, tenant))
         if call.request_id is not None:
             script_keys.append(keys.dedup_key(p, tenant, call.request_id))
         return script_keys
@@ -91,31 +100,71 @@ class RedisCounterStore:
             keys.unflushed_field(call.metric, call.hour_start),
             keys.overage_field(call.metric, call.hour_start),
             encode_record(call.first_request) if call.first_request is not None else "",
+            keys.shadow_field("", call.hour_start),
+            (call.hour_start + keys.SHADOW_RETENTION_SECONDS) * 1000,
         ]
         for limit in call.limits:
             policy = "bill" if limit.bill else "block"
-            args += [limit.limit, policy, limit.expires_at_ms, "1" if limit.seeded else "0"]
-        return args
+            mode = "shadow" if limit.shadow else "enforce"
+            seeded = "1" if limit.seeded else "0"
+            name = f"{call.metric}/{limit.window.value}"
+            args += [limit.limit, policy, limit.expires_at_ms, seeded, mode, name]
+        return args + spend_args(call.spend)
 
 
-def parse_reply(reply: Sequence[object], limits: int) -> ConsumeResult:
-    """``[replayed, "allowed,used_1,...|overage"]`` (``"<record>\n<allowed,...>"`` for a
-    replay) -> ConsumeResult. A decision kept before the overage was part of the reply has no
-    ``|overage``: 0."""
+def spend_args(spend: SpendCall | None) -> list[Arg]:
+    """The script's spend section: ``0`` without a cap, else the compiled rule."""
+    if spend is None:
+        return [0]
+    rule = spend.rule
+    self_limit = 0 if spend.self_limit is None else spend.self_limit + 1
+    args: list[Arg] = [len(rule.metrics), rule.cap_minor, rule.base_fee_minor, rule.divisor]
+    args += [spend.metric_index + 1, self_limit, spend.expires_at_ms]
+    for pricing in rule.metrics:
+        args += [pricing.included, len(pricing.segments)]
+        for s in pricing.segments:
+            args += [s.lower, s.upper, s.start, s.base, s.price, s.step, s.safe_steps]
+    return args
+
+
+def parse_reply(
+    reply: Sequence[object], limits: int, call: ConsumeCall | None = None
+) -> ConsumeResult:
+    """``[replayed, "allowed,used_1,...|overage|shadow|spend"]`` (``"<record>\n<allowed,...>"``
+    for a replay) -> ConsumeResult. A decision kept before a part was in the reply lacks it:
+    no overage, no shadow denials, no spend total."""
     replayed, encoded = reply
     if replayed == NEEDS_SEED:
-        return ConsumeResult(allowed=False, used=(0,) * limits, needs_seed=True)
+        return ConsumeResult(
+            allowed=False,
+            used=(0,) * limits,
+            needs_seed=True,
+            seed_metric=_seed_metric(encoded, call),
+        )
     record, newline, decision = str(encoded).rpartition("\n")
-    counters, _, overage = decision.partition("|")
-    allowed, *used = (int(part) for part in counters.split(","))
+    counters, _, rest = decision.partition("|")
+    overage, _, rest = rest.partition("|")
+    shadow, _, spend = rest.partition("|")
+    verdict, *used = (int(part) for part in counters.split(","))
     if not newline and len(used) != limits:
         # Only a replay of a decision kept without its record (before records were kept)
         # under another plan gets here: its counters are matched to the limits in order.
         used = (used + [0] * limits)[:limits]
     return ConsumeResult(
-        allowed=bool(allowed),
+        allowed=verdict == ALLOWED,
         used=tuple(used),
         replayed=bool(replayed),
         first_request=parse_record(record) if newline else None,
         overage=int(overage or 0),
+        shadow_denied=tuple(int(i) - 1 for i in shadow.split(":") if i),
+        spend_denied=verdict == SPEND_CAP,
+        spend_total=int(spend) if spend else None,
     )
+
+
+def _seed_metric(encoded: object, call: ConsumeCall | None) -> str | None:
+    """The metric of the missing spend counter the script named (``"<j>"``, 1-based)."""
+    text = encoded.decode() if isinstance(encoded, bytes) else str(encoded)
+    if not text or call is None or call.spend is None:
+        return None
+    return call.spend.rule.metrics[int(text) - 1].metric

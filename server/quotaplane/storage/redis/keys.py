@@ -8,11 +8,14 @@ cluster. Layout (``<p>`` = the deployment's key prefix):
 - ``<p>:{<tenant>}:unflushed``: hash of admitted units the ledger has not taken yet; fields
   ``<metric>|<hour_start_epoch>`` (units) and ``<metric>|<hour_start_epoch>|overage``.
 - ``<p>:{<tenant>}:req:<request_id>``: the first decision for a request id (replay).
+- ``<p>:{<tenant>}:shadow``: hash of admitted calls a shadow limit would have refused; fields
+  ``<metric>/<window>|<hour_start_epoch>``, kept ``SHADOW_RETENTION_SECONDS`` after the hour.
 """
 
 from __future__ import annotations
 
 OVERAGE_SUFFIX = "|overage"
+SHADOW_RETENTION_SECONDS = 40 * 24 * 3600  # a month and its invoice run
 
 
 def tenant_tag(prefix: str, tenant_id: str) -> str:
@@ -47,3 +50,18 @@ def parse_unflushed_field(field: str) -> tuple[str, int, bool]:
     metric, _, rest = field.partition("|")
     hour, _, kind = rest.partition("|")
     return metric, int(hour), kind == "overage"
+
+
+def shadow_key(prefix: str, tenant_id: str) -> str:
+    return f"{tenant_tag(prefix, tenant_id)}:shadow"
+
+
+def shadow_field(limit_name: str, hour_start_epoch: int) -> str:
+    """Field of the shadow hash: one shadow limit's would-be denials in one UTC hour."""
+    return f"{limit_name}|{hour_start_epoch}"
+
+
+def parse_shadow_field(field: str) -> tuple[str, int]:
+    """``"requests/second|1767225600"`` -> ("requests/second", 1767225600)."""
+    name, _, hour = field.rpartition("|")
+    return name, int(hour)

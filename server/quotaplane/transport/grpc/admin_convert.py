@@ -78,6 +78,7 @@ def plan(value: Plan) -> admin_pb2.Plan:
         metrics=[
             plan_metric(value.metrics[name], value.currency) for name in sorted(value.metrics)
         ],
+        spend_cap="" if value.spend_cap is None else str(value.spend_cap),
     )
 
 
@@ -91,6 +92,7 @@ def plan_metric(value: MetricPlan, currency: str) -> admin_pb2.PlanMetric:
                 window=WINDOWS[limit.window.value],
                 limit=limit.limit,
                 overage_policy=OVERAGE_POLICIES[limit.overage.value],
+                shadow=limit.shadow,
             )
             for limit in value.limits
         ],
@@ -135,4 +137,8 @@ def usage_response(report: UsageReport) -> admin_pb2.GetUsageResponse:
         ],
         total=report.total,
         unflushed=report.unflushed,
+        shadow_denials=[
+            admin_pb2.ShadowDenials(limit=name, count=count)
+            for name, count in report.shadow_denials
+        ],
     )

@@ -25,6 +25,7 @@ CODES: dict[DecisionCode, quota_pb2.CheckQuotaResponse.Code.ValueType] = {
     DecisionCode.OK: quota_pb2.CheckQuotaResponse.OK,
     DecisionCode.OVER_LIMIT: quota_pb2.CheckQuotaResponse.OVER_LIMIT,
     DecisionCode.SUSPENDED: quota_pb2.CheckQuotaResponse.SUSPENDED,
+    DecisionCode.SPEND_CAP: quota_pb2.CheckQuotaResponse.SPEND_CAP,
 }
 
 
@@ -49,7 +50,13 @@ def check_quota_response(decision: Decision) -> quota_pb2.CheckQuotaResponse:
         replayed=decision.replayed,
         cost=decision.cost,
         overage=decision.overage,
+        reason="" if decision.allowed else decision.code.value,
     )
+    if decision.shadow_denied:
+        response.shadow_denied.extend(decision.shadow_denied)
+    if decision.spend_cap is not None:
+        response.spend_cap = str(decision.spend_cap)
+        response.spend_total = str(decision.spend_total)
     for state in decision.limits:
         fill_limit_status(response.limits.add(), state)
     if decision.retry_after is not None:
@@ -65,6 +72,7 @@ def fill_limit_status(status: types_pb2.LimitStatus, state: LimitState) -> None:
     set_timestamp(status.reset_at, state.reset_at)
     status.overage_policy = OVERAGE_POLICIES[state.overage_policy]
     status.overage = state.overage
+    status.shadow = state.shadow
 
 
 def set_timestamp(message: Timestamp, at: datetime) -> None:

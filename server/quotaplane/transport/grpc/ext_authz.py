@@ -44,6 +44,7 @@ _GRPC_CODE = {
     Verdict.SUSPENDED: code_pb2.PERMISSION_DENIED,
     Verdict.MISCONFIGURED: code_pb2.PERMISSION_DENIED,
     Verdict.OVER_LIMIT: code_pb2.RESOURCE_EXHAUSTED,
+    Verdict.SPEND_CAP: code_pb2.RESOURCE_EXHAUSTED,
 }
 
 

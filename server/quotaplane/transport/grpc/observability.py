@@ -30,9 +30,11 @@ from opentelemetry.trace import Span, SpanKind, set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from quotaplane.domain.quota.decisions import DEFAULT_METRIC
+from quotaplane.domain.quota.gateway import Verdict
 from quotaplane.telemetry import Telemetry
 from quotaplane.transport.grpc.decoding import Undecodable
 from quotaplane.transport.grpc.handlers import Behavior, with_behavior
+from quotaplane.transport.http.gateway import DENIALS
 from quotaplane_client.v1 import quota_pb2
 
 CHECK_QUOTA = "quotaplane.v1.QuotaService/CheckQuota"
@@ -41,8 +43,11 @@ _CHECK_QUOTA_OUTCOMES = {
     quota_pb2.CheckQuotaResponse.OK: "ok",
     quota_pb2.CheckQuotaResponse.OVER_LIMIT: "over_limit",
     quota_pb2.CheckQuotaResponse.SUSPENDED: "suspended",
+    quota_pb2.CheckQuotaResponse.SPEND_CAP: "spend_cap",
 }
 _AUTHZ_OUTCOMES = {0: "ok", 7: "suspended", 8: "over_limit", 16: "unauthenticated"}
+# A denial body starts with its error (``transport/http/gateway.py``, compact JSON).
+_SPEND_CAP_BODY = f'{{"error":"{DENIALS[Verdict.SPEND_CAP].error}"'
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
@@ -198,6 +203,8 @@ def _record_authz(
 ) -> None:
     """The tenant is the one the servicer named with ``set_call_tenant`` (if it knew it)."""
     outcome = _AUTHZ_OUTCOMES.get(response.status.code)
+    if outcome == "over_limit" and response.denied_response.body.startswith(_SPEND_CAP_BODY):
+        outcome = "spend_cap"  # both are RESOURCE_EXHAUSTED; the body says which
     if outcome is not None:
         telemetry.record_decision(call.metric, outcome, call.tenant_id, "ext_authz")
 
