@@ -41,6 +41,7 @@ class Settings:
     service_token: str
     billing_token: str
     allow_unauthenticated: bool
+    jwt_tenant_claim: str
     redis_key_prefix: str
     redis_timeout: timedelta
     cache_ttl: timedelta
