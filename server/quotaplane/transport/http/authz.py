@@ -7,7 +7,9 @@ which Envoy's failure mode decides.
 
 Decoding: the key comes from ``x-api-key`` or ``authorization: Bearer`` (the same rule as the
 gRPC Check); metric and cost from quotaplane's route table on the path (``domain/quota/routes.py``),
-never from a header, so a client cannot choose its own price.
+never from a header, so a client cannot choose its own price. ``/v1/usage`` is checked but
+unmetered. With JWT identities on, the tenant claim of a token Envoy's jwt_authn verified comes
+from ``x-quotaplane-jwt-tenant`` (Envoy sets it from the claim and strips it from client input).
 
 Encoding uses the one rule for a decision as HTTP (``transport/http/gateway.py``) that the gRPC
 Check uses too, so both transports give the same statuses, headers and bodies:
@@ -131,6 +133,6 @@ class HttpAuthz:
         except Exception:
             log.exception("HTTP ext_authz check failed", extra={"path": path[:200]})
             return error_answer(500, "internal", "internal error in the quota service")
-        if self._on_decision is not None:
+        if self._on_decision is not None and request.metered:
             self._on_decision(request, outcome)
         return encode(outcome, datetime.now(UTC))
