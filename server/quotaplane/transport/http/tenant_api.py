@@ -14,13 +14,14 @@ reaches it around Envoy.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
 import urllib.parse
 from collections.abc import Iterable
 from importlib import resources
 
-from quotaplane.domain.billing.self_service import SelfService
+from quotaplane.domain.billing.self_service import SelfService, TenantUsage
 from quotaplane.domain.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -90,6 +91,9 @@ class TenantApi:
         self._service = service
         self._proxy_token = proxy_token.encode()
         self._portal = load_portal() if portal is None else portal
+        # /v1/usage costs no quota, so one tenant's flood must not multiply ledger work: calls
+        # for one (tenant, period) while one is being answered share its answer.
+        self._in_flight: dict[tuple[str, str], asyncio.Future[TenantUsage]] = {}
 
     async def answer(self, path: str, query: str, headers: Iterable[tuple[bytes, bytes]]) -> Answer:
         if path == USAGE_PATH:
@@ -108,7 +112,7 @@ class TenantApi:
             return error_answer(401, "unauthenticated", "missing API key")
         period = urllib.parse.parse_qs(query).get("period", [""])[-1]
         try:
-            usage = await self._service.usage(tenant_id, period or None)
+            usage = await self._shared_usage(tenant_id, period)
         except QuotaplaneError as error:
             status, name = next(
                 ((code, name) for kind, code, name in _STATUS if isinstance(error, kind)),
@@ -119,6 +123,26 @@ class TenantApi:
             log.exception("GET /v1/usage failed")
             return error_answer(500, "internal", "internal error in the quota service")
         return 200, [(b"content-type", b"application/json"), _NO_STORE], encode_usage(usage)
+
+    async def _shared_usage(self, tenant_id: str, period: str) -> TenantUsage:
+        key = (tenant_id, period)
+        if (pending := self._in_flight.get(key)) is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[TenantUsage] = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = future
+        try:
+            usage = await self._service.usage(tenant_id, period or None)
+        except BaseException as error:
+            if isinstance(error, Exception):
+                future.set_exception(error)
+                future.exception()  # retrieved: a lone caller leaves no warning behind
+            else:
+                future.cancel()
+            raise
+        finally:
+            self._in_flight.pop(key, None)
+        future.set_result(usage)
+        return usage
 
 
 class HttpSite:
