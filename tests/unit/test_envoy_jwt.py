@@ -69,3 +69,14 @@ def test_http_trusts_the_claim_header_only_with_jwt_identities_on() -> None:
     headers = [(b"x-quotaplane-jwt-tenant", b"acme")]
     assert http_gateway_request("/v1/rate", headers, ROUTES, jwt=True).tenant_claim == "acme"
     assert http_gateway_request("/v1/rate", headers, ROUTES).tenant_claim is None
+
+
+def test_the_shipped_routes_match_what_the_tenant_api_expects() -> None:
+    from quotaplane.transport.http.tenant_api import PROXY_TOKEN_HEADER, TENANT_PREFIX, USAGE_PATH
+
+    text = render.render(render.TEMPLATE, service_token="s3cret")
+    assert f"match: {{path: {USAGE_PATH}}}" in text
+    assert f"prefix_rewrite: {TENANT_PREFIX}{USAGE_PATH}" in text
+    assert f"prefix_rewrite: {TENANT_PREFIX}/portal" in text
+    assert f'{{key: {PROXY_TOKEN_HEADER}, value: "s3cret"}}' in text
+    assert f"- remove: {PROXY_TOKEN_HEADER}" in text  # never from a client

@@ -24,7 +24,8 @@ from quotaplane.domain.quota.gateway import RouteMisconfigured, parse_route_cost
 MAX_ROUTES = 1000
 # Paths a tenant's credential is checked on but no unit is charged for: the tenant reading its
 # own usage (transport/http/tenant_api.py serves it behind Envoy).
-UNMETERED_PATHS = frozenset({"/v1/usage"})
+USAGE_PATH = "/v1/usage"
+UNMETERED_PATHS = frozenset({USAGE_PATH})
 
 
 @dataclass(frozen=True)

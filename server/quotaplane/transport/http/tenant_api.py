@@ -29,6 +29,7 @@ from quotaplane.domain.errors import (
     QuotaplaneError,
     Unavailable,
 )
+from quotaplane.domain.quota.routes import USAGE_PATH
 from quotaplane.transport.http.authz import error_answer
 from quotaplane.transport.http.protocol import Answer, Answerer, Headers
 from quotaplane.transport.http.usage_json import encode_usage
@@ -36,7 +37,6 @@ from quotaplane.transport.http.usage_json import encode_usage
 log = logging.getLogger(__name__)
 
 TENANT_PREFIX = "/_tenant"
-USAGE_PATH = "/v1/usage"
 PORTAL_PATH = "/portal"
 TENANT_HEADER = b"x-tenant-id"
 PROXY_TOKEN_HEADER = "x-quotaplane-proxy-token"
