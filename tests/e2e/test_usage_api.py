@@ -145,8 +145,11 @@ def test_a_suspended_tenant_sees_its_status(usage: Usage) -> None:
 
 
 def test_a_past_period_and_a_bad_period(usage: Usage) -> None:
+    invoices = len(get_usage(usage, usage.a.key)[2]["invoices"])
     status, _, body = get_usage(usage, usage.a.key, "?period=1999-01")
-    assert status == 404 and "did not exist" in body["message"]  # the tenant is new
+    assert status == 200 and (body["period"], body["current"]) == ("1999-01", False)
+    assert body["charges"] is None and body["limits"] == [] and body["daily"] == {"requests": []}
+    assert len(body["invoices"]) == invoices  # reading a past period created no invoice
     status, _, body = get_usage(usage, usage.a.key, "?period=2026-13")
     assert (status, body["error"]) == (400, "invalid_argument")
     status, _, body = get_usage(usage, usage.a.key, f"?period={usage.period}")

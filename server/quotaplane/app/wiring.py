@@ -262,6 +262,7 @@ def build_replica(
             plans=plans,
             reports=reports,
             invoices=invoices,
+            invoice_ledger=stored.invoices,
             invoice_queries=stored.invoice_queries,
         ),
         payment_webhooks=_payment_webhooks(settings, stored),

@@ -8,6 +8,10 @@ finance sees, regenerated in place; a frozen invoice is returned as it is), and 
 list is ListInvoices' query. Who the tenant is comes from the caller (the proxy's verified
 decision), never from this module's input.
 
+A tenant's read never creates an invoice for a past period: a past period shows its invoice if
+it has one (a draft is regenerated, a frozen one shown as it is) and no charges otherwise, so
+looking at a month whose invoice an operator voided does not bring a new draft into being.
+
 Limits describe the windows open now, so they are reported for the current period only; a
 past period (``period``) has its series, charges and invoices.
 """
@@ -20,7 +24,12 @@ from datetime import datetime
 
 from quotaplane.domain.billing.admin import UsageReports, UsageTotal
 from quotaplane.domain.billing.invoicing import InvoiceRequest, InvoiceService
-from quotaplane.domain.billing.ports import InvoiceFilter, InvoiceQueries, StoredInvoice
+from quotaplane.domain.billing.ports import (
+    InvoiceFilter,
+    InvoiceLedger,
+    InvoiceQueries,
+    StoredInvoice,
+)
 from quotaplane.domain.errors import InvalidArgument
 from quotaplane.domain.plans.model import PlanCatalog
 from quotaplane.domain.quota.decisions import LimitState, QuotaRequest
@@ -50,7 +59,7 @@ class TenantUsage:
     generated_at: datetime
     limits: tuple[LimitUsage, ...]
     daily: dict[str, list[UsageTotal]]  # metric -> days with usage, in order
-    charges: StoredInvoice
+    charges: StoredInvoice | None  # None: a past period without an invoice
     invoices: tuple[StoredInvoice, ...]
 
 
@@ -64,6 +73,7 @@ class SelfService:
         plans: Callable[[], PlanCatalog],
         reports: UsageReports,
         invoices: InvoiceService,
+        invoice_ledger: InvoiceLedger,
         invoice_queries: InvoiceQueries,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
@@ -71,6 +81,7 @@ class SelfService:
         self._plans = plans
         self._reports = reports
         self._invoices = invoices
+        self._ledger = invoice_ledger
         self._queries = invoice_queries
         self._clock = clock
 
@@ -84,7 +95,7 @@ class SelfService:
         metrics = sorted(self._plans().get(tenant.plan).metrics)
         current = chosen == Period.of(now)
         # The invoice first: it flushes the tenant's usage, so the series below reads it too.
-        charges = await self._invoices.generate(InvoiceRequest(tenant.id, str(chosen)))
+        charges = await self._charges(tenant, chosen, current)
         return TenantUsage(
             tenant=tenant,
             period=chosen,
@@ -95,6 +106,11 @@ class SelfService:
             charges=charges,
             invoices=await self._invoice_list(tenant.id),
         )
+
+    async def _charges(self, tenant: Tenant, period: Period, current: bool) -> StoredInvoice | None:
+        if not current and await self._ledger.open_invoice(tenant.id, period) is None:
+            return None
+        return await self._invoices.generate(InvoiceRequest(tenant.id, str(period)))
 
     async def _limits(self, tenant: Tenant, metrics: Sequence[str]) -> tuple[LimitUsage, ...]:
         states: list[LimitUsage] = []

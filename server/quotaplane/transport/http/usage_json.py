@@ -65,7 +65,9 @@ def invoice_summary(invoice: StoredInvoice) -> dict[str, Any]:
     }
 
 
-def _charges(invoice: StoredInvoice) -> dict[str, Any]:
+def _charges(invoice: StoredInvoice | None) -> dict[str, Any] | None:
+    if invoice is None:
+        return None
     return {
         **invoice_summary(invoice),
         "estimate": invoice.status == "draft",

@@ -166,6 +166,11 @@ function renderChart(usage) {
 function renderCharges(charges) {
   const box = $("charges");
   box.replaceChildren();
+  if (!charges) {
+    delete box.dataset.total;
+    box.append(el("div", { "class": "hint" }, "No invoice for this period."));
+    return;
+  }
   box.dataset.total = charges.total;
   box.dataset.totalMinor = String(charges.total_minor);
   box.append(el("div", { "class": "total" }, fmtMoney(charges.total, charges.currency)),
