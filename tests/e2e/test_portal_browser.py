@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -84,6 +85,14 @@ def open_with_key(portal: Portal, key: str) -> Any:
     return page
 
 
+def shows_period(page: Any, period: str) -> None:
+    """Wait until the page shows ``period`` (polled: the page's CSP forbids eval'd predicates)."""
+    deadline = time.monotonic() + 15
+    while page.inner_text("#period") != period or not page.is_visible("#usage"):
+        assert time.monotonic() < deadline, page.inner_text("body")
+        time.sleep(0.05)
+
+
 def api_usage(portal: Portal) -> dict[str, Any]:
     status, _, body = portal.stack.get("/v1/usage", {"x-api-key": portal.tenant.key})
     assert status == 200
@@ -116,6 +125,20 @@ def test_the_page_shows_what_the_api_says(portal: Portal, tmp_path: Path) -> Non
     assert page.get_attribute("#charges", "data-total") == api["charges"]["total"]
     assert page.inner_text("#plan") == api["tenant"]["plan"]
     assert page.eval_on_selector_all("#invoices tr", "rows => rows.length") == len(api["invoices"])
+    periods = page.eval_on_selector_all("#period-select option", "os => os.map(o => o.value)")
+    assert periods == [api["period"]]  # the current period; each invoice's period would join
+    page.evaluate(  # a past period, as if it had an invoice: the page asks the API for it
+        "() => { const s = document.getElementById('period-select');"
+        " s.append(new Option('2001-02', '2001-02')); s.value = '2001-02';"
+        " s.dispatchEvent(new Event('change')); }"
+    )
+    shows_period(page, "2001-02")
+    assert page.eval_on_selector_all("li.limit", "items => items.length") == 0  # past: no limits
+    assert page.get_attribute("#charges", "data-total") is None  # and no invoice that month
+    assert page.eval_on_selector_all("#chart rect.bar", "bars => bars.length") == 28
+    page.select_option("#period-select", api["period"])
+    shows_period(page, api["period"])
+    assert page.get_attribute("#charges", "data-total") == api["charges"]["total"]
     stored = page.evaluate("sessionStorage.getItem('quotaplane.apiKey')")
     assert stored == portal.tenant.key  # in the tab's session storage ...
     assert page.context.cookies() == [] and portal.tenant.key not in page.url  # ... only

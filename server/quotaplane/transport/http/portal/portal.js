@@ -59,7 +59,9 @@ function askForKey() {
   $("key").focus();
 }
 
-async function load() {
+let currentPeriod = null;  // learnt from the first answer (the period that holds now)
+
+async function load(period) {
   const key = sessionStorage.getItem(KEY);
   if (!key) { askForKey(); return; }
   show("key-form", false);
@@ -67,7 +69,8 @@ async function load() {
   show("loading", true);
   let response, body = null;
   try {
-    response = await fetch("/v1/usage", { headers: { "x-api-key": key }, cache: "no-store", credentials: "omit" });
+    const query = period ? `?period=${encodeURIComponent(period)}` : "";
+    response = await fetch(`/v1/usage${query}`, { headers: { "x-api-key": key }, cache: "no-store", credentials: "omit" });
     body = await response.json().catch(() => null);
   } catch (error) {
     show("loading", false);
@@ -89,6 +92,7 @@ function render(usage) {
   renderChart(usage);
   renderCharges(usage.charges);
   renderInvoices(usage.invoices);
+  renderPeriods(usage);
   $("generated").textContent = `As of ${fmtWhen(usage.generated_at)}.`;
   show("usage", true);
 }
@@ -197,13 +201,25 @@ function renderInvoices(invoices) {
   }
 }
 
+// The periods a tenant can look at: the current one and every period with an invoice.
+function renderPeriods(usage) {
+  if (usage.current) currentPeriod = usage.period;
+  const periods = new Set([currentPeriod, usage.period, ...usage.invoices.map((i) => i.period)]);
+  periods.delete(null);
+  const select = $("period-select");
+  select.replaceChildren(...[...periods].sort().reverse().map((p) => el("option", { value: p }, p)));
+  select.value = usage.period;
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  $("period-select").addEventListener("change", (event) => load(event.target.value));
   $("key-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const key = $("key").value.trim();
     if (!key) return;
     sessionStorage.setItem(KEY, key);
     $("key").value = "";
+    currentPeriod = null;
     load();
   });
   $("forget").addEventListener("click", () => { show("usage", false); show("error", false); askForKey(); });
