@@ -7,11 +7,12 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: run serve test lint typecheck generate check-generated bench-quota bench-envoy bench-key-flood clean help
+.PHONY: run serve test chromium lint typecheck generate check-generated bench-quota bench-envoy bench-key-flood clean help
 
 help:
 	@echo "make run    - set up, then run quotaplane on embedded defaults (valkey + SQLite)"
 	@echo "make test   - set up, then run linters, type checks and the whole test suite"
+	@echo "              (as root, apt-get installs chromium for the portal's browser tests)"
 	@echo "make generate - regenerate the Python code of protos/ into clients/"
 	@echo "make bench-quota - CheckQuota requests/s, latency and CPU per call: quotaplane vs a trivial handler"
 	@echo "make bench-key-flood - DB transactions per 1,000 random API keys, a tenant's latency"
@@ -42,7 +43,17 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy server/quotaplane clients/quotaplane_client clients/examples scripts
 
-test: $(STAMP) check-generated lint typecheck
+# The portal's browser tests drive Debian's Chromium (never a downloaded browser): installed here
+# when missing and we are root with apt-get; otherwise those tests skip and say why.
+chromium:
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium (apt-get) for the portal's browser tests"; \
+	  { apt-get install -y --no-install-recommends chromium \
+	    || { apt-get update && apt-get install -y --no-install-recommends chromium; }; } \
+	    >/dev/null 2>&1 || echo "could not install chromium: the browser tests will skip"; \
+	fi
+
+test: $(STAMP) check-generated lint typecheck chromium
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Needs h2load (Debian package nghttp2-client) and a Redis at redis://127.0.0.1:6379/0 (or

@@ -47,7 +47,48 @@ DEFAULTS: dict[str, str | int | bool] = {
     # out on loopback). Never commit a real one: compose substitutes it at start.
     "SERVICE_TOKEN": "",
     "AUTHZ_TIMEOUT": "0.25s",
+    # JWT identities (off while JWT_ISSUER is empty): Envoy's jwt_authn verifies a bearer JWT
+    # of this issuer and audience against JWT_JWKS (a file path, or an http(s):// JWKS URL) and
+    # hands quotaplane the JWT_TENANT_CLAIM (QUOTAPLANE_JWT_TENANT_CLAIM must name the same).
+    "JWT_ISSUER": "",
+    "JWT_AUDIENCE": "",
+    "JWT_JWKS": "",
+    "JWT_TENANT_CLAIM": "tenant_id",
 }
+JWT_NAMES = ("JWT_ISSUER", "JWT_AUDIENCE", "JWT_JWKS", "JWT_TENANT_CLAIM")
+# The provider's JWKS: a local file Envoy re-reads on change, or a URL fetched (and cached).
+JWKS_FILE = """local_jwks:
+  filename: "${JWT_JWKS}"
+  watched_directory: {path: "${JWKS_DIR}"}"""
+JWKS_REMOTE = """remote_jwks:
+  http_uri: {uri: "${JWT_JWKS}", cluster: jwks, timeout: 5s}
+  cache_duration: 300s
+  async_fetch: {fast_listener: false}
+  retry_policy: {num_retries: 3}"""
+# Before ext_authz: a bad token (signature, expiry, issuer, audience) is Envoy's 401; a valid
+# one is removed from the request (forward: false), its payload goes to the dynamic metadata
+# (the gRPC Check reads it there) and its tenant claim to a header (the HTTP check reads it);
+# the header is stripped from client input first (early_header_mutation_extensions). No token
+# at all passes on to ext_authz, which then needs an API key (x-api-key).
+JWT_AUTHN = """- name: envoy.filters.http.jwt_authn
+  typed_config:
+    "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+    providers:
+      tenant_idp:
+        issuer: "${JWT_ISSUER}"
+        audiences: ["${JWT_AUDIENCE}"]
+        ${JWKS}
+        forward: false
+        payload_in_metadata: jwt_payload
+        claim_to_headers:
+        - {header_name: x-quotaplane-jwt-tenant, claim_name: "${JWT_TENANT_CLAIM}"}
+    rules:
+    - match: {prefix: /}
+      requires:
+        requires_any:
+          requirements:
+          - provider_name: tenant_idp
+          - allow_missing: {}"""
 # The ext_authz service block of each protocol (the filter's ${AUTHZ_SERVICE}).
 AUTHZ_SERVICES = {
     "grpc": """grpc_service:
@@ -85,6 +126,19 @@ COMPOSE: dict[str, str | int | bool] = {
     "SERVICE_TOKEN": "__QUOTAPLANE_SERVICE_TOKEN__",
 }
 COMPOSE_CONFIG = TEMPLATE.with_name("envoy.compose.yaml")
+# envoy/envoy.jwt.yaml: the JWT variant, rendered with an example identity provider (replace
+# the three JWT_* values with your provider's, or render your own with the --jwt-* flags).
+JWT_EXAMPLE: dict[str, str | int | bool] = {
+    "JWT_ISSUER": "https://idp.example.com/",
+    "JWT_AUDIENCE": "quotaplane-api",
+    "JWT_JWKS": "https://idp.example.com/.well-known/jwks.json",
+}
+JWT_CONFIG = TEMPLATE.with_name("envoy.jwt.yaml")
+JWT_HEADER = (
+    "# GENERATED from envoy/envoy.yaml: the JWT variant, for an example identity provider; do not\n"
+    "# edit. Regenerate with  python envoy/render.py --jwt-example --out envoy/envoy.jwt.yaml\n"
+    "# (tests/unit/test_envoy_jwt.py fails while this file is stale).\n"
+)
 COMPOSE_HEADER = (
     "# GENERATED from envoy/envoy.yaml for docker-compose.yml: do not edit. Regenerate with\n"
     "#   python envoy/render.py --compose --out envoy/envoy.compose.yaml\n"
@@ -132,6 +186,58 @@ def _check_duration(name: str, value: object) -> str:
     return value
 
 
+_JWT_TEXT = re.compile(r"^[A-Za-z0-9._~:/?#@!$&()*+,;=%-]{1,500}$")
+
+
+def _check_jwt(name: str, value: object) -> str:
+    """Printable URL-ish text only: it goes into a quoted YAML string."""
+    if not isinstance(value, str) or (value and not _JWT_TEXT.match(value)):
+        raise ValueError(f"{name} must be a URL, a path or a name without spaces or quotes")
+    return value
+
+
+def _jwt_blocks(filled: dict[str, str]) -> dict[str, str]:
+    """``${JWT_AUTHN}`` and ``${JWT_CLUSTER}``: empty unless JWT_ISSUER is set."""
+    if not filled["JWT_ISSUER"]:
+        return {"JWT_AUTHN": "", "JWT_CLUSTER": ""}
+    if not filled["JWT_AUDIENCE"] or not filled["JWT_JWKS"] or not filled["JWT_TENANT_CLAIM"]:
+        raise ValueError("JWT_ISSUER needs JWT_AUDIENCE, JWT_JWKS and JWT_TENANT_CLAIM too")
+    jwks = filled["JWT_JWKS"]
+    remote = jwks.startswith(("http://", "https://"))
+    block = JWT_AUTHN.replace(
+        "${JWKS}", textwrap.indent(JWKS_REMOTE if remote else JWKS_FILE, " " * 8).lstrip()
+    )
+    return {"JWT_AUTHN": block, "JWT_CLUSTER": _jwks_cluster(jwks) if remote else ""}
+
+
+def _jwks_cluster(uri: str) -> str:
+    """The cluster Envoy fetches a remote JWKS through (TLS with SNI for https)."""
+    scheme, _, rest = uri.partition("://")
+    hostport = rest.partition("/")[0]
+    host, _, port = hostport.partition(":")
+    port = port or ("443" if scheme == "https" else "80")
+    cluster = f"""- name: jwks
+  type: LOGICAL_DNS
+  dns_lookup_family: V4_PREFERRED
+  connect_timeout: 2s
+  load_assignment:
+    cluster_name: jwks
+    endpoints:
+    - lb_endpoints:
+      - endpoint:
+          address:
+            socket_address: {{address: "{host}", port_value: {int(port)}}}"""
+    if scheme == "https":
+        cluster += f"""
+  transport_socket:
+    name: envoy.transport_sockets.tls
+    typed_config:
+      "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+      sni: "{host}"
+"""
+    return cluster.rstrip("\n")
+
+
 def _check_authz(value: object) -> str:
     if value not in AUTHZ_SERVICES:
         raise ValueError(f"AUTHZ must be one of {sorted(AUTHZ_SERVICES)}, got {value!r}")
@@ -156,6 +262,8 @@ def values(**overrides: str | int | bool) -> dict[str, str]:
     for name, value in merged.items():
         if name == "AUTHZ":
             checked[name] = _check_authz(value)
+        elif name in JWT_NAMES:
+            checked[name] = _check_jwt(name, value)
         elif name == "AUTHZ_TIMEOUT":
             checked[name] = _check_duration(name, value)
         elif name.endswith("_PORT"):
@@ -174,12 +282,20 @@ def render(template_path: str | Path = TEMPLATE, **overrides: str | int | bool) 
     filled = values(**overrides)
     text = Path(template_path).read_text(encoding="utf-8")
     text = _indented_block(text, "AUTHZ_SERVICE", AUTHZ_SERVICES[filled["AUTHZ"]])
-    return string.Template(text).substitute(filled)
+    for name, block in _jwt_blocks(filled).items():
+        text = _indented_block(text, name, block)
+    jwks_dir = str(Path(filled["JWT_JWKS"]).parent) if filled["JWT_JWKS"] else ""
+    return string.Template(text).substitute(filled, JWKS_DIR=jwks_dir)
 
 
 def render_compose(template_path: str | Path = TEMPLATE, **overrides: str | int | bool) -> str:
     """The config docker-compose.yml mounts: COMPOSE values (then overrides), with a header."""
     return COMPOSE_HEADER + render(template_path, **{**COMPOSE, **overrides})
+
+
+def render_jwt_example(template_path: str | Path = TEMPLATE, **overrides: str | int | bool) -> str:
+    """envoy/envoy.jwt.yaml: JWT_EXAMPLE values (then overrides), with a header."""
+    return JWT_HEADER + render(template_path, **{**JWT_EXAMPLE, **overrides})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         help="the docker compose variant (upstreams by service name, a do-not-edit header); "
         "other flags still apply",
     )
+    parser.add_argument(
+        "--jwt-example", action="store_true", help="the JWT variant shipped as envoy/envoy.jwt.yaml"
+    )
     for name, default in DEFAULTS.items():
         if isinstance(default, bool):
             continue
@@ -203,6 +322,10 @@ def main(argv: list[str] | None = None) -> int:
         if name == "AUTHZ_TIMEOUT":
             parser.add_argument("--authz-timeout", dest=name, help=f"default {default}")
             continue
+        if name in JWT_NAMES:
+            flag = "--" + name.lower().replace("_", "-")
+            parser.add_argument(flag, dest=name, help=f"JWT identities (default {default!r})")
+            continue
         flag = "--" + name.lower().replace("_", "-")
         kind = int if isinstance(default, int) else str
         # No argparse default: an unset flag leaves the value to --compose or DEFAULTS.
@@ -212,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {name: value for name, value in given.items() if value is not None}
     overrides["FAILURE_MODE_ALLOW"] = args.fail_open
     rendering = render_compose if args.compose else render
+    rendering = render_jwt_example if args.jwt_example else rendering
     try:
         text = rendering(args.template, **overrides)
     except (ValueError, KeyError) as exc:

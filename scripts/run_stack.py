@@ -257,6 +257,8 @@ ready. The demo tenant (plan {DEMO_PLAN}: 100 requests a month, 5 a second) has 
   {key}
 try:
   curl -i -H 'x-api-key: {key}' -d '{{"type":"domain","value":"example.com"}}' http://127.0.0.1:{args.http_port}/v1/rate
+  curl -s -H 'x-api-key: {key}' http://127.0.0.1:{args.http_port}/v1/usage   # free: no unit used
+portal: http://127.0.0.1:{args.http_port}/portal   (paste the key above)
 tokens: {data_dir}/{{admin,service,billing}}-token   gRPC: {grpc_addr}   Envoy admin: http://127.0.0.1:{args.envoy_admin_port}
 metrics: http://127.0.0.1:{args.metrics_port}/metrics   OpenClaw: http://127.0.0.1:{args.openclaw_port}
 Ctrl-C stops everything.""",

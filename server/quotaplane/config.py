@@ -16,7 +16,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from quotaplane.config_table import SETTINGS as SETTINGS  # re-exported: the CLI reads it
+from quotaplane.config_table import SETTINGS
 from quotaplane.domain.quota.routes import RouteTable
 
 
@@ -41,6 +41,7 @@ class Settings:
     service_token: str
     billing_token: str
     allow_unauthenticated: bool
+    jwt_tenant_claim: str
     redis_key_prefix: str
     redis_timeout: timedelta
     cache_ttl: timedelta

@@ -215,6 +215,15 @@ CREDENTIALS: tuple[Setting, ...] = (
         "true: leave the service and billing roles open when their tokens are empty. Only "
         "with a loopback QUOTAPLANE_GRPC_ADDR; the admin token is always needed.",
     ),
+    Setting(
+        "jwt_tenant_claim",
+        "QUOTAPLANE_JWT_TENANT_CLAIM",
+        parse_text,
+        "tenant_id",
+        "The claim of an Envoy-verified JWT (jwt_authn) that names the tenant, by tenant id or "
+        "external id; read from jwt_authn's metadata on the gRPC Check, from the header Envoy "
+        "sets from it on the HTTP check. Empty: JWT identities are off.",
+    ),
 )
 
 # Stripe: the invoice push and the incoming webhooks.

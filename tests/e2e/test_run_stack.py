@@ -16,7 +16,14 @@ from tests.harness.processes import ManagedProcess
 
 pytestmark = pytest.mark.timeout(180)
 ROOT = Path(__file__).resolve().parents[2]
-PORTS = ("--grpc-port", "--http-port", "--openclaw-port", "--envoy-admin-port", "--metrics-port")
+PORTS = (
+    "--grpc-port",
+    "--http-port",
+    "--authz-port",
+    "--openclaw-port",
+    "--envoy-admin-port",
+    "--metrics-port",
+)
 
 
 def test_a_second_make_run_fails_fast_and_leaves_the_first_running(tmp_path: Path) -> None:
@@ -44,3 +51,8 @@ def test_a_second_make_run_fails_fast_and_leaves_the_first_running(tmp_path: Pat
             {"x-api-key": key},
         )  # fmt: skip
         assert status == 200 and headers["x-seen-tenant-id"]
+        status, _, usage = request(
+            ports["--http-port"], "GET", "/v1/usage", None, {"x-api-key": key}
+        )  # the tenant's own usage, routed by the config `make run` renders
+        assert status == 200 and usage["tenant"]["id"] == headers["x-seen-tenant-id"]
+        assert [day["quantity"] for day in usage["daily"]["requests"]] == [1]

@@ -102,12 +102,14 @@ def start_envoy(
     fail_open: bool,
     authz: str = "grpc",
     extra_routes: str = "",
+    **overrides: str | int | bool,
 ) -> tuple[ManagedProcess, int]:
     """Envoy with the shipped config on a free port; returns it and its listener port.
 
     ``authz``: "grpc" (``authz_port`` is quotaplane's gRPC port) or "http" (its HTTP ext_authz
     port). ``extra_routes``: YAML route entries (indented like FIRST_ROUTE) added before the
-    shipped ones, e.g. deliberately misconfigured routes.
+    shipped ones, e.g. deliberately misconfigured routes. ``overrides``: more template values
+    (e.g. the JWT_* ones).
     """
     name = f"envoy-{authz}-" + ("fail-open" if fail_open else "fail-closed")
     port_name = "quotaplane_http_port" if authz == "http" else "quotaplane_port"
@@ -125,6 +127,7 @@ def start_envoy(
         # moment into an ext_authz error (tests of the failure modes stop quotaplane).
         authz_timeout="2s",
         **{port_name: authz_port},
+        **overrides,
     )
     assert FIRST_ROUTE in text, "the shipped Envoy config no longer starts with the bulk route"
     config.write_text(text.replace(FIRST_ROUTE, extra_routes + FIRST_ROUTE, 1))

@@ -10,8 +10,8 @@ whatever had started (the embedded valkey above all). The parts, in order:
 3. connections: the ledger engine and the two Redis clients
 4. the replica (``wiring.build_replica``, pure), its caches warmed from the ledger
 5. its loops (pollers, the usage flusher, the Stripe outbox, the notifier)
-6. servers: the Stripe webhook receiver, the gRPC server, then Envoy's HTTP ext_authz (stops
-   first, draining checks)
+6. servers: the Stripe webhook receiver, the gRPC server, then Envoy's HTTP ext_authz with
+   the tenant's /v1/usage and /portal behind it (stops first, draining checks)
 
 What the tests and ``serve`` read of a running Runtime is in ``Running``; before start and
 after stop there is none.
@@ -49,6 +49,7 @@ from quotaplane.transport.grpc.observability import Observability
 from quotaplane.transport.grpc.server import RunningServer, start_server
 from quotaplane.transport.grpc.tls import server_credentials
 from quotaplane.transport.http.server import RunningHttp, start_http
+from quotaplane.transport.http.tenant_api import HttpSite, TenantApi
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ class Runtime:
             self._start_loop(loop)
         webhook_port = await self._start_payment_webhooks(replica)
         grpc = await self._start_grpc(replica, storage, telemetry)
-        http = await self._start_http_authz(replica)
+        http = await self._start_http_authz(replica, storage)
         self._running = Running(
             storage, connections, replica, telemetry, grpc, http, metrics_port, webhook_port
         )
@@ -234,14 +235,16 @@ class Runtime:
         push_bounded(self._stack, "grpc server", grpc.stop, grace, limit=grace + 5)
         return grpc
 
-    async def _start_http_authz(self, replica: Replica) -> RunningHttp | None:
-        """Envoy's HTTP ext_authz (the fast path), unless QUOTAPLANE_AUTHZ_HTTP_ADDR is off.
-        Started after the gRPC server, so stopped first: Envoy's checks drain before the rest."""
+    async def _start_http_authz(self, replica: Replica, storage: Storage) -> RunningHttp | None:
+        """Envoy's HTTP ext_authz (the fast path), and behind it the tenant's /v1/usage and
+        /portal, unless QUOTAPLANE_AUTHZ_HTTP_ADDR is off. Started after the gRPC server, so
+        stopped first: Envoy's checks drain before the rest."""
         s = self.settings
         if replica.http_authz is None:
             return None
-        answer = replica.http_authz.answer
-        http = await start_http(s.authz_http_addr, answer, reuse_port=s.reuse_port)
+        tenant = TenantApi(replica.self_service, proxy_token=storage.tokens.service)
+        site = HttpSite(replica.http_authz.answer, tenant)
+        http = await start_http(s.authz_http_addr, site.answer, reuse_port=s.reuse_port)
         grace = s.shutdown_grace.total_seconds()
         push_bounded(self._stack, "http ext_authz", http.stop, grace, limit=grace + 5)
         return http

@@ -25,6 +25,7 @@ from quotaplane.domain.billing.admin import InvoiceAdmin, UsageReports
 from quotaplane.domain.billing.invoicing import InvoiceService
 from quotaplane.domain.billing.payments import PaymentWebhooks
 from quotaplane.domain.billing.ports import StoredInvoice
+from quotaplane.domain.billing.self_service import SelfService
 from quotaplane.domain.billing.usage_events import UsageRecorder
 from quotaplane.domain.plans.model import PlanCatalog
 from quotaplane.domain.plans.registry import PlanAdmin, PlanRegistry
@@ -129,6 +130,7 @@ class Replica:
     http_authz: HttpAuthz | None  # Envoy's HTTP ext_authz, unless QUOTAPLANE_AUTHZ_HTTP_ADDR=off
     usage: UsageRecorder
     invoices: InvoiceService
+    self_service: SelfService  # GET /v1/usage: the tenant's own usage, charges and invoices
     payment_webhooks: PaymentWebhooks | None
     servicers: Servicers
     loops: tuple[Loop, ...]
@@ -238,20 +240,24 @@ def build_replica(
         flush=flusher.flush_tenant,
         on_finalized=_record_finalized(telemetry),
     )
-    gateway = Gateway(api_keys, engine, on_misconfigured=telemetry.record_misconfigured)
+    gateway = Gateway(
+        api_keys,
+        engine,
+        on_misconfigured=telemetry.record_misconfigured,
+        claims=directory if settings.jwt_tenant_claim else None,
+    )
     queries = stored.tenant_queries
+    reports = UsageReports(tenants, stored.usage, flush=flusher.flush_tenant, shadow=stored.shadow)
     servicers = Servicers(
         quota=QuotaServicer(engine, usage=usage, invoices=invoices),
         admin=AdminServicer(
             tenants=TenantAdmin(tenants, queries, plans),
             keys=ApiKeyAdmin(stored.keys, tenants),
             plans=PlanAdmin(plans, queries),
-            usage=UsageReports(
-                tenants, stored.usage, flush=flusher.flush_tenant, shadow=stored.shadow
-            ),
+            usage=reports,
             invoices=InvoiceAdmin(tenants, stored.invoice_queries),
         ),
-        authz=AuthorizationServicer(gateway),
+        authz=AuthorizationServicer(gateway, jwt_tenant_claim=settings.jwt_tenant_claim),
     )
     loops = [
         Loop("tenant directory poller", directory.run),
@@ -271,6 +277,14 @@ def build_replica(
         http_authz=_http_authz(settings, gateway, telemetry),
         usage=usage,
         invoices=invoices,
+        self_service=SelfService(
+            engine=engine,
+            plans=plans,
+            reports=reports,
+            invoices=invoices,
+            invoice_ledger=stored.invoices,
+            invoice_queries=stored.invoice_queries,
+        ),
         payment_webhooks=_payment_webhooks(settings, stored),
         servicers=servicers,
         loops=tuple(loops),
@@ -281,7 +295,8 @@ def _http_authz(settings: Settings, gateway: Gateway, telemetry: Telemetry) -> H
     if settings.authz_http_addr == "off":
         return None
     record = decision_recorder(telemetry)
-    return HttpAuthz(gateway, settings.authz_routes, on_decision=record)
+    jwt = bool(settings.jwt_tenant_claim)
+    return HttpAuthz(gateway, settings.authz_routes, on_decision=record, jwt=jwt)
 
 
 def _notifier(settings: Settings, stored: Stores) -> Notifier | None:

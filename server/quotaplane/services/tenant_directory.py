@@ -30,8 +30,8 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
-from quotaplane.domain.errors import NotFound, QuotaplaneError, Unavailable
-from quotaplane.domain.tenants.model import Tenant
+from quotaplane.domain.errors import InvalidArgument, NotFound, QuotaplaneError, Unavailable
+from quotaplane.domain.tenants.model import Tenant, parse_tenant_id
 from quotaplane.domain.tenants.ports import TenantSource
 from quotaplane.services.polled_cache import PolledCache
 
@@ -53,6 +53,7 @@ class TenantDirectory(PolledCache[Tenant]):
         super().__init__(source.list_changed_since, ttl=ttl, monotonic=monotonic)
         self._source = source
         self._tenants: dict[str, Tenant] = {}
+        self._external: dict[str, str] = {}  # external id -> tenant id
         self._lookups: dict[str, asyncio.Future[Tenant | None]] = {}
 
     def __len__(self) -> int:
@@ -71,10 +72,29 @@ class TenantDirectory(PolledCache[Tenant]):
             raise NotFound(f"tenant {tenant_id} does not exist")
         return tenant
 
+    async def tenant_for_claim(self, claim: str) -> str | None:
+        """The tenant a verified token claim names: by id first, else by external id.
+
+        External ids are matched in memory, so one set a moment ago is known after the next
+        poll (``cache_ttl / 2``); an unknown claim costs no database query.
+        """
+        try:
+            tenant_id = parse_tenant_id(claim)
+        except InvalidArgument:
+            return self._external.get(claim)
+        try:
+            return (await self.get(tenant_id)).id
+        except NotFound:
+            return self._external.get(claim)
+
     def _apply(self, tenant: Tenant) -> None:
         cached = self._tenants.get(tenant.id)
         if cached is None or tenant.version >= cached.version:
             self._tenants[tenant.id] = tenant
+            if cached is not None and cached.external_id:
+                self._external.pop(cached.external_id, None)
+            if tenant.external_id:
+                self._external[tenant.external_id] = tenant.id
         self._unknown.discard(tenant.id)
 
     @staticmethod

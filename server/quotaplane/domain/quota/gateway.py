@@ -6,12 +6,17 @@ gRPC or Envoy: each transport (Envoy's gRPC Check, its HTTP ext_authz) maps a ve
 wire, so every transport applies the same rules in the same order:
 
 1. No key, an unknown or revoked key, or a key whose tenant no longer exists -> UNAUTHENTICATED,
-   before the route is looked at (a stranger learns nothing about the configuration).
+   before the route is looked at (a stranger learns nothing about the configuration). Instead
+   of a key, a request may carry a tenant claim of a JWT that the proxy verified (issuer,
+   audience, signature, expiry): it names a tenant by id or external id (``ClaimResolver``),
+   and an unknown one is UNAUTHENTICATED too. A key, when present, is the identity.
 2. A suspended tenant -> SUSPENDED, before the route is checked against the tenant's plan.
 3. A route whose cost is not a whole number in 1..MAX_COST, whose metric is not in the tenant's
    plan, or a tenant whose plan the plans file lost -> MISCONFIGURED: a denial naming the
    problem, counted by ``on_misconfigured`` per request and logged once per (route, plan).
 4. Otherwise the engine's decision: ALLOWED, OVER_LIMIT or SPEND_CAP, with every limit's state.
+   An unmetered request (``metered=False``: the tenant reading its own usage) stops after
+   step 2: ALLOWED for its tenant, no unit consumed, no decision.
 
 Only a storage failure (``Unavailable``) propagates: it is the one thing the proxy's failure
 mode should decide. Everything about the request, the key, the tenant or the route is a
@@ -28,7 +33,7 @@ from dataclasses import dataclass
 from quotaplane.domain.errors import FailedPrecondition, InvalidArgument, NotFound
 from quotaplane.domain.quota.decisions import MAX_COST, Decision, DecisionCode, QuotaRequest
 from quotaplane.domain.quota.engine import QuotaEngine
-from quotaplane.domain.quota.ports import KeyResolver
+from quotaplane.domain.quota.ports import ClaimResolver, KeyResolver
 from quotaplane.domain.tenants.model import Tenant
 
 log = logging.getLogger(__name__)
@@ -60,6 +65,8 @@ class GatewayRequest:
     cost: str = DEFAULT_ROUTE_COST
     route: str = ""
     request_id: str | None = None
+    tenant_claim: str | None = None  # verified by the proxy (a JWT claim), never client text
+    metered: bool = True
 
 
 @dataclass(frozen=True)
@@ -108,30 +115,46 @@ class Gateway:
         engine: QuotaEngine,
         *,
         on_misconfigured: MisconfigurationObserver | None = None,
+        claims: ClaimResolver | None = None,
     ) -> None:
         self._keys = keys
+        self._claims = claims
         self._engine = engine
         self._on_misconfigured = on_misconfigured
         self._logged: set[tuple[str, str]] = set()
 
     async def authorize(self, request: GatewayRequest) -> GatewayDecision:
-        if not request.api_key:
-            return GatewayDecision(Verdict.UNAUTHENTICATED, "missing API key")
-        owner = await self._keys.tenant_for_key(request.api_key)
-        if owner is None:
-            return GatewayDecision(Verdict.UNAUTHENTICATED, "unknown or revoked API key")
+        owner = await self._owner(request)
+        if isinstance(owner, GatewayDecision):
+            return owner
         try:
-            tenant = await self._engine.tenant(owner[0])
+            tenant = await self._engine.tenant(owner)
         except NotFound:
-            return GatewayDecision(Verdict.UNAUTHENTICATED, "API key of a deleted tenant")
+            return GatewayDecision(Verdict.UNAUTHENTICATED, "credential of a deleted tenant")
         if not tenant.active:
             return self._decided(tenant.id, Decision(False, DecisionCode.SUSPENDED, 0))
+        if not request.metered:
+            return GatewayDecision(Verdict.ALLOWED, "allowed (unmetered)", tenant.id)
         try:
             return self._decided(tenant.id, await self._check(tenant, request))
         except NotFound:  # deleted between the two lookups
-            return GatewayDecision(Verdict.UNAUTHENTICATED, "API key of a deleted tenant")
+            return GatewayDecision(Verdict.UNAUTHENTICATED, "credential of a deleted tenant")
         except RouteMisconfigured as problem:
             return self._misconfigured(request, tenant, str(problem))
+
+    async def _owner(self, request: GatewayRequest) -> str | GatewayDecision:
+        """The tenant id the credential names, or the UNAUTHENTICATED decision."""
+        if request.api_key:
+            owner = await self._keys.tenant_for_key(request.api_key)
+            if owner is None:
+                return GatewayDecision(Verdict.UNAUTHENTICATED, "unknown or revoked API key")
+            return owner[0]
+        if request.tenant_claim and self._claims is not None:
+            tenant_id = await self._claims.tenant_for_claim(request.tenant_claim)
+            if tenant_id is None:
+                return GatewayDecision(Verdict.UNAUTHENTICATED, "token names no known tenant")
+            return tenant_id
+        return GatewayDecision(Verdict.UNAUTHENTICATED, "missing API key")
 
     async def _check(self, tenant: Tenant, request: GatewayRequest) -> Decision:
         cost = parse_route_cost(request.cost)

@@ -109,6 +109,12 @@ class KeyResolver(Protocol):
         ...
 
 
+class ClaimResolver(Protocol):
+    async def tenant_for_claim(self, claim: str) -> str | None:
+        """The id of the tenant a verified token claim names (its id or external id)."""
+        ...
+
+
 class NotificationStore(Protocol):
     async def record(self, notification_id: str, alert: QuotaAlert) -> bool:
         """Store a new notification; False when (tenant, period, metric, threshold) exists."""

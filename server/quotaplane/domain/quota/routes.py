@@ -22,6 +22,10 @@ from quotaplane.domain.quota.decisions import DEFAULT_METRIC, parse_metric
 from quotaplane.domain.quota.gateway import RouteMisconfigured, parse_route_cost
 
 MAX_ROUTES = 1000
+# Paths a tenant's credential is checked on but no unit is charged for: the tenant reading its
+# own usage (transport/http/tenant_api.py serves it behind Envoy).
+USAGE_PATH = "/v1/usage"
+UNMETERED_PATHS = frozenset({USAGE_PATH})
 
 
 @dataclass(frozen=True)

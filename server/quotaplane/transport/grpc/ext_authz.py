@@ -32,11 +32,19 @@ from quotaplane.domain.quota.gateway import (
     GatewayRequest,
     Verdict,
 )
+from quotaplane.domain.quota.routes import UNMETERED_PATHS
 from quotaplane.transport.grpc.observability import set_call_tenant
 from quotaplane.transport.grpc.status import rpc
 from quotaplane.transport.http.gateway import DENIALS, denial_body, rate_limit_headers
 
 KEY_HEADERS = ("x-api-key", "authorization")
+# JWT identities (envoy/envoy.jwt.yaml): Envoy's jwt_authn verifies the token and puts its
+# payload in the dynamic metadata under JWT_FILTER / JWT_PAYLOAD (payload_in_metadata) for the
+# gRPC Check, and the tenant claim in JWT_TENANT_HEADER (claim_to_headers) for the HTTP check;
+# Envoy strips a client-sent JWT_TENANT_HEADER before any filter runs.
+JWT_FILTER = "envoy.filters.http.jwt_authn"
+JWT_PAYLOAD = "jwt_payload"
+JWT_TENANT_HEADER = "x-quotaplane-jwt-tenant"
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 # The gRPC status Envoy logs with each answer (the HTTP status is what the client sees).
 _GRPC_CODE = {
@@ -70,13 +78,32 @@ def api_key_of(headers: Mapping[str, str]) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
-def gateway_request(request: external_auth_pb2.CheckRequest) -> GatewayRequest:
+def jwt_claim(request: external_auth_pb2.CheckRequest, claim: str) -> str | None:
+    """The tenant claim of the JWT that Envoy's jwt_authn verified, from its dynamic metadata
+    (never from a header: headers are what the client sent)."""
+    if not claim:
+        return None
+    verified = request.attributes.metadata_context.filter_metadata.get(JWT_FILTER)
+    if verified is None or JWT_PAYLOAD not in verified.fields:
+        return None
+    value = verified.fields[JWT_PAYLOAD].struct_value.fields.get(claim)
+    if value is None or value.WhichOneof("kind") != "string_value":
+        return None
+    return value.string_value.strip() or None
+
+
+def gateway_request(
+    request: external_auth_pb2.CheckRequest, jwt_tenant_claim: str = ""
+) -> GatewayRequest:
     extensions = request.attributes.context_extensions
+    path = request.attributes.request.http.path.partition("?")[0]
     return GatewayRequest(
         api_key=api_key_of(request_headers(request)),
         metric=extensions.get("metric", DEFAULT_METRIC),
         cost=extensions.get("cost", DEFAULT_ROUTE_COST),
         route=extensions.get("route", ""),
+        tenant_claim=jwt_claim(request, jwt_tenant_claim),
+        metered=path not in UNMETERED_PATHS,
     )
 
 
@@ -120,14 +147,16 @@ def check_response(outcome: GatewayDecision, now: datetime) -> external_auth_pb2
 class AuthorizationServicer(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
     """Answers Envoy's Check for every request to the OpenClaw API."""
 
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, *, jwt_tenant_claim: str = "") -> None:
         self._gateway = gateway
+        self._jwt_tenant_claim = jwt_tenant_claim
 
     @rpc
     async def Check(
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> external_auth_pb2.CheckResponse:
-        outcome = await self._gateway.authorize(gateway_request(request))
+        question = gateway_request(request, self._jwt_tenant_claim)
+        outcome = await self._gateway.authorize(question)
         if outcome.tenant_id:
             set_call_tenant(outcome.tenant_id)
         return check_response(outcome, datetime.now(UTC))

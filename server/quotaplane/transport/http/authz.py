@@ -7,7 +7,9 @@ which Envoy's failure mode decides.
 
 Decoding: the key comes from ``x-api-key`` or ``authorization: Bearer`` (the same rule as the
 gRPC Check); metric and cost from quotaplane's route table on the path (``domain/quota/routes.py``),
-never from a header, so a client cannot choose its own price.
+never from a header, so a client cannot choose its own price. ``/v1/usage`` is checked but
+unmetered. With JWT identities on, the tenant claim of a token Envoy's jwt_authn verified comes
+from ``x-quotaplane-jwt-tenant`` (Envoy sets it from the claim and strips it from client input).
 
 Encoding uses the one rule for a decision as HTTP (``transport/http/gateway.py``) that the gRPC
 Check uses too, so both transports give the same statuses, headers and bodies:
@@ -29,16 +31,16 @@ from datetime import UTC, datetime
 
 from quotaplane.domain.errors import QuotaplaneError, Unavailable
 from quotaplane.domain.quota.gateway import Gateway, GatewayDecision, GatewayRequest, Verdict
-from quotaplane.domain.quota.routes import RouteTable
+from quotaplane.domain.quota.routes import UNMETERED_PATHS, RouteTable
 from quotaplane.telemetry import Telemetry
-from quotaplane.transport.grpc.ext_authz import KEY_HEADERS, api_key_of
+from quotaplane.transport.grpc.ext_authz import JWT_TENANT_HEADER, KEY_HEADERS, api_key_of
 from quotaplane.transport.http.gateway import DENIALS, denial_body, rate_limit_headers
 from quotaplane.transport.http.protocol import Answer, Headers
 
 log = logging.getLogger(__name__)
 
 HEADERS_TO_REMOVE = "x-envoy-auth-headers-to-remove"
-_KEY_HEADERS = frozenset(name.encode() for name in KEY_HEADERS)
+_KEY_HEADERS = frozenset(name.encode() for name in (*KEY_HEADERS, JWT_TENANT_HEADER))
 _JSON = (b"content-type", b"application/json")
 _REMOVE_KEYS = (HEADERS_TO_REMOVE.encode(), ",".join(KEY_HEADERS).encode())
 
@@ -48,17 +50,26 @@ _OUTCOMES = {Verdict.ALLOWED: "ok"}
 
 
 def gateway_request(
-    path: str, headers: Iterable[tuple[bytes, bytes]], routes: RouteTable
+    path: str, headers: Iterable[tuple[bytes, bytes]], routes: RouteTable, *, jwt: bool = False
 ) -> GatewayRequest:
-    """The gateway's question for one check: key from the headers, price from the path."""
+    """The gateway's question for one check: key (or, with ``jwt``, the tenant claim Envoy set
+    from a verified token) from the headers, price from the path."""
     keys = {
         name.decode("latin-1"): value.decode("latin-1")
         for name, value in headers
         if name in _KEY_HEADERS
     }
+    path = path.partition("?")[0]
     route = routes.lookup(path)
+    claim = keys.get(JWT_TENANT_HEADER, "").strip() if jwt else ""
     # No route name: a client's path must not become a log key or a metric label.
-    return GatewayRequest(api_key=api_key_of(keys), metric=route.metric, cost=str(route.cost))
+    return GatewayRequest(
+        api_key=api_key_of(keys),
+        metric=route.metric,
+        cost=str(route.cost),
+        tenant_claim=claim or None,
+        metered=path not in UNMETERED_PATHS,
+    )
 
 
 def encode(outcome: GatewayDecision, now: datetime) -> Answer:
@@ -97,14 +108,20 @@ class HttpAuthz:
     """What Envoy's ``http_service`` asks: one check in, one answer out (``protocol.py``)."""
 
     def __init__(
-        self, gateway: Gateway, routes: RouteTable, on_decision: OnDecision | None = None
+        self,
+        gateway: Gateway,
+        routes: RouteTable,
+        on_decision: OnDecision | None = None,
+        *,
+        jwt: bool = False,
     ) -> None:
         self._gateway = gateway
         self._routes = routes
         self._on_decision = on_decision
+        self._jwt = jwt  # trust Envoy's JWT_TENANT_HEADER (QUOTAPLANE_JWT_TENANT_CLAIM is set)
 
     async def answer(self, path: str, headers: Iterable[tuple[bytes, bytes]]) -> Answer:
-        request = gateway_request(path, headers, self._routes)
+        request = gateway_request(path, headers, self._routes, jwt=self._jwt)
         try:
             outcome = await self._gateway.authorize(request)
         except Unavailable as error:
@@ -116,6 +133,6 @@ class HttpAuthz:
         except Exception:
             log.exception("HTTP ext_authz check failed", extra={"path": path[:200]})
             return error_answer(500, "internal", "internal error in the quota service")
-        if self._on_decision is not None:
+        if self._on_decision is not None and request.metered:
             self._on_decision(request, outcome)
         return encode(outcome, datetime.now(UTC))

@@ -134,8 +134,9 @@ class AuthzProtocol(asyncio.Protocol):
         self._cancel_header_timer()
 
     def on_message_complete(self) -> None:
-        path = self._url.partition(b"?")[0].decode("latin-1")
-        task = asyncio.get_running_loop().create_task(self._answer(path, self._headers))
+        # The request target (path and query): the answerer splits it (``tenant_api.HttpSite``).
+        target = self._url.decode("latin-1")
+        task = asyncio.get_running_loop().create_task(self._answer(target, self._headers))
         self._pending.append((task, self._parser.should_keep_alive()))
         task.add_done_callback(self._flush)
         self._in_headers, self._header_bytes = True, 0
