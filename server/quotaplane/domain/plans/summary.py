@@ -47,7 +47,10 @@ def _summarize_plan(plan: Plan) -> str:
 
 def _summarize_metric(metric: MetricPlan, currency: str) -> str:
     parts = [f"{metric.included:,} included"] if metric.included else []
-    parts.append(price_summary(metric.charge, currency))
+    if metric.stripe_meter:
+        parts.append(f"priced in Stripe (meter {metric.stripe_meter})")
+    else:
+        parts.append(price_summary(metric.charge, currency))
     parts.extend(
         f"limit {limit.limit:,}/{limit.window.value} ({limit.overage.value})"
         for limit in metric.limits
