@@ -57,6 +57,8 @@ PENDING_UNITS: Final = "quotaplane_usage_pending_units"
 STRIPE_PUSHES: Final = "quotaplane_stripe_pushes"
 INVOICED_MINOR: Final = "quotaplane_invoiced_minor_units"
 MISCONFIGURED_ROUTES: Final = "quotaplane_gateway_misconfigured"
+METER_EVENTS: Final = "quotaplane_stripe_meter_events"
+RECONCILE_DIFFERENCE: Final = "quotaplane_billing_reconcile_difference"
 
 # Sub-millisecond to 200 ms in fine steps (the p99 target is 2 ms, the alert fires at 200 ms),
 # then coarse steps for the slow admin and billing calls.
@@ -79,6 +81,7 @@ LATENCY_BUCKETS: Final = (
 )
 DECISION_OUTCOMES: Final = frozenset({"ok", "over_limit", "suspended", "unauthenticated"})
 STRIPE_OUTCOMES: Final = frozenset({"ok", "retried", "failed"})
+METER_OUTCOMES: Final = frozenset({"ok", "retried", "rate_limited", "failed", "too_old", "expired"})
 ALL_TENANTS: Final = "all"
 OTHER_TENANTS: Final = "other"
 UNKNOWN_TENANT: Final = "unknown"
@@ -158,6 +161,15 @@ class _Instruments:
         )
         self.stripe = Counter(
             STRIPE_PUSHES, "Invoice pushes to Stripe by outcome", ["outcome"], registry=None
+        )
+        self.meter_events = Counter(
+            METER_EVENTS, "Stripe meter events by outcome", ["outcome"], registry=None
+        )
+        self.reconcile = Gauge(
+            RECONCILE_DIFFERENCE,
+            "Tenants whose ledger and Stripe differ, by period and kind (billing reconcile)",
+            ["period", "kind"],
+            registry=None,
         )
         self.invoiced = Counter(
             INVOICED_MINOR, "Finalized invoice totals in minor units", ["currency"], registry=None
@@ -279,6 +291,16 @@ class Telemetry:
         """``outcome``: ok | retried | failed (anything else is counted as failed)."""
         self._metrics.used(self._metrics.stripe)
         self._metrics.stripe.labels(outcome if outcome in STRIPE_OUTCOMES else "failed").inc()
+
+    def record_meter_event(self, outcome: str) -> None:
+        """``outcome``: one of METER_OUTCOMES (anything else is counted as failed)."""
+        self._metrics.used(self._metrics.meter_events)
+        self._metrics.meter_events.labels(outcome if outcome in METER_OUTCOMES else "failed").inc()
+
+    def set_reconcile_difference(self, period: str, kind: str, tenants: int) -> None:
+        """Tenants with a difference found by ``billing reconcile`` (kind: invoice | meter)."""
+        self._metrics.used(self._metrics.reconcile)
+        self._metrics.reconcile.labels(period, kind).set(tenants)
 
     def record_invoice_total(self, currency: str, minor_units: int) -> None:
         """A finalized invoice's total; an integer of minor units, never a float amount."""
