@@ -78,6 +78,7 @@ class MeterReporter:
         self._max_backoff = max_backoff.total_seconds()
         self._clock = clock
         self._on_outcome = on_outcome or (lambda outcome: None)
+        self._limited_for = 0.0  # the delay the last 429 asked for
 
     async def run(self) -> None:
         """Forever (cancel to stop); a ledger outage is logged and retried next interval."""
@@ -106,7 +107,7 @@ class MeterReporter:
                 self._on_outcome(outcome)
                 sent += outcome == "ok"
                 if outcome == "rate_limited":
-                    await self._postpone(jobs[position + 1 :])
+                    await self._postpone(jobs[position + 1 :], self._limited_for)
                     return sent
             if len(jobs) < self._batch:
                 return sent
@@ -150,6 +151,7 @@ class MeterReporter:
         if not await self._outbox.retry_later(job, delay_seconds=delay, error=error.message):
             _stale(job, "retry")
         limited = error.code == RATE_LIMITED
+        self._limited_for = delay
         log.warning("meter event %s retried in %.1f s: %s", job.identifier, delay, error.message)
         return "rate_limited" if limited else "retried"
 
@@ -157,10 +159,9 @@ class MeterReporter:
         backoff = min(self._max_backoff, self._base_backoff * 2.0 ** min(job.attempts, 20))
         return max(backoff, error.retry_after or 0.0)
 
-    async def _postpone(self, jobs: list[MeterJob]) -> None:
-        """The rest of a round cut short by a 429: due again after the backoff."""
+    async def _postpone(self, jobs: list[MeterJob], delay: float) -> None:
+        """The rest of a round cut short by a 429: due again when the limited one is."""
         for job in jobs:
-            delay = self._delay(job, PaymentError("rate limited", retryable=True))
             await self._outbox.retry_later(job, delay_seconds=delay, error="rate limited")
 
     async def _fail(self, job: MeterJob, outcome: str, reason: str) -> str:
