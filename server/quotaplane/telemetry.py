@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from typing import Any, Final
 from wsgiref.simple_server import WSGIServer
 
@@ -39,6 +40,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
     start_http_server,
+    write_to_textfile,
 )
 from prometheus_client.metrics import MetricWrapperBase
 
@@ -164,12 +166,6 @@ class _Instruments:
         )
         self.meter_events = Counter(
             METER_EVENTS, "Stripe meter events by outcome", ["outcome"], registry=None
-        )
-        self.reconcile = Gauge(
-            RECONCILE_DIFFERENCE,
-            "Tenants whose ledger and Stripe differ, by period and kind (billing reconcile)",
-            ["period", "kind"],
-            registry=None,
         )
         self.invoiced = Counter(
             INVOICED_MINOR, "Finalized invoice totals in minor units", ["currency"], registry=None
@@ -297,11 +293,6 @@ class Telemetry:
         self._metrics.used(self._metrics.meter_events)
         self._metrics.meter_events.labels(outcome if outcome in METER_OUTCOMES else "failed").inc()
 
-    def set_reconcile_difference(self, period: str, kind: str, tenants: int) -> None:
-        """Tenants with a difference found by ``billing reconcile`` (kind: invoice | meter)."""
-        self._metrics.used(self._metrics.reconcile)
-        self._metrics.reconcile.labels(period, kind).set(tenants)
-
     def record_invoice_total(self, currency: str, minor_units: int) -> None:
         """A finalized invoice's total; an integer of minor units, never a float amount."""
         if minor_units < 0:
@@ -361,3 +352,19 @@ def _tracer_provider(
     else:
         raise ValueError(f"traces must be off or console, not {traces!r}")
     return provider
+
+
+def write_reconcile_textfile(path: str, period: str, differences: Mapping[str, int]) -> None:
+    """``quotaplane billing reconcile``'s gauge, as a file for node_exporter's textfile
+    collector (written whole, then renamed, so a scrape never reads half of it). The server
+    does not export it: reconciliation is a batch job (see ``cli/billing_reconcile.py``)."""
+    registry = CollectorRegistry(auto_describe=True)
+    gauge = Gauge(
+        RECONCILE_DIFFERENCE,
+        "Tenants whose ledger and Stripe differ, by period and kind (billing reconcile)",
+        ["period", "kind"],
+        registry=registry,
+    )
+    for kind, tenants in differences.items():
+        gauge.labels(period, kind).set(tenants)
+    write_to_textfile(path, registry)
