@@ -131,6 +131,8 @@ async def test_booked_usage_reaches_the_meters_once_per_tenant_and_metric_batch(
     await book(database, priced, "requests", 99, hour)
     assert await reporter(emulator, database, clock).tick() == 3
     await book(database, a, "requests", 10, hour)
+    assert await reporter(emulator, database, clock).tick() == 0  # within the interval
+    clock.offset += timedelta(seconds=5)
     assert await reporter(emulator, database, clock).tick() == 1
     assert await reporter(emulator, database, clock).tick() == 0  # nothing new: nothing sent
     assert await stripe_total(emulator, database, a, meters["requests"]) == 22
@@ -178,11 +180,12 @@ async def test_concurrent_replicas_queue_and_send_each_increment_once(
         for t in tenants:
             await book(database, t, "requests", round_ + 1, hour)
         await asyncio.gather(*(r.tick() for r in replicas))
+        clock.offset += timedelta(seconds=5)
     await replicas[0].tick()
     for t in tenants:
         assert await stripe_total(emulator, database, t, meters["requests"]) == 6
     rows = await outbox_rows(database, *tenants)
-    assert len({r["identifier"] for r in rows}) == len(rows)
+    assert len({r["identifier"] for r in rows}) == len(rows) == 12  # one per tenant and round
     assert sum(r["quantity"] for r in rows) == 24
 
 

@@ -61,7 +61,7 @@ class MeterReporter:
         plans: Callable[[], PlanCatalog],
         *,
         interval: timedelta = timedelta(seconds=5),
-        lease: timedelta = timedelta(seconds=30),
+        lease: timedelta = timedelta(seconds=10),
         batch: int = 20,
         base_backoff: timedelta = timedelta(seconds=1),
         max_backoff: timedelta = timedelta(minutes=5),
@@ -72,6 +72,8 @@ class MeterReporter:
         self._gateway = gateway
         self._plans = plans
         self._interval = interval.total_seconds()
+        # A little under the interval: a tick that comes a few ms early still batches.
+        self._every = interval * 0.9
         self._lease = lease.total_seconds()
         self._batch = batch
         self._base_backoff = base_backoff.total_seconds()
@@ -95,7 +97,9 @@ class MeterReporter:
         """Queue what was booked since the last batch, then send what is due; events sent."""
         metered = metered_metrics(self._plans())
         if metered:
-            await self._outbox.queue_increments(metered, since=self._clock() - LOOK_BACK)
+            await self._outbox.queue_increments(
+                metered, since=self._clock() - LOOK_BACK, every=self._every
+            )
         return await self.send_due()
 
     async def send_due(self) -> int:

@@ -80,10 +80,11 @@ class MeterOutbox(Protocol):
     """The ledger's side: reported marks, the meter event outbox and its leases."""
 
     async def queue_increments(
-        self, metered: Mapping[str, Mapping[str, str]], *, since: datetime
+        self, metered: Mapping[str, Mapping[str, str]], *, since: datetime, every: timedelta
     ) -> int:
         """Queue one event per (tenant, metric, hour since ``since``) of a metered plan whose
-        booked units exceed its reported mark, moving the mark; the number queued."""
+        booked units exceed its reported mark and whose last batch is ``every`` old, moving
+        the mark; the number queued."""
         ...
 
     async def claim_due(self, *, limit: int, lease_seconds: float) -> list[MeterJob]:

@@ -1,9 +1,11 @@
 """SQL side of Stripe Billing Meters: reported marks and the meter event outbox.
 
 ``queue_increments`` reads, for the metered plans' tenants, every ``usage_hourly`` row whose
-booked units exceed its ``meter_reports`` mark and, in one transaction, moves each mark
-conditionally (INSERT ... ON CONFLICT DO NOTHING for a new mark, UPDATE ... WHERE reported =
-the value read for an existing one) and queues the difference as one ``meter_outbox`` row.
+booked units exceed its ``meter_reports`` mark (and whose last batch is at least one
+interval old, so several replicas ticking in one interval still make one batch) and, in one
+transaction, moves each mark conditionally (INSERT ... ON CONFLICT DO NOTHING for a new mark,
+UPDATE ... WHERE reported = the value read for an existing one) and queues the difference as
+one ``meter_outbox`` row.
 A mark another replica moved first updates nothing, and its row is skipped: an increment is
 queued once. Rows are taken in primary-key order so concurrent replicas cannot deadlock.
 
@@ -38,16 +40,16 @@ class SqlMeterOutbox(SqlStore):
         self._clock = clock
 
     async def queue_increments(
-        self, metered: Mapping[str, Mapping[str, str]], *, since: datetime
+        self, metered: Mapping[str, Mapping[str, str]], *, since: datetime, every: timedelta
     ) -> int:
         if not metered:
             return 0
         now = self._clock()
         queued = 0
         async with self._transaction() as conn:
-            for row in await _unreported(conn, list(metered), since):
+            for row in await _unreported(conn, list(metered), since, now - every):
                 event_name = metered[row.plan].get(row.metric)
-                if event_name and await _move_mark(conn, row):
+                if event_name and await _move_mark(conn, row, now):
                     await conn.execute(meter_outbox.insert().values(_queued(row, event_name, now)))
                     queued += 1
         return queued
@@ -124,7 +126,9 @@ class SqlMeterOutbox(SqlStore):
             return await _job(conn, outbox_id, won.next_attempt_at)
 
 
-async def _unreported(conn: AsyncConnection, plans: list[str], since: datetime) -> list[Any]:
+async def _unreported(
+    conn: AsyncConnection, plans: list[str], since: datetime, last_batch_before: datetime
+) -> list[Any]:
     mark = sa.func.coalesce(meter_reports.c.reported, 0)
     query = (
         sa.select(
@@ -149,13 +153,18 @@ async def _unreported(conn: AsyncConnection, plans: list[str], since: datetime) 
             tenants.c.plan.in_(plans),
             usage_hourly.c.hour_start >= since,
             usage_hourly.c.quantity > mark,
+            # One batch per interval, however many replicas tick in it.
+            sa.or_(
+                meter_reports.c.reported_at.is_(None),
+                meter_reports.c.reported_at <= last_batch_before,
+            ),
         )
         .order_by(usage_hourly.c.tenant_id, usage_hourly.c.metric, usage_hourly.c.hour_start)
     )
     return list((await conn.execute(query)).all())
 
 
-async def _move_mark(conn: AsyncConnection, row: Any) -> bool:
+async def _move_mark(conn: AsyncConnection, row: Any, now: datetime) -> bool:
     """Move the row's reported mark to its booked units, only from the value read."""
     key = (
         meter_reports.c.tenant_id == row.tenant_id,
@@ -166,7 +175,7 @@ async def _move_mark(conn: AsyncConnection, row: Any) -> bool:
         moved = await conn.execute(
             meter_reports.update()
             .where(*key, meter_reports.c.reported == row.reported)
-            .values(reported=row.quantity)
+            .values(reported=row.quantity, reported_at=now)
         )
         return bool(moved.rowcount == 1)
     inserted = await conn.execute(
@@ -176,6 +185,7 @@ async def _move_mark(conn: AsyncConnection, row: Any) -> bool:
             metric=row.metric,
             hour_start=row.hour_start,
             reported=row.quantity,
+            reported_at=now,
         )
         .on_conflict_do_nothing()
         .returning(meter_reports.c.reported)

@@ -344,6 +344,7 @@ meter_reports = sa.Table(
     sa.Column("metric", sa.String(64), primary_key=True),
     sa.Column("hour_start", UtcDateTime(), primary_key=True),
     sa.Column("reported", sa.BigInteger(), nullable=False),
+    _at("reported_at"),  # when the last increment was queued: one batch per interval
     sa.CheckConstraint("reported >= 0", name="reported_not_negative"),
 )
 

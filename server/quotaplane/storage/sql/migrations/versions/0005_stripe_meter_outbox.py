@@ -34,6 +34,7 @@ def upgrade() -> None:
         sa.Column("metric", sa.String(64), nullable=False),
         _at("hour_start"),
         sa.Column("reported", sa.BigInteger(), nullable=False),
+        _at("reported_at"),
         sa.PrimaryKeyConstraint("tenant_id", "metric", "hour_start", name="pk_meter_reports"),
         sa.ForeignKeyConstraint(
             ["tenant_id"], ["tenants.id"], name="fk_meter_reports_tenant_id_tenants"
