@@ -205,3 +205,21 @@ async def test_usage_older_than_stripes_window_is_an_error_not_a_silent_drop(
     assert (row["state"], row["quantity"]) == ("failed", 8)
     assert "35-day" in row["last_error"]
     assert emulator.meter_events == []
+
+
+async def test_a_retry_past_stripes_dedup_window_is_failed_not_resent(
+    database: AsyncEngine, emulator: StripeEmulator
+) -> None:
+    create_meters(emulator)
+    clock, outcomes = Clock(), []
+    a = await tenant(database, "A")
+    await book(database, a, "requests", 4, this_hour())
+    emulator.drop_response_after_commit_next(1, path_prefix="/v1/billing/meter_events")
+    meter_reporter = reporter(emulator, database, clock, outcomes)
+    await meter_reporter.tick()  # Stripe has it; we do not know
+    clock.offset += timedelta(hours=23, minutes=5)  # e.g. Stripe unreachable since
+    await meter_reporter.tick()
+    assert outcomes == ["retried", "expired"]
+    (row,) = await outbox_rows(database, a)
+    assert row["state"] == "failed" and "reconcile" in row["last_error"]
+    assert len(emulator.meter_events) == 1
