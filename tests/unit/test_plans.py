@@ -410,6 +410,8 @@ def test_a_metric_may_be_priced_by_a_stripe_meter() -> None:
     assert plan.limits_for("requests")[0].overage is Overage.BILL
     assert plan.stripe_meters() == {"requests": "openclaw_requests"}
     assert parse_plans(SEED_TEXT, "seed.yaml").get("growth").stripe_meters() == {}
+    (line,) = summarize(catalog)
+    assert "requests: priced in Stripe (meter openclaw_requests)" in line
 
 
 @pytest.mark.parametrize(
