@@ -223,3 +223,17 @@ async def test_a_retry_past_stripes_dedup_window_is_failed_not_resent(
     (row,) = await outbox_rows(database, a)
     assert row["state"] == "failed" and "reconcile" in row["last_error"]
     assert len(emulator.meter_events) == 1
+
+
+async def test_sent_events_are_pruned_after_the_retention_and_never_resent(
+    database: AsyncEngine, emulator: StripeEmulator
+) -> None:
+    meters, clock = create_meters(emulator), Clock()
+    a = await tenant(database, "A")
+    await book(database, a, "requests", 4, this_hour())
+    await reporter(emulator, database, clock).tick()
+    assert len(await outbox_rows(database, a)) == 1
+    clock.offset += timedelta(days=3, minutes=1)
+    assert await reporter(emulator, database, clock).tick() == 0
+    assert await outbox_rows(database, a) == []
+    assert await stripe_total(emulator, database, a, meters["requests"]) == 4

@@ -13,13 +13,15 @@ Every replica runs ``MeterReporter.run``. Each interval (``QUOTAPLANE_METER_INTE
    idempotency key as the invoice push, so a tenant gets one customer).
 
 Outcomes: sent, or an identifier Stripe already has (a response lost after Stripe committed)
--> done, kept in the outbox. 429, 409, 5xx, network -> retried with exponential backoff that
-honours ``Retry-After``, without limit (usage is never lost); a 429 also ends this round, so
-the rate limit is not hammered. Older than Stripe's 35-day window, or a retry whose earlier
-attempt may have reached Stripe more than ~23 h ago (past Stripe's identifier dedup) ->
-failed, logged at ERROR and counted (``quotaplane_stripe_meter_events_total{outcome}``),
-never dropped silently; ``quotaplane billing reconcile`` shows the difference. Any other
-error is permanent: failed, logged and counted the same way.
+-> done, kept in the outbox for ``SENT_RETENTION`` (3 days, past Stripe's 24 h dedup; the
+hour's reported mark is what keeps an increment from being queued again). 429, 409, 5xx,
+network -> retried with exponential backoff that honours ``Retry-After``, without limit (usage
+is never lost); a 429 also ends this round, so the rate limit is not hammered. Older than
+Stripe's 35-day window, or a retry whose earlier attempt may have reached Stripe more than
+~23 h ago (past Stripe's identifier dedup) -> failed, logged at ERROR and counted
+(``quotaplane_stripe_meter_events_total{outcome}``), never dropped silently; ``quotaplane
+billing reconcile`` shows the difference. Any other error is permanent: failed, logged and
+counted the same way.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from quotaplane.domain.billing.meters import (
+    SENT_RETENTION,
     STRIPE_MAX_EVENT_AGE,
     MeterGateway,
     MeterJob,
@@ -48,6 +51,7 @@ log = logging.getLogger(__name__)
 # Hours this far back are still looked at, so usage past Stripe's window is reported as an
 # error rather than never seen.
 LOOK_BACK = STRIPE_MAX_EVENT_AGE + timedelta(days=7)
+PRUNE_EVERY = timedelta(minutes=10)
 RATE_LIMITED = "rate_limit"  # PaymentError.code of a 429
 
 
@@ -81,6 +85,7 @@ class MeterReporter:
         self._clock = clock
         self._on_outcome = on_outcome or (lambda outcome: None)
         self._limited_for = 0.0  # the delay the last 429 asked for
+        self._next_prune = datetime.min.replace(tzinfo=UTC)
 
     async def run(self) -> None:
         """Forever (cancel to stop); a ledger outage is logged and retried next interval."""
@@ -95,6 +100,10 @@ class MeterReporter:
 
     async def tick(self) -> int:
         """Queue what was booked since the last batch, then send what is due; events sent."""
+        now = self._clock()
+        if now >= self._next_prune:
+            await self._outbox.prune_sent(before=now - SENT_RETENTION)
+            self._next_prune = now + PRUNE_EVERY
         metered = metered_metrics(self._plans())
         if metered:
             await self._outbox.queue_increments(

@@ -32,6 +32,10 @@ STRIPE_MAX_EVENT_AGE = timedelta(days=35)
 # Stripe forgets an identifier after 24 h; an event whose fate is unknown is not resent after.
 STRIPE_DEDUP_WINDOW = timedelta(hours=24)
 DEDUP_SAFETY = timedelta(hours=1)
+# Sent events are kept this long, well past Stripe's dedup window, then pruned: what keeps an
+# increment from being queued twice is the hour's reported mark, not the sent row; at one
+# event per (tenant, metric) every 5 s, keeping them all would grow without bound.
+SENT_RETENTION = timedelta(days=3)
 
 
 def metered_metrics(catalog: PlanCatalog) -> dict[str, dict[str, str]]:
@@ -99,6 +103,10 @@ class MeterOutbox(Protocol):
     async def retry_later(self, job: MeterJob, *, delay_seconds: float, error: str) -> bool: ...
 
     async def fail(self, job: MeterJob, error: str) -> bool: ...
+
+    async def prune_sent(self, *, before: datetime) -> int:
+        """Delete events sent before ``before`` (failed ones stay); the number deleted."""
+        ...
 
 
 class MeterGateway(Protocol):

@@ -92,6 +92,14 @@ class SqlMeterOutbox(SqlStore):
             job, state="failed", attempts=job.attempts + 1, last_error=error
         )
 
+    async def prune_sent(self, *, before: datetime) -> int:
+        # A sent row's next_attempt_at is the end of the lease it was sent under.
+        prune = meter_outbox.delete().where(
+            meter_outbox.c.state == "done", meter_outbox.c.next_attempt_at < before
+        )
+        async with self._transaction() as conn:
+            return int((await conn.execute(prune)).rowcount)
+
     async def _complete(self, job: MeterJob, **values: object) -> bool:
         fenced = meter_outbox.update().where(
             meter_outbox.c.id == job.outbox_id,
