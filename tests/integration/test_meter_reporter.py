@@ -237,3 +237,19 @@ async def test_sent_events_are_pruned_after_the_retention_and_never_resent(
     assert await reporter(emulator, database, clock).tick() == 0
     assert await outbox_rows(database, a) == []
     assert await stripe_total(emulator, database, a, meters["requests"]) == 4
+
+
+async def test_usage_booked_late_into_an_older_hour_is_reported_by_the_next_sweep(
+    database: AsyncEngine, emulator: StripeEmulator
+) -> None:
+    meters, clock = create_meters(emulator), Clock()
+    a = await tenant(database, "A")
+    meter_reporter = reporter(emulator, database, clock)
+    await book(database, a, "requests", 1, this_hour())
+    await meter_reporter.tick()  # the first tick sweeps every hour
+    await book(database, a, "requests", 6, this_hour() - timedelta(hours=5))
+    clock.offset += timedelta(seconds=5)
+    assert await meter_reporter.tick() == 0  # an interval looks at the recent hours only
+    clock.offset += timedelta(minutes=10)
+    assert await meter_reporter.tick() == 1
+    assert await stripe_total(emulator, database, a, meters["requests"]) == 7

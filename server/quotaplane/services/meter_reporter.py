@@ -2,7 +2,8 @@
 
 Every replica runs ``MeterReporter.run``. Each interval (``QUOTAPLANE_METER_INTERVAL``, 5 s):
 
-1. ``queue_increments``: what the flusher booked into ``usage_hourly`` since the last batch,
+1. ``queue_increments``: what the flusher booked into ``usage_hourly`` since the last batch
+   (in the last two hours each interval; in every hour of the last 42 days every 10 minutes),
    per (tenant, metric, hour) of a plan with ``stripe_meter`` metrics, becomes one queued
    meter event in the ledger's outbox (see ``domain/billing/meters.py``: exactly once across
    replicas, identifiers derived from ledger ids). So Stripe gets about one event per
@@ -51,7 +52,12 @@ log = logging.getLogger(__name__)
 # Hours this far back are still looked at, so usage past Stripe's window is reported as an
 # error rather than never seen.
 LOOK_BACK = STRIPE_MAX_EVENT_AGE + timedelta(days=7)
-PRUNE_EVERY = timedelta(minutes=10)
+# Each interval looks at the hours the flusher is booking now; every SWEEP_EVERY, at all of
+# LOOK_BACK, for usage booked late into an older hour (RecordUsage with an old timestamp, a
+# flush after a long ledger outage). Scanning 42 days of every metered tenant's hours every
+# 5 s would cost far more than the rare late hour is worth.
+RECENT = timedelta(hours=2)
+SWEEP_EVERY = timedelta(minutes=10)
 RATE_LIMITED = "rate_limit"  # PaymentError.code of a 429
 
 
@@ -85,7 +91,7 @@ class MeterReporter:
         self._clock = clock
         self._on_outcome = on_outcome or (lambda outcome: None)
         self._limited_for = 0.0  # the delay the last 429 asked for
-        self._next_prune = datetime.min.replace(tzinfo=UTC)
+        self._next_sweep = datetime.min.replace(tzinfo=UTC)
 
     async def run(self) -> None:
         """Forever (cancel to stop); a ledger outage is logged and retried next interval."""
@@ -101,14 +107,13 @@ class MeterReporter:
     async def tick(self) -> int:
         """Queue what was booked since the last batch, then send what is due; events sent."""
         now = self._clock()
-        if now >= self._next_prune:
+        since = now - RECENT
+        if now >= self._next_sweep:  # also prune, and look at every hour Stripe may take
             await self._outbox.prune_sent(before=now - SENT_RETENTION)
-            self._next_prune = now + PRUNE_EVERY
+            since, self._next_sweep = now - LOOK_BACK, now + SWEEP_EVERY
         metered = metered_metrics(self._plans())
         if metered:
-            await self._outbox.queue_increments(
-                metered, since=self._clock() - LOOK_BACK, every=self._every
-            )
+            await self._outbox.queue_increments(metered, since=since, every=self._every)
         return await self.send_due()
 
     async def send_due(self) -> int:
