@@ -154,6 +154,23 @@ async def test_usage_never_sent_to_stripe_is_a_difference(
     assert "no Stripe customer" in found.stdout
 
 
+async def test_stripe_unreachable_is_exit_3_with_one_line(
+    database: AsyncEngine, ledger_url: str, emulator: StripeEmulator, tmp_path: Path
+) -> None:
+    plans = tmp_path / "plans.yaml"
+    plans.write_text(PLANS_TEXT)
+    create_meters(emulator)
+    metered = await tenant(database, "Reported")
+    await book(database, metered, "requests", 5, this_hour())
+    await reporter(emulator, database, Clock()).tick()  # a Stripe customer to ask about
+    emulator.fail_next(20, 500, path_prefix="/v1/billing")
+    period = Period.of(datetime.now(UTC))
+    result = await asyncio.to_thread(reconcile, ledger_url, emulator, plans, period)
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"billing reconcile {period}: Stripe: APIError (500)" in result.stderr
+
+
 def test_a_bad_period_is_a_usage_error(emulator: StripeEmulator, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'none.db'}"
     result = reconcile(url, emulator, tmp_path / "plans.yaml", "2026-13")  # type: ignore[arg-type]

@@ -19,7 +19,10 @@ async def reconcile_period(
     if not settings.stripe_api_key:
         raise RuntimeError("billing reconcile needs STRIPE_API_KEY (the account to compare with)")
     plans = load_plans(settings.plans_path or default_plans_path())
-    gateway = StripeGateway(settings.stripe_api_key, api_base=settings.stripe_api_base or None)
+    # A one-off batch: let the SDK retry what Stripe asks to retry (it has no outbox).
+    gateway = StripeGateway(
+        settings.stripe_api_key, api_base=settings.stripe_api_base or None, network_retries=3
+    )
     engine = create_async_engine_for(database_url)
     try:
         return await Reconciler(SqlReconcileQueries(engine), gateway, plans).run(period)

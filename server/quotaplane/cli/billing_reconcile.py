@@ -23,6 +23,7 @@ from decimal import Decimal
 
 from quotaplane.cli.output import print_table
 from quotaplane.config import load_settings
+from quotaplane.domain.billing.ports import PaymentError
 from quotaplane.domain.billing.reconcile import ReconcileRow, differences_by_kind
 from quotaplane.domain.errors import QuotaplaneError
 from quotaplane.domain.windows import Period
@@ -73,8 +74,8 @@ def run(args: argparse.Namespace) -> int:
     url = args.database_url or settings.database_url or _embedded_url(settings.data_dir)
     try:
         rows = asyncio.run(reconcile_period(settings, url, period))
-    except QuotaplaneError as error:
-        print(f"quotaplane: {error.message}", file=sys.stderr)
+    except (QuotaplaneError, PaymentError) as error:
+        print(f"quotaplane: billing reconcile {period}: {error.message}", file=sys.stderr)
         return EXIT_FAILED
     differences = differences_by_kind(rows)
     if args.metrics_textfile:
