@@ -51,6 +51,7 @@ class Settings:
     stripe_api_base: str
     stripe_webhook_addr: str
     stripe_webhook_secret: str
+    meter_interval: timedelta
     log_level: str
     log_format: str
     max_concurrent_streams: int

@@ -260,6 +260,14 @@ BILLING: tuple[Setting, ...] = (
         "Signing secret (whsec_...) of the Stripe webhook endpoint.",
         secret=True,
     ),
+    Setting(
+        "meter_interval",
+        "QUOTAPLANE_METER_INTERVAL",
+        parse_positive_duration,
+        "5s",
+        "How often usage of metrics priced in Stripe (stripe_meter in the plans) is sent to "
+        "Stripe as one meter event per (tenant, metric) batch. Needs STRIPE_API_KEY.",
+    ),
 )
 
 # Logs, metrics, traces and outgoing notifications.

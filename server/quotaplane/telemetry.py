@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping
 from typing import Any, Final
 from wsgiref.simple_server import WSGIServer
 
@@ -39,6 +40,7 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
     start_http_server,
+    write_to_textfile,
 )
 from prometheus_client.metrics import MetricWrapperBase
 
@@ -59,6 +61,8 @@ INVOICED_MINOR: Final = "quotaplane_invoiced_minor_units"
 MISCONFIGURED_ROUTES: Final = "quotaplane_gateway_misconfigured"
 SHADOW_DENIALS: Final = "quotaplane_shadow_denials"
 SPEND_CAP_DENIALS: Final = "quotaplane_spend_cap_denials"
+METER_EVENTS: Final = "quotaplane_stripe_meter_events"
+RECONCILE_DIFFERENCE: Final = "quotaplane_billing_reconcile_difference"
 
 # Sub-millisecond to 200 ms in fine steps (the p99 target is 2 ms, the alert fires at 200 ms),
 # then coarse steps for the slow admin and billing calls.
@@ -83,6 +87,7 @@ DECISION_OUTCOMES: Final = frozenset(
     {"ok", "over_limit", "suspended", "unauthenticated", "spend_cap"}
 )
 STRIPE_OUTCOMES: Final = frozenset({"ok", "retried", "failed"})
+METER_OUTCOMES: Final = frozenset({"ok", "retried", "rate_limited", "failed", "too_old", "expired"})
 ALL_TENANTS: Final = "all"
 OTHER_TENANTS: Final = "other"
 UNKNOWN_TENANT: Final = "unknown"
@@ -162,6 +167,9 @@ class _Instruments:
         )
         self.stripe = Counter(
             STRIPE_PUSHES, "Invoice pushes to Stripe by outcome", ["outcome"], registry=None
+        )
+        self.meter_events = Counter(
+            METER_EVENTS, "Stripe meter events by outcome", ["outcome"], registry=None
         )
         self.invoiced = Counter(
             INVOICED_MINOR, "Finalized invoice totals in minor units", ["currency"], registry=None
@@ -308,6 +316,11 @@ class Telemetry:
         self._metrics.used(self._metrics.stripe)
         self._metrics.stripe.labels(outcome if outcome in STRIPE_OUTCOMES else "failed").inc()
 
+    def record_meter_event(self, outcome: str) -> None:
+        """``outcome``: one of METER_OUTCOMES (anything else is counted as failed)."""
+        self._metrics.used(self._metrics.meter_events)
+        self._metrics.meter_events.labels(outcome if outcome in METER_OUTCOMES else "failed").inc()
+
     def record_invoice_total(self, currency: str, minor_units: int) -> None:
         """A finalized invoice's total; an integer of minor units, never a float amount."""
         if minor_units < 0:
@@ -367,3 +380,19 @@ def _tracer_provider(
     else:
         raise ValueError(f"traces must be off or console, not {traces!r}")
     return provider
+
+
+def write_reconcile_textfile(path: str, period: str, differences: Mapping[str, int]) -> None:
+    """``quotaplane billing reconcile``'s gauge, as a file for node_exporter's textfile
+    collector (written whole, then renamed, so a scrape never reads half of it). The server
+    does not export it: reconciliation is a batch job (see ``cli/billing_reconcile.py``)."""
+    registry = CollectorRegistry(auto_describe=True)
+    gauge = Gauge(
+        RECONCILE_DIFFERENCE,
+        "Tenants whose ledger and Stripe differ, by period and kind (billing reconcile)",
+        ["period", "kind"],
+        registry=registry,
+    )
+    for kind, tenants in differences.items():
+        gauge.labels(period, kind).set(tenants)
+    write_to_textfile(path, registry)

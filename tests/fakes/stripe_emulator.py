@@ -11,6 +11,9 @@ A request passes, in order: auth (401) -> parameter decoding (400) -> an armed i
 limiter) -> routing (404) -> the idempotency key (replay, 400 `idempotency_error`, 409 in
 flight) -> an armed hold -> the endpoint, atomically under the store lock -> an armed drop
 (the result is committed and stored, then the connection is closed unanswered).
+Billing Meters (meters, meter events with identifier dedup, event summaries) are served by
+`tests.fakes.stripe.meters`; `fail_next(status=429, path_prefix="/v1/billing/meter_events")`
+and `drop_response_after_commit_next(path_prefix=...)` fault them like any endpoint.
 Scope: one test-mode account; idempotency keys are scoped per API key, objects are not.
 """
 
@@ -30,13 +33,14 @@ from typing import Any
 from tests.fakes.stripe.faults import FaultPlan, Hold, InjectedError
 from tests.fakes.stripe.http_server import EmulatorHTTPServer, Headers
 from tests.fakes.stripe.idempotency import IdempotencyCache, StoredResponse
+from tests.fakes.stripe.meters import MeterEvent
 from tests.fakes.stripe.routes import Handler, resolve
 from tests.fakes.stripe.shapes import public
 from tests.fakes.stripe.store import Store
 from tests.fakes.stripe.webhooks import event_payload, sign_webhook
 from tests.fakes.stripe.wire import JSON, StripeError, encode_json, new_id, parse_form
 
-__all__ = ["Hold", "RequestRecord", "StripeEmulator", "event_payload", "sign_webhook"]
+__all__ = ["Hold", "MeterEvent", "RequestRecord", "StripeEmulator", "event_payload", "sign_webhook"]
 
 
 @dataclass(frozen=True)
@@ -205,6 +209,12 @@ class StripeEmulator:
     def invoice_items_for(self, invoice_id: str) -> list[JSON]:
         with self._store.lock:
             return [copy.deepcopy(public(i)) for i in self._store.items_of(invoice_id)]
+
+    @property
+    def meter_events(self) -> list[MeterEvent]:
+        """Every meter event accepted (an identifier refused as a duplicate is not here)."""
+        with self._store.lock:
+            return list(self._store.metering.events)
 
     def invoice(self, invoice_id: str) -> JSON:
         with self._store.lock:

@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,12 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from quotaplane.telemetry import Telemetry
+from quotaplane.telemetry import Telemetry, write_reconcile_textfile
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "quotaplane-dashboard.json"
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
+RULES_TESTS = ROOT / "deploy" / "prometheus" / "alerts_test.yml"
 SCRAPE_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
 # Series Prometheus makes itself for every target, not the server.
 PROMETHEUS_SERIES = {"up"}
@@ -62,8 +64,16 @@ def exported() -> Iterator[set[str]]:
         t.set_pending_units(3)
         t.record_stripe_push("failed")
         t.record_invoice_total("USD", 52)
+        t.record_meter_event("too_old")
+        with tempfile.TemporaryDirectory() as directory:  # billing reconcile's batch-job file
+            textfile = Path(directory) / "reconcile.prom"
+            write_reconcile_textfile(str(textfile), "2026-11", {"meter": 1, "invoice": 0})
+            batch = textfile.read_text()
         yield {
-            s.name for family in text_string_to_metric_families(t.scrape()) for s in family.samples
+            s.name
+            for text in (t.scrape(), batch)
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
         }
     finally:
         t.shutdown()
@@ -133,6 +143,8 @@ def test_the_rules_cover_the_alerts_operators_asked_for() -> None:
         "quotaplane_rpc_requests_total",
         "quotaplane_usage_flush_lag_seconds",
         "quotaplane_stripe_pushes_total",
+        "quotaplane_stripe_meter_events_total",
+        "quotaplane_billing_reconcile_difference",
     ):
         assert needle in queried
 
@@ -141,6 +153,14 @@ def test_the_rules_cover_the_alerts_operators_asked_for() -> None:
 @pytest.mark.timeout(30)
 def test_promtool_accepts_the_rules() -> None:
     result = _promtool("check", "rules", str(RULES))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_promtool
+@pytest.mark.timeout(30)
+def test_promtool_rule_tests_pass() -> None:
+    """deploy/prometheus/alerts_test.yml: the billing alerts fire on the series they watch."""
+    result = _promtool("test", "rules", str(RULES_TESTS))
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -429,3 +429,60 @@ metrics:
         {limit_keys}
 """)
     assert any(problem in line for line in problems_of(text)), problems_of(text)
+
+
+PRICED_IN_STRIPE = (
+    "plans: {a: {metrics: {r: {stripe_meter: openclaw_requests, limits: {day: 1}}}}}\n"
+)
+
+
+def test_a_metric_may_be_priced_by_a_stripe_meter() -> None:
+    catalog = parse_plans(
+        "plans:\n  m:\n    base_fee: '10.00'\n    metrics:\n"
+        "      requests: {stripe_meter: openclaw_requests,\n"
+        "                 limits: {month: {limit: 9, overage: bill}}}\n"
+        "      rating.bulk: {charge: {model: per_unit, unit_price: '0.01'}}\n",
+        "plans.yaml",
+    )
+    plan = catalog.get("m")
+    assert plan.metrics["requests"].stripe_meter == "openclaw_requests"
+    assert plan.metrics["requests"].charge is None
+    assert plan.limits_for("requests")[0].overage is Overage.BILL
+    assert plan.stripe_meters() == {"requests": "openclaw_requests"}
+    assert parse_plans(SEED_TEXT, "seed.yaml").get("growth").stripe_meters() == {}
+    (line,) = summarize(catalog)
+    assert "requests: priced in Stripe (meter openclaw_requests)" in line
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (
+            PRICED_IN_STRIPE.replace(
+                "limits", "charge: {model: per_unit, unit_price: '1'}, limits"
+            ),
+            "plans.yaml:plans.a.metrics.r.stripe_meter: a metric priced in Stripe cannot set "
+            "'charge'",
+        ),
+        (
+            PRICED_IN_STRIPE.replace("limits", "included: 5, limits"),
+            "plans.yaml:plans.a.metrics.r.stripe_meter: a metric priced in Stripe cannot set "
+            "'included'",
+        ),
+        (
+            PRICED_IN_STRIPE.replace("openclaw_requests", "'bad name'"),
+            "plans.yaml:plans.a.metrics.r.stripe_meter: a Stripe meter event_name",
+        ),
+        (
+            PRICED_IN_STRIPE.replace("openclaw_requests", "''"),
+            "plans.yaml:plans.a.metrics.r.stripe_meter: a Stripe meter event_name",
+        ),
+        (
+            PRICED_IN_STRIPE.replace("1}}", "1}}, s: {stripe_meter: openclaw_requests}"),
+            "plans.yaml:plans.a.metrics.s.stripe_meter: meter 'openclaw_requests' is already",
+        ),
+    ],
+)
+def test_stripe_meters_are_validated(text: str, problem: str) -> None:
+    problems = problems_of(text)
+    assert len(problems) == 1 and problems[0].startswith(problem), problems

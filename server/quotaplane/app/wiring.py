@@ -41,6 +41,7 @@ from quotaplane.integrations.stripe.client import StripeGateway, webhook_verifie
 from quotaplane.services.counter_seeding import SEED_BUDGET, LedgerSeededCounters
 from quotaplane.services.invoice_push import InvoicePusher
 from quotaplane.services.key_cache import ApiKeyCache
+from quotaplane.services.meter_reporter import MeterReporter
 from quotaplane.services.notifier import Notifier
 from quotaplane.services.tenant_directory import TenantDirectory
 from quotaplane.services.usage_flusher import UsageFlusher, UsageTrackingCounters
@@ -52,6 +53,7 @@ from quotaplane.storage.sql.api_keys import SqlApiKeyStore
 from quotaplane.storage.sql.invoice_queries import SqlInvoiceQueries
 from quotaplane.storage.sql.invoices import SqlInvoiceLedger
 from quotaplane.storage.sql.ledger import SqlUsageLedger
+from quotaplane.storage.sql.meters import SqlMeterOutbox
 from quotaplane.storage.sql.notifications import SqlNotificationStore
 from quotaplane.storage.sql.outbox import SqlPushOutbox
 from quotaplane.storage.sql.tenant_queries import SqlTenantQueries
@@ -85,6 +87,7 @@ class Stores:
     invoice_queries: SqlInvoiceQueries
     outbox: SqlPushOutbox
     notifications: SqlNotificationStore
+    meters: SqlMeterOutbox
     month_counters: RedisQuotaCounters  # usage recorded elsewhere, charged to the quota
     unflushed: RedisUnflushedUsage  # admitted usage the ledger has not taken yet
     shadow: RedisShadowDenials  # what shadow limits would have refused (GetUsage)
@@ -101,6 +104,7 @@ def stores(settings: Settings, connections: Connections) -> Stores:
         invoice_queries=SqlInvoiceQueries(database),
         outbox=SqlPushOutbox(database),
         notifications=SqlNotificationStore(database),
+        meters=SqlMeterOutbox(database),
         month_counters=RedisQuotaCounters(connections.redis, key_prefix=prefix),
         unflushed=RedisUnflushedUsage(connections.redis, key_prefix=prefix),
         shadow=RedisShadowDenials(connections.redis, key_prefix=prefix),
@@ -264,6 +268,7 @@ def build_replica(
         Loop("api key cache poller", api_keys.run),
         Loop("usage flusher", flusher.run, final=flusher.tick),
         *_stripe_push(settings, stored, telemetry),
+        *_meter_reporter(settings, stored, plans, telemetry),
         *([Loop("quota notifier", notifier.run)] if notifier else []),
     ]
     return Replica(
@@ -314,6 +319,23 @@ def _stripe_push(settings: Settings, stored: Stores, telemetry: Telemetry) -> Se
     gateway = StripeGateway(settings.stripe_api_key, api_base=settings.stripe_api_base or None)
     pusher = InvoicePusher(stored.outbox, gateway, on_outcome=telemetry.record_stripe_push)
     return (Loop("stripe outbox", pusher.run),)
+
+
+def _meter_reporter(
+    settings: Settings, stored: Stores, plans: PlanRegistry, telemetry: Telemetry
+) -> Sequence[Loop]:
+    """Usage of metrics priced in Stripe, as meter events, when STRIPE_API_KEY is set."""
+    if not settings.stripe_api_key:
+        return ()
+    gateway = StripeGateway(settings.stripe_api_key, api_base=settings.stripe_api_base or None)
+    reporter = MeterReporter(
+        stored.meters,
+        gateway,
+        plans,
+        interval=settings.meter_interval,
+        on_outcome=telemetry.record_meter_event,
+    )
+    return (Loop("stripe meter reporter", reporter.run),)
 
 
 def _payment_webhooks(settings: Settings, stored: Stores) -> PaymentWebhooks | None:

@@ -37,6 +37,7 @@ import logging
 from collections.abc import Callable
 from datetime import timedelta
 
+from quotaplane.domain.billing.payments import customer_idempotency_key
 from quotaplane.domain.billing.ports import (
     PaymentError,
     PaymentGateway,
@@ -157,7 +158,7 @@ class InvoicePusher:
     async def _customer(self, job: PushJob) -> str:
         tenant_id = job.invoice.tenant_id
         customer = await self._gateway.create_customer(
-            tenant_id, job.tenant_name, idempotency_key=f"qp-tenant-{tenant_id}-customer"
+            tenant_id, job.tenant_name, idempotency_key=customer_idempotency_key(tenant_id)
         )
         await self._outbox.set_customer(tenant_id, customer)
         return customer

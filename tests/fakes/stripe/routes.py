@@ -140,6 +140,32 @@ def list_invoice_items(store: Store, params: JSON, _id: str) -> JSON:
     return page(rows, "/v1/invoiceitems", params)
 
 
+def create_meter(store: Store, params: JSON, _id: str) -> JSON:
+    return store.metering.create_meter(params)
+
+
+def retrieve_meter(store: Store, params: JSON, object_id: str) -> JSON:
+    check_params(params, set())
+    return store.metering.get(object_id)
+
+
+def list_meters(store: Store, params: JSON, _id: str) -> JSON:
+    check_params(params, {"status", "limit", "starting_after"})
+    status = opt_str(params, "status")
+    rows = [m for m in store.metering.meters.values() if status in (None, m["status"])]
+    return page(rows, "/v1/billing/meters", params)
+
+
+def create_meter_event(store: Store, params: JSON, _id: str) -> JSON:
+    return store.metering.create_event(params)
+
+
+def list_meter_event_summaries(store: Store, params: JSON, object_id: str) -> JSON:
+    paging = {k: params.pop(k) for k in ("limit", "starting_after") if k in params}
+    rows = store.metering.summaries(object_id, params)
+    return page(rows, f"/v1/billing/meters/{object_id}/event_summaries", paging)
+
+
 def _route(method: str, path: str, handler: Handler) -> Route:
     regex = "^" + path.replace("{id}", "(?P<id>[A-Za-z0-9_]+)") + "$"
     return Route(method, re.compile(regex), handler)
@@ -160,6 +186,11 @@ ROUTES = (
     _route("GET", "/v1/invoiceitems", list_invoice_items),
     _route("GET", "/v1/invoiceitems/{id}", retrieve_invoice_item),
     _route("DELETE", "/v1/invoiceitems/{id}", delete_invoice_item),
+    _route("POST", "/v1/billing/meters", create_meter),
+    _route("GET", "/v1/billing/meters", list_meters),
+    _route("GET", "/v1/billing/meters/{id}", retrieve_meter),
+    _route("POST", "/v1/billing/meter_events", create_meter_event),
+    _route("GET", "/v1/billing/meters/{id}/event_summaries", list_meter_event_summaries),
 )
 
 

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 
 from . import shapes
+from .meters import Meters
 from .wire import JSON, ParamError, StripeError, check_params, new_id, opt_bool, opt_enum, opt_str
 
 _INVOICE_PARAMS = {
@@ -33,6 +34,7 @@ class Store:
         self.customers: dict[str, JSON] = {}
         self.invoices: dict[str, JSON] = {}
         self.invoice_items: dict[str, JSON] = {}
+        self.metering = Meters(clock)
 
     # -- lookups -------------------------------------------------------------------------
 

@@ -12,6 +12,12 @@ from quotaplane.domain.billing.ports import (
 from quotaplane.domain.errors import InvalidArgument
 
 
+def customer_idempotency_key(tenant_id: str) -> str:
+    """The key every creation of a tenant's Stripe customer carries (invoice push and meter
+    events alike), so the tenant gets one customer whoever creates it first."""
+    return f"qp-tenant-{tenant_id}-customer"
+
+
 class PaymentWebhooks:
     """Webhook deliveries: verified, then applied once per event id (Stripe retries them)."""
 

@@ -244,11 +244,19 @@ class InvoiceLedger(Protocol):
 class PaymentError(Exception):
     """A payment provider call failed. ``retryable``: 429, 5xx, network; else permanent."""
 
-    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        retry_after: float | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.retryable = retryable
         self.retry_after = retry_after
+        self.code = code  # the provider's error code, e.g. Stripe's "resource_already_exists"
 
 
 @dataclass(frozen=True)

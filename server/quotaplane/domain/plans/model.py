@@ -39,6 +39,18 @@ The full format::
           rating.bulk:
             charge: {model: per_unit, unit_price: "0.002"}
             limits: {day: 5000}
+      metered:
+        metrics:
+          requests:
+            stripe_meter: openclaw_requests   # priced in Stripe (a Billing Meter's event_name)
+            limits: {month: {limit: 1000000, overage: bill}}
+
+Priced in Stripe: ``stripe_meter`` names the ``event_name`` of a Stripe Billing Meter instead
+of a ``charge`` (the two exclude each other, and ``included`` too: free units and prices are
+then Stripe's). quotaplane still enforces the limits, and reports the metric's usage to
+Stripe as meter events (``services/meter_reporter.py``); its own invoice carries only the
+base fee and the metrics it prices itself. ``overage: bill`` is allowed with a meter (Stripe
+bills it). Two metrics of one plan cannot share a meter, whose summaries would mix them.
 
 Charge models (``unit_price`` up to 6 decimal places; ``package_price``, ``flat_fee`` and
 ``base_fee`` at most the currency's minor unit, e.g. 2 for USD, 0 for JPY):
@@ -159,6 +171,7 @@ class MetricPlan:
     charge: Charge | None = None  # None: the metric is limited but free
     included: int = 0
     limits: tuple[Limit, ...] = ()
+    stripe_meter: str | None = None  # priced in Stripe: the meter's event_name
 
 
 @dataclass(frozen=True)
@@ -176,6 +189,10 @@ class Plan:
 
     def has_metric(self, metric: str) -> bool:
         return metric in self.metrics
+
+    def stripe_meters(self) -> dict[str, str]:
+        """metric -> Stripe meter event name, for the metrics priced in Stripe."""
+        return {m.metric: m.stripe_meter for m in self.metrics.values() if m.stripe_meter}
 
     def limits_for(self, metric: str) -> tuple[Limit, ...]:
         """The metric's limits, shortest window first; empty for a metric the plan lacks."""

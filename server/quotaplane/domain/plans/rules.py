@@ -38,12 +38,14 @@ from quotaplane.domain.windows import Window
 
 PLAN_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 METRIC_NAME_RE = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
+# Stripe's meter event_name: at most 100 characters; quotaplane keeps to a safe alphabet.
+METER_EVENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}")
 _DIGITS_RE = re.compile(r"[0-9]+")
 
 _TOP_KEYS = ("currency", "plans")
 _SEED_KEYS = ("price_per_1000_requests", "monthly_quota")
 _PLAN_KEYS = ("currency", "base_fee", "spend_cap", "metrics")
-_METRIC_KEYS = ("included", "charge", "limits")
+_METRIC_KEYS = ("included", "charge", "limits", "stripe_meter")
 _LIMIT_KEYS = ("limit", "overage", "mode")
 _TIER_KEYS = ("up_to", "unit_price", "flat_fee")
 _CHARGE_KEYS = {
@@ -166,7 +168,39 @@ def _metrics(
         name: _metric(name, raw, (*path, name), places, problems) for name, raw in value.items()
     }
     built = {name: metric for name, metric in metrics.items() if metric is not None}
+    if not _meters_unshared(built, path, problems):
+        return None
     return built if len(built) == len(metrics) else None
+
+
+def _meters_unshared(metrics: dict[str, MetricPlan], path: KeyPath, problems: Problems) -> bool:
+    seen: dict[str, str] = {}
+    for name, metric in metrics.items():
+        if metric.stripe_meter is None:
+            continue
+        if metric.stripe_meter in seen:
+            problems.add(
+                (*path, name, "stripe_meter"),
+                f"meter {metric.stripe_meter!r} is already the meter of "
+                f"{seen[metric.stripe_meter]!r}",
+            )
+            return False
+        seen[metric.stripe_meter] = name
+    return True
+
+
+def _stripe_meter(raw: dict[str, Tree], path: KeyPath, problems: Problems) -> str | None:
+    """The meter's event name; reports a bad one or one set with quotaplane's prices."""
+    value = raw["stripe_meter"]
+    meter_path = (*path, "stripe_meter")
+    if not isinstance(value, str) or not METER_EVENT_RE.fullmatch(value):
+        problems.add(meter_path, "a Stripe meter event_name: 1-100 of A-Z, a-z, 0-9, '_.:-'")
+        return None
+    for key in ("charge", "included"):
+        if key in raw:
+            problems.add(meter_path, f"a metric priced in Stripe cannot set {key!r} too")
+            return None
+    return value
 
 
 def _metric(
@@ -177,8 +211,11 @@ def _metric(
     raw = problems.mapping(value, path, _METRIC_KEYS)
     if raw is None:
         return None
-    if "charge" not in raw and "limits" not in raw:
-        problems.add(path, "must set charge, limits or both")
+    if not any(key in raw for key in ("charge", "limits", "stripe_meter")):
+        problems.add(path, "must set charge, limits or both (stripe_meter in place of charge)")
+        return None
+    meter = _stripe_meter(raw, path, problems) if "stripe_meter" in raw else None
+    if "stripe_meter" in raw and meter is None:
         return None
     included: int | None = 0
     if "included" in raw:
@@ -187,14 +224,17 @@ def _metric(
         _charge(raw["charge"], (*path, "charge"), places, problems) if "charge" in raw else None
     )
     limits = _limits(name, raw.get("limits", {}), (*path, "limits"), problems)
-    if limits is not None and charge is None and any(lim.overage is Overage.BILL for lim in limits):
+    billed = charge is not None or meter is not None
+    if limits is not None and not billed and any(lim.overage is Overage.BILL for lim in limits):
         problems.add((*path, "limits"), "overage 'bill' needs a charge for this metric")
         return None
     if included is None or limits is None or ("charge" in raw and charge is None):
         return None
     if not METRIC_NAME_RE.fullmatch(name):
         return None
-    return MetricPlan(metric=name, charge=charge, included=included, limits=limits)
+    return MetricPlan(
+        metric=name, charge=charge, included=included, limits=limits, stripe_meter=meter
+    )
 
 
 def _charge(value: Tree, path: KeyPath, places: int, problems: Problems) -> Charge | None:

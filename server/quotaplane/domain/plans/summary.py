@@ -26,6 +26,13 @@ def price_summary(charge: Charge | None, currency: str) -> str:
     return f"{charge.model} tiers: {tiers}"
 
 
+def metric_price(metric: MetricPlan, currency: str) -> str:
+    """A metric's price for operators, or where it is priced (a Stripe meter)."""
+    if metric.stripe_meter:
+        return f"priced in Stripe (meter {metric.stripe_meter})"
+    return price_summary(metric.charge, currency)
+
+
 def _tier_summary(tier: Tier, currency: str) -> str:
     bound = "the rest" if tier.up_to is None else f"up to {tier.up_to:,}"
     fee = f" + {format_money(tier.flat_fee, currency)} flat" if tier.flat_fee else ""
@@ -49,7 +56,7 @@ def _summarize_plan(plan: Plan) -> str:
 
 def _summarize_metric(metric: MetricPlan, currency: str) -> str:
     parts = [f"{metric.included:,} included"] if metric.included else []
-    parts.append(price_summary(metric.charge, currency))
+    parts.append(metric_price(metric, currency))
     parts.extend(
         f"limit {limit.limit:,}/{limit.window.value} "
         f"({'shadow' if limit.shadow else limit.overage.value})"

@@ -6,7 +6,8 @@ metadata, so a retry long after Stripe forgot an idempotency key still adds each
 and finalize. The SDK is synchronous; every call runs in a worker thread through ``_call`` (a
 list is paged to its end inside that thread), so the event loop never blocks and every
 ``StripeError`` goes through the one mapping, ``payment_error``. The SDK's own retries are
-off: the outbox worker retries with backoff and honours ``Retry-After``.
+off: the outbox worker retries with backoff and honours ``Retry-After`` (a one-off batch such
+as ``billing reconcile`` turns them on with ``network_retries``).
 
 Errors become ``PaymentError``: 429, 409 (a concurrent request with the same key), 5xx and
 network failures are retryable; everything else (bad parameters, auth, an idempotency key
@@ -18,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import stripe
@@ -25,6 +27,7 @@ import stripe
 from quotaplane.domain.billing.ports import PaymentError, PaymentEvent, RemoteInvoice, StoredInvoice
 
 API_VERSION = "2026-10-28.endive"
+DUPLICATE_EVENT = "resource_already_exists"  # a meter event identifier Stripe has seen
 LINE_KEY = "quotaplane_line"
 T = TypeVar("T")
 
@@ -32,13 +35,19 @@ T = TypeVar("T")
 class StripeGateway:
     """PaymentGateway on Stripe (or any server speaking its v1 API, e.g. the test emulator)."""
 
-    def __init__(self, api_key: str, *, api_base: str | None = None) -> None:
+    def __init__(
+        self, api_key: str, *, api_base: str | None = None, network_retries: int = 0
+    ) -> None:
         # The SDK logs every request at INFO; our own logs say what matters (retries, failures).
         logging.getLogger("stripe").setLevel(logging.WARNING)
         addresses: Any = {"api": api_base} if api_base else {}
         self._client = stripe.StripeClient(
-            api_key, stripe_version=API_VERSION, base_addresses=addresses, max_network_retries=0
+            api_key,
+            stripe_version=API_VERSION,
+            base_addresses=addresses,
+            max_network_retries=network_retries,
         )
+        self._meters: dict[str, str] = {}  # event name -> active meter id, once looked up
 
     async def create_customer(self, tenant_id: str, name: str, *, idempotency_key: str) -> str:
         params: Any = {"name": name, "metadata": {"tenant_id": tenant_id}}
@@ -113,6 +122,57 @@ class StripeGateway:
             )
         )
 
+    # -- Billing Meters ------------------------------------------------------------------
+
+    async def send_meter_event(
+        self, event_name: str, customer_id: str, value: int, *, identifier: str, timestamp: int
+    ) -> None:
+        params: Any = {
+            "event_name": event_name,
+            "payload": {"stripe_customer_id": customer_id, "value": str(value)},
+            "identifier": identifier,
+            "timestamp": timestamp,
+        }
+        try:
+            await self._call(lambda: self._client.v1.billing.meter_events.create(params=params))
+        except PaymentError as error:
+            if error.code != DUPLICATE_EVENT:  # Stripe has this identifier: it was counted
+                raise
+
+    async def meter_total(
+        self, event_name: str, customer_id: str, start: int, end: int
+    ) -> Decimal | None:
+        """The customer's aggregated value on the active meter of ``event_name`` in
+        ``[start, end)`` (minute aligned); None when Stripe has no such meter."""
+        return await self._call(lambda: self._meter_total(event_name, customer_id, start, end))
+
+    def _meter_total(self, event_name: str, customer: str, start: int, end: int) -> Decimal | None:
+        meter_id = self._meters.get(event_name) or self._find_meter(event_name)
+        if meter_id is None:
+            return None
+        params: Any = {"customer": customer, "start_time": start, "end_time": end}
+        page = self._client.v1.billing.meters.event_summaries.list(meter_id, params=params)
+        # aggregated_value is a JSON number: its text is exact for the whole units we send.
+        return sum((Decimal(str(s.aggregated_value)) for s in page.auto_paging_iter()), Decimal(0))
+
+    def _find_meter(self, event_name: str) -> str | None:
+        meters = self._client.v1.billing.meters.list(params={"status": "active", "limit": 100})
+        for meter in meters.auto_paging_iter():
+            self._meters[str(meter.event_name)] = str(meter.id)
+        return self._meters.get(event_name)
+
+    async def period_invoices(self, customer_id: str, period: str) -> list[RemoteInvoice]:
+        """The customer's invoices that quotaplane pushed for ``period`` (by their metadata)."""
+        return await self._call(lambda: self._period_invoices(customer_id, period))
+
+    def _period_invoices(self, customer_id: str, period: str) -> list[RemoteInvoice]:
+        page = self._client.v1.invoices.list(params={"customer": customer_id, "limit": 100})
+        return [
+            RemoteInvoice(str(inv.id), str(inv.status), int(inv.total), frozenset())
+            for inv in page.auto_paging_iter()
+            if inv.metadata and "period" in inv.metadata and inv.metadata["period"] == period
+        ]
+
     async def _call(self, call: Callable[[], T]) -> T:
         try:
             return await asyncio.to_thread(call)
@@ -131,7 +191,12 @@ def payment_error(error: stripe.StripeError) -> PaymentError:
         or status in (409, 429)
         or status >= 500
     )
-    return PaymentError(message, retryable=retryable, retry_after=_retry_after(error))
+    return PaymentError(
+        message,
+        retryable=retryable,
+        retry_after=_retry_after(error),
+        code="rate_limit" if status == 429 else error.code,
+    )
 
 
 def _retry_after(error: stripe.StripeError) -> float | None:

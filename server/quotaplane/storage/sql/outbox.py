@@ -27,6 +27,15 @@ from quotaplane.storage.sql.invoices import PUSH, load_invoice
 from quotaplane.storage.sql.tables import invoices, stripe_outbox, stripe_webhook_events, tenants
 
 
+async def store_customer(conn: AsyncConnection, tenant_id: str, customer_id: str) -> None:
+    """Keep the tenant's Stripe customer id; the first one stored stays."""
+    await conn.execute(
+        tenants.update()
+        .where(tenants.c.id == tenant_id, tenants.c.stripe_customer_id.is_(None))
+        .values(stripe_customer_id=customer_id)
+    )
+
+
 class SqlPushOutbox(SqlStore):
     """PushOutbox on Postgres or SQLite."""
 
@@ -59,11 +68,7 @@ class SqlPushOutbox(SqlStore):
 
     async def set_customer(self, tenant_id: str, customer_id: str) -> None:
         async with self._transaction() as conn:
-            await conn.execute(
-                tenants.update()
-                .where(tenants.c.id == tenant_id, tenants.c.stripe_customer_id.is_(None))
-                .values(stripe_customer_id=customer_id)
-            )
+            await store_customer(conn, tenant_id, customer_id)
 
     async def set_remote_invoice(self, invoice_id: str, remote_id: str) -> None:
         async with self._transaction() as conn:

@@ -334,3 +334,42 @@ quota_notifications = sa.Table(
         "ix_quota_notifications_delivered_at_next_attempt_at", "delivered_at", "next_attempt_at"
     ),
 )
+
+# Stripe Billing Meters (services/meter_reporter.py): per (tenant, metric, hour) of
+# usage_hourly, the units already queued as meter events.
+meter_reports = sa.Table(
+    "meter_reports",
+    metadata,
+    _tenant_fk(primary_key=True),
+    sa.Column("metric", sa.String(64), primary_key=True),
+    sa.Column("hour_start", UtcDateTime(), primary_key=True),
+    sa.Column("reported", sa.BigInteger(), nullable=False),
+    _at("reported_at"),  # when the last increment was queued: one batch per interval
+    sa.CheckConstraint("reported >= 0", name="reported_not_negative"),
+)
+
+# One meter event per queued increment; rows stay once sent ('done'), so an event is never
+# sent again after Stripe's 24 h identifier dedup window.
+meter_outbox = sa.Table(
+    "meter_outbox",
+    metadata,
+    _id(primary_key=True),
+    _tenant_fk(),
+    sa.Column("metric", sa.String(64), nullable=False),
+    sa.Column("hour_start", UtcDateTime(), nullable=False),
+    sa.Column("event_name", sa.String(100), nullable=False),
+    sa.Column("quantity", sa.BigInteger(), nullable=False),
+    sa.Column("identifier", sa.String(100), nullable=False, unique=True),
+    sa.Column("state", sa.String(16), nullable=False, server_default="pending"),
+    sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
+    _at("next_attempt_at"),
+    _at("first_attempt_at", nullable=True),
+    sa.Column("last_error", sa.Text(), nullable=True),
+    _at("created_at"),
+    _at("updated_at"),
+    sa.CheckConstraint("state IN ('pending', 'done', 'failed')", name="state"),
+    sa.CheckConstraint("quantity > 0", name="quantity_positive"),
+    sa.CheckConstraint("attempts >= 0", name="attempts_not_negative"),
+    sa.Index("ix_meter_outbox_state_next_attempt_at", "state", "next_attempt_at"),
+    sa.Index("ix_meter_outbox_tenant_id_hour_start", "tenant_id", "hour_start"),
+)

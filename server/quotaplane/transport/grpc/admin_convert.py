@@ -10,7 +10,7 @@ from quotaplane.domain.billing.admin import UsageReport
 from quotaplane.domain.errors import InvalidArgument
 from quotaplane.domain.plans.model import MetricPlan, Plan
 from quotaplane.domain.plans.registry import PlanRegistry
-from quotaplane.domain.plans.summary import price_summary
+from quotaplane.domain.plans.summary import metric_price
 from quotaplane.domain.tenants.model import ApiKey, Tenant, TenantStatus
 from quotaplane.domain.windows import Window
 from quotaplane.transport.grpc.convert import OVERAGE_POLICIES, WINDOWS, timestamp
@@ -96,7 +96,7 @@ def plan_metric(value: MetricPlan, currency: str) -> admin_pb2.PlanMetric:
             )
             for limit in value.limits
         ],
-        price=price_summary(value.charge, currency),
+        price=metric_price(value, currency),
     )
 
 
