@@ -24,7 +24,7 @@ from quotaplane.config import Settings
 from quotaplane.storage.sql import migrate
 from quotaplane.storage.sql.tables import usage_hourly
 from quotaplane.storage.sql.tenants import SqlTenantStore
-from quotaplane_client.v1 import quota_pb2, quota_pb2_grpc, types_pb2
+from quotaplane_client.v1 import admin_pb2_grpc, quota_pb2, quota_pb2_grpc, types_pb2
 from tests.harness.tokens import token_channel
 
 PLANS = """
@@ -49,6 +49,7 @@ plans:
 class BillingServer:
     runtime: Runtime
     stub: quota_pb2_grpc.QuotaServiceStub
+    admin: admin_pb2_grpc.AdminServiceStub
 
     async def tenant(self, plan: str = "growth", *, created_at: datetime | None = None) -> str:
         """A new tenant; ``created_at`` in the past makes it a customer of earlier periods."""
@@ -158,4 +159,8 @@ async def billing_server(
     async with Runtime(settings) as runtime:
         assert runtime.grpc is not None
         async with token_channel(f"127.0.0.1:{runtime.grpc.port}", runtime.tokens) as channel:
-            yield BillingServer(runtime, quota_pb2_grpc.QuotaServiceStub(channel))
+            yield BillingServer(
+                runtime,
+                quota_pb2_grpc.QuotaServiceStub(channel),
+                admin_pb2_grpc.AdminServiceStub(channel),
+            )

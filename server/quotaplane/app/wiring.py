@@ -226,8 +226,13 @@ def build_replica(
             tenants=TenantAdmin(tenants, queries, plans),
             keys=ApiKeyAdmin(stored.keys, tenants),
             plans=PlanAdmin(plans, queries),
-            usage=UsageReports(tenants, stored.usage, flush=flusher.flush_tenant),
-            invoices=InvoiceAdmin(tenants, stored.invoice_queries),
+            usage=UsageReports(
+                tenants,
+                stored.usage,
+                flush=flusher.flush_tenant,
+                invoices=stored.invoice_queries,
+            ),
+            invoices=InvoiceAdmin(tenants, stored.invoice_queries, stored.usage),
         ),
         authz=AuthorizationServicer(gateway),
     )

@@ -7,10 +7,11 @@ code wrote, and voids invoices that Stripe does not hold yet.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from quotaplane.domain.billing.late_usage import late_units, ledger_units
 from quotaplane.domain.billing.ports import (
     HourlyUsage,
     InvoiceFilter,
@@ -51,6 +52,28 @@ class UsageReport:
     buckets: list[UsageTotal]
     total: int
     unflushed: int = 0
+    not_yet_billed: int = 0  # late units of the range's frozen periods (late_usage.py)
+
+
+@dataclass(frozen=True)
+class LateUsage:
+    """Units of a frozen period that no invoice carries yet."""
+
+    tenant_id: str
+    period: str
+    metric: str
+    quantity: int
+
+
+async def period_late_units(
+    invoices: InvoiceQueries, usage: UsageHistory, tenant_id: str, period: Period
+) -> dict[str, int]:
+    """The period's late units per metric (empty while it has no frozen invoice)."""
+    billed = await invoices.period_invoices(tenant_id, period)
+    if not any(invoice.frozen for invoice in billed):
+        return {}
+    rows = await usage.usage(tenant_id, period.start, period.end)
+    return late_units(ledger_units(rows), billed)
 
 
 class UsageReports:
@@ -69,11 +92,13 @@ class UsageReports:
         *,
         flush: Callable[[str], Awaitable[int]] | None = None,
         clock: Callable[[], datetime] = _utc_now,
+        invoices: InvoiceQueries | None = None,
     ) -> None:
         self._tenants = tenants
         self._ledger = ledger
         self._flush = flush
         self._clock = clock
+        self._invoices = invoices
 
     async def usage(
         self,
@@ -93,7 +118,22 @@ class UsageReports:
             await self._flush(tenant_id)
         rows = await self._ledger.usage(tenant_id, window_start(Window.HOUR, start), end)
         buckets = bucket_totals((r for r in rows if r.metric == metric), bucket)
-        return UsageReport(tenant_id, metric, buckets, sum(b.quantity for b in buckets))
+        late = await self._not_yet_billed(tenant_id, metric, start, end)
+        return UsageReport(
+            tenant_id, metric, buckets, sum(b.quantity for b in buckets), not_yet_billed=late
+        )
+
+    async def _not_yet_billed(
+        self, tenant_id: str, metric: str, start: datetime, end: datetime
+    ) -> int:
+        if self._invoices is None:
+            return 0
+        late, period = 0, Period.of(start)
+        while period.start < end:
+            units = await period_late_units(self._invoices, self._ledger, tenant_id, period)
+            late += units.get(metric, 0)
+            period = period.next()
+        return late
 
     def _range(self, start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
         now = self._clock()
@@ -132,6 +172,7 @@ def bucket_totals(rows: Iterable[HourlyUsage], bucket: Window) -> list[UsageTota
 class InvoicePage:
     invoices: list[StoredInvoice]
     next_page_token: str
+    late_usage: Sequence[LateUsage] = ()
 
 
 class InvoiceAdmin:
@@ -145,9 +186,12 @@ class InvoiceAdmin:
     no column for it.
     """
 
-    def __init__(self, tenants: TenantSource, invoices: InvoiceQueries) -> None:
+    def __init__(
+        self, tenants: TenantSource, invoices: InvoiceQueries, usage: UsageHistory | None = None
+    ) -> None:
         self._tenants = tenants
         self._invoices = invoices
+        self._usage = usage
 
     async def list(
         self, *, tenant_id: str, period: str, page_size: int, page_token: str
@@ -166,7 +210,20 @@ class InvoiceAdmin:
             token = Cursor(
                 last.created_at, last.id, token_fields, sort=last.period, listing=_LISTING
             ).encode()
-        return InvoicePage(invoices=page, next_page_token=token)
+        return InvoicePage(page, token, await self._late_usage(page))
+
+    async def _late_usage(self, page: Sequence[StoredInvoice]) -> Sequence[LateUsage]:
+        """Late units of the page's frozen (tenant, period)s, so a list shows what is unbilled."""
+        if self._usage is None:
+            return []
+        keys = dict.fromkeys((i.tenant_id, i.period) for i in page if i.frozen)
+        late: list[LateUsage] = []
+        for tenant_id, period in keys:
+            units = await period_late_units(
+                self._invoices, self._usage, tenant_id, Period.parse(period)
+            )
+            late.extend(LateUsage(tenant_id, period, m, q) for m, q in units.items())
+        return late
 
     async def get(self, invoice_id: str) -> StoredInvoice:
         invoice_id = parse_tenant_id(invoice_id, field_name="invoice_id")

@@ -182,6 +182,10 @@ class StoredInvoice:
     total_minor: int
     created_at: datetime
     replaces_invoice_id: str | None = None
+    # A supplementary invoice (late usage, see ``late_usage.py``): the invoice it supplements,
+    # and its number among the period's invoices (0 for the primary invoice).
+    supplements_invoice_id: str | None = None
+    supplement: int = 0
     stripe_invoice_id: str | None = None
     finalized_at: datetime | None = None
     last_error: str | None = None
@@ -193,6 +197,9 @@ class StoredInvoice:
 
 # Prices a period from its hourly usage and the tenant's plan history (pure, no I/O).
 Pricer = Callable[[Sequence[HourlyUsage], Sequence[PlanChange]], PricedInvoice]
+# The late usage of a period: the full pricing and the period's frozen invoices -> the
+# supplementary invoice's pricing, or None when every unit is billed (``late_usage.py``).
+Supplementer = Callable[[PricedInvoice, Sequence[StoredInvoice]], PricedInvoice | None]
 
 
 class InvoiceLedger(Protocol):
@@ -213,9 +220,21 @@ class InvoiceLedger(Protocol):
         ...
 
     async def generate(
-        self, tenant_id: str, period: Period, price: Pricer, *, finalize_at: datetime | None
+        self,
+        tenant_id: str,
+        period: Period,
+        price: Pricer,
+        *,
+        finalize_at: datetime | None,
+        supplement: Supplementer | None = None,
     ) -> StoredInvoice:
         """``save_invoice`` of ``price(usage, plan changes)``, read in the same transaction.
+
+        Once the period has a frozen invoice, ``supplement`` decides: the period's
+        supplementary invoice is created (or its draft regenerated) from what it returns, or,
+        when it returns None (or is None), the newest frozen invoice (or the open
+        supplementary draft) is returned unchanged. Concurrent calls create one
+        supplementary invoice, not two (a UNIQUE index per supplement number).
 
         When finalizing, the transaction holds the tenant against new usage: an event or a
         flush of the tenant commits either before (and is on the invoice) or after (and sees
@@ -225,6 +244,10 @@ class InvoiceLedger(Protocol):
 
     async def enqueue_push(self, invoice_id: str) -> None:
         """Queue the invoice for the Stripe outbox (once, whatever the number of calls)."""
+        ...
+
+    async def period_invoices(self, tenant_id: str, period: Period) -> list[StoredInvoice]:
+        """The period's invoices that are not void, primary first."""
         ...
 
 
@@ -361,6 +384,10 @@ class InvoiceQueries(Protocol):
         ...
 
     async def get(self, invoice_id: str) -> StoredInvoice | None: ...
+
+    async def period_invoices(self, tenant_id: str, period: Period) -> list[StoredInvoice]:
+        """The period's invoices that are not void, primary first."""
+        ...
 
     async def queued_for_stripe(self, invoice_id: str) -> bool:
         """True once the invoice has a row in the Stripe outbox."""

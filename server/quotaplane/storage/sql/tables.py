@@ -234,6 +234,10 @@ invoices = sa.Table(
     sa.Column("version", sa.Integer(), nullable=False, server_default="1"),
     # A voided invoice regenerated for the same period: version + 1, pointing at the old one.
     _id("replaces_invoice_id", nullable=True),
+    # Late usage (domain/billing/late_usage.py): 0 for the period's primary invoice, 1, 2, ...
+    # for the supplementary invoices after it, each linked to the invoice it supplements.
+    sa.Column("supplement", sa.Integer(), nullable=False, server_default="0"),
+    _id("supplements_invoice_id", nullable=True),
     sa.Column("status", sa.String(16), nullable=False, server_default=InvoiceStatus.DRAFT.value),
     sa.Column("currency", sa.String(3), nullable=False),
     sa.Column("subtotal", amount(), nullable=False),
@@ -245,20 +249,33 @@ invoices = sa.Table(
     _at("updated_at"),
     _at("finalized_at", nullable=True),
     sa.ForeignKeyConstraint(["replaces_invoice_id"], ["invoices.id"]),
+    sa.ForeignKeyConstraint(["supplements_invoice_id"], ["invoices.id"]),
     sa.UniqueConstraint("tenant_id", "period", "version"),
     sa.CheckConstraint(
         f"status IN ({', '.join(repr(s.value) for s in InvoiceStatus)})", name="status"
     ),
     sa.CheckConstraint("version >= 1", name="version_positive"),
     sa.CheckConstraint("length(period) = 7", name="period_format"),
-    # At most one invoice per (tenant, period) that is not void: GenerateInvoice's idempotency.
+    sa.CheckConstraint("supplement >= 0", name="supplement_not_negative"),
+    # One primary and one n-th supplementary invoice per (tenant, period) that is not void:
+    # GenerateInvoice's idempotency, also for concurrent supplementary invoices.
     sa.Index(
-        "uq_invoices_tenant_id_period_open",
+        "uq_invoices_tenant_id_period_supplement_open",
         "tenant_id",
         "period",
+        "supplement",
         unique=True,
         postgresql_where=sa.text("status <> 'void'"),
         sqlite_where=sa.text("status <> 'void'"),
+    ),
+    # At most one draft per (tenant, period): the one that GenerateInvoice regenerates.
+    sa.Index(
+        "uq_invoices_tenant_id_period_draft",
+        "tenant_id",
+        "period",
+        unique=True,
+        postgresql_where=sa.text("status = 'draft'"),
+        sqlite_where=sa.text("status = 'draft'"),
     ),
 )
 

@@ -135,4 +135,5 @@ def usage_response(report: UsageReport) -> admin_pb2.GetUsageResponse:
         ],
         total=report.total,
         unflushed=report.unflushed,
+        not_yet_billed=report.not_yet_billed,
     )
