@@ -57,6 +57,9 @@ PENDING_UNITS: Final = "quotaplane_usage_pending_units"
 STRIPE_PUSHES: Final = "quotaplane_stripe_pushes"
 INVOICED_MINOR: Final = "quotaplane_invoiced_minor_units"
 MISCONFIGURED_ROUTES: Final = "quotaplane_gateway_misconfigured"
+CLOSE_INVOICES: Final = "quotaplane_billing_close_invoices"
+CLOSE_DURATION: Final = "quotaplane_billing_close_run_duration_seconds"
+CLOSE_LAST_PERIOD: Final = "quotaplane_billing_close_last_period_end_timestamp_seconds"
 
 # Sub-millisecond to 200 ms in fine steps (the p99 target is 2 ms, the alert fires at 200 ms),
 # then coarse steps for the slow admin and billing calls.
@@ -166,6 +169,18 @@ class _Instruments:
             MISCONFIGURED_ROUTES,
             "Gateway requests denied because their route cannot be metered for the plan",
             ["route", "plan"],
+            registry=None,
+        )
+
+        self.close_invoices = Counter(
+            CLOSE_INVOICES, "Invoices finalized or created by the period close", registry=None
+        )
+        self.close_duration = Gauge(
+            CLOSE_DURATION, "Duration of the last finished period close run", registry=None
+        )
+        self.close_last_period = Gauge(
+            CLOSE_LAST_PERIOD,
+            "End of the last period the period close finished (Unix time)",
             registry=None,
         )
 
@@ -286,6 +301,18 @@ class Telemetry:
             raise ValueError("an invoice total is never negative")
         self._metrics.used(self._metrics.invoiced)
         self._metrics.invoiced.labels(currency.upper()).inc(minor_units)
+
+    def record_close_invoice(self) -> None:
+        """The period close finalized or created one invoice."""
+        self._metrics.used(self._metrics.close_invoices)
+        self._metrics.close_invoices.inc()
+
+    def record_close_run(self, period_end: float, seconds: float) -> None:
+        """A period close run finished: its period's end (Unix time) and how long it took."""
+        self._metrics.used(self._metrics.close_duration)
+        self._metrics.used(self._metrics.close_last_period)
+        self._metrics.close_duration.set(seconds)
+        self._metrics.close_last_period.set(period_end)
 
     # -- endpoint and lifecycle -------------------------------------------------------------
 

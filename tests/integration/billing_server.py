@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from quotaplane.app.runtime import Runtime
+from quotaplane.app.wiring import CloseOptions
 from quotaplane.config import Settings
 from quotaplane.storage.sql import migrate
 from quotaplane.storage.sql.tables import usage_hourly
@@ -138,10 +139,15 @@ async def billing_server(
     key_prefix: str,
     database_url: str,
     flush_interval: timedelta = timedelta(hours=1),
+    close: CloseOptions | None = None,
     **overrides: Any,
 ) -> AsyncIterator[BillingServer]:
     plans = tmp_path / "plans.yaml"
     plans.write_text(PLANS)
+    # No automatic period close unless a test asks: it would finalize last month's invoices
+    # of the long-ago tenants these tests record usage for.
+    overrides.setdefault("billing_grace", None)
+    overrides.setdefault("redis_key_prefix", f"{key_prefix}:b{uuid.uuid4().hex[:8]}")
     settings = Settings.defaults(
         grpc_addr="127.0.0.1:0",
         authz_http_addr="127.0.0.1:0",
@@ -150,13 +156,12 @@ async def billing_server(
         data_dir=tmp_path / "data",
         plans_path=plans,
         admin_token="billing-test-token",
-        redis_key_prefix=f"{key_prefix}:b{uuid.uuid4().hex[:8]}",
         redis_timeout=timedelta(seconds=2),
         flush_interval=flush_interval,
         metrics_addr="off",
         **overrides,
     )
-    async with Runtime(settings) as runtime:
+    async with Runtime(settings, close=close) as runtime:
         assert runtime.grpc is not None
         async with token_channel(f"127.0.0.1:{runtime.grpc.port}", runtime.tokens) as channel:
             yield BillingServer(

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from quotaplane.cli import admin as cli_admin
+from quotaplane.cli import billing_close as cli_billing_close
 from quotaplane.cli import health as cli_health
 from quotaplane.config import ConfigError, Settings, load_settings
 from quotaplane.config_table import SETTINGS
@@ -27,6 +28,8 @@ DESCRIPTION = "quotaplane: the quota-and-billing control plane for metered APIs.
 EPILOG = """\
 commands by what they need:
   on this machine:   serve, db, settings, plans validate
+  on the ledger (QUOTAPLANE_DATABASE_URL, QUOTAPLANE_REDIS_URL):
+                     billing close
   admin commands (a running server, --target HOST:PORT, and the admin token from
   --admin-token, QUOTAPLANE_ADMIN_TOKEN or <data dir>/admin-token):
                      tenants, keys, usage, invoices, plans list, plans reload
@@ -253,6 +256,12 @@ def build_parser() -> argparse.ArgumentParser:
     db.set_defaults(func=_cmd_db)
 
     cli_health.register(commands)
+
+    billing = commands.add_parser("billing", help="billing runs on the ledger (period close)")
+    billing_commands = billing.add_subparsers(
+        dest="billing_command", required=True, metavar="COMMAND"
+    )
+    cli_billing_close.register(billing_commands)
 
     settings = commands.add_parser("settings", help="list every setting, its variable and default")
     settings.add_argument("--markdown", action="store_true", help="print the README's table")

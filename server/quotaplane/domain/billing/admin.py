@@ -16,6 +16,7 @@ from quotaplane.domain.billing.ports import (
     HourlyUsage,
     InvoiceFilter,
     InvoiceQueries,
+    PeriodInvoices,
     StoredInvoice,
     UsageHistory,
 )
@@ -66,7 +67,7 @@ class LateUsage:
 
 
 async def period_late_units(
-    invoices: InvoiceQueries, usage: UsageHistory, tenant_id: str, period: Period
+    invoices: PeriodInvoices, usage: UsageHistory, tenant_id: str, period: Period
 ) -> dict[str, int]:
     """The period's late units per metric (empty while it has no frozen invoice)."""
     billed = await invoices.period_invoices(tenant_id, period)

@@ -202,7 +202,13 @@ Pricer = Callable[[Sequence[HourlyUsage], Sequence[PlanChange]], PricedInvoice]
 Supplementer = Callable[[PricedInvoice, Sequence[StoredInvoice]], PricedInvoice | None]
 
 
-class InvoiceLedger(Protocol):
+class PeriodInvoices(Protocol):
+    async def period_invoices(self, tenant_id: str, period: Period) -> list[StoredInvoice]:
+        """The period's invoices that are not void, primary first."""
+        ...
+
+
+class InvoiceLedger(PeriodInvoices, Protocol):
     """The ledger's invoice tables."""
 
     async def open_invoice(self, tenant_id: str, period: Period) -> StoredInvoice | None:
@@ -244,10 +250,6 @@ class InvoiceLedger(Protocol):
 
     async def enqueue_push(self, invoice_id: str) -> None:
         """Queue the invoice for the Stripe outbox (once, whatever the number of calls)."""
-        ...
-
-    async def period_invoices(self, tenant_id: str, period: Period) -> list[StoredInvoice]:
-        """The period's invoices that are not void, primary first."""
         ...
 
 
@@ -374,7 +376,7 @@ class InvoiceFilter:
         return fields
 
 
-class InvoiceQueries(Protocol):
+class InvoiceQueries(PeriodInvoices, Protocol):
     """Invoice reads and the void transition for the admin RPCs."""
 
     async def list_page(
@@ -384,10 +386,6 @@ class InvoiceQueries(Protocol):
         ...
 
     async def get(self, invoice_id: str) -> StoredInvoice | None: ...
-
-    async def period_invoices(self, tenant_id: str, period: Period) -> list[StoredInvoice]:
-        """The period's invoices that are not void, primary first."""
-        ...
 
     async def queued_for_stripe(self, invoice_id: str) -> bool:
         """True once the invoice has a row in the Stripe outbox."""

@@ -351,3 +351,32 @@ quota_notifications = sa.Table(
         "ix_quota_notifications_delivered_at_next_attempt_at", "delivered_at", "next_attempt_at"
     ),
 )
+
+# The period close (services/period_close.py): one run at a time per period, under a lease in
+# the ledger, and each tenant it closed, so a run that died resumes after the last one. A
+# finished period run again by hand (``quotaplane billing close``) is the next ``run`` number.
+billing_close_runs = sa.Table(
+    "billing_close_runs",
+    metadata,
+    sa.Column("period", sa.String(7), primary_key=True),
+    sa.Column("run", sa.Integer(), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    _id("owner", nullable=False),  # the attempt holding the lease (a UUID per attempt)
+    _at("lease_until"),
+    _at("started_at"),
+    _at("finished_at", nullable=True),
+    sa.CheckConstraint("state IN ('running', 'done')", name="state"),
+    sa.CheckConstraint("run >= 1", name="run_positive"),
+)
+
+billing_close_tenants = sa.Table(
+    "billing_close_tenants",
+    metadata,
+    sa.Column("period", sa.String(7), primary_key=True),
+    sa.Column("run", sa.Integer(), primary_key=True),
+    sa.Column("tenant_id", sa.String(36), sa.ForeignKey("tenants.id"), primary_key=True),
+    sa.Column("outcome", sa.String(32), nullable=False),  # closed | unchanged | ...
+    sa.Column("invoices_closed", sa.Integer(), nullable=False),
+    _at("closed_at"),
+    sa.CheckConstraint("invoices_closed >= 0", name="invoices_closed_not_negative"),
+)
