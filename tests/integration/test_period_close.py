@@ -10,6 +10,7 @@ usage), so the close must also create its supplementary invoice.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import subprocess
@@ -50,6 +51,7 @@ NOW = datetime(2026, 11, 1, 1, 0, 1, tzinfo=UTC)  # October's end + 1 h grace + 
 ROOT = Path(__file__).resolve().parents[2]
 GRACE = {"billing_grace": timedelta(hours=1)}
 Starter = Callable[..., Awaitable[BillingServer]]
+CLOSE_LOG = "quotaplane.services.period_close"
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -199,27 +201,42 @@ async def stack(
 
 
 async def test_two_replicas_close_each_tenant_once_and_a_second_run_changes_nothing(
-    engine: AsyncEngine, stack: Starter
+    engine: AsyncEngine, stack: Starter, caplog: pytest.LogCaptureFixture
 ) -> None:
     setup = await stack("setup", None)
     october = await _october(engine, setup)
     clock = CloseOptions(clock=lambda: NOW)
-    first, second = await asyncio.gather(
-        stack("a", clock, **GRACE),
-        stack("b", clock, **GRACE),
-    )
-    await _until_done(engine)
+    with caplog.at_level(logging.INFO, logger=CLOSE_LOG):
+        replicas = await asyncio.gather(stack("a", clock, **GRACE), stack("b", clock, **GRACE))
+        await _until_done(engine)
     closed = await _invoices(engine)
     _assert_exactly_once(october, closed)
     assert sorted(await _recorded(engine)) == sorted(october.billed)
-    for replica in (first, second):  # a tick of either replica now finds the period done
-        closer = replica.runtime.running.replica.loops
-        assert any(loop.name == "period close" for loop in closer)
-    again = await stack("c", CloseOptions(clock=lambda: NOW + timedelta(days=3)), **GRACE)
-    assert again is not None
-    await asyncio.sleep(0.5)  # its first tick ran at start
+    tenant_lines = [r for r in caplog.records if r.getMessage() == "period close: tenant closed"]
+    assert sorted(getattr(r, "tenant_id", "") for r in tenant_lines) == sorted(october.billed)
+    assert [r.getMessage() for r in caplog.records].count("period close done") == 1
+    scraped = [replica.runtime.telemetry.scrape() for replica in replicas]
+    assert sum(_sample(text, "quotaplane_billing_close_invoices_total") for text in scraped) == 8
+    assert (
+        max(
+            _sample(text, "quotaplane_billing_close_last_period_end_timestamp_seconds")
+            for text in scraped
+        )
+        == OCTOBER.end.timestamp()
+    )
+    # A replica started days later finds the period done: its first tick changes nothing.
+    await stack("c", CloseOptions(clock=lambda: NOW + timedelta(days=3)), **GRACE)
+    await asyncio.sleep(0.5)
     assert await _invoices(engine) == closed
     assert await _run_state(engine) == ("done", 1)
+
+
+def _sample(scraped: str, name: str) -> float:
+    """The value of an unlabelled sample in a Prometheus scrape (0 when absent)."""
+    for line in scraped.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
 
 
 async def test_a_replica_killed_mid_run_is_resumed_by_another(
