@@ -12,7 +12,7 @@ from quotaplane.integrations.plans_file import parse_plans
 
 HOUR = timedelta(hours=1)
 PLANS = parse_plans(
-    'plans:\n  growth: {price_per_1000_requests: 0.04, monthly_quota: 50000}\n'
+    "plans:\n  growth: {price_per_1000_requests: 0.04, monthly_quota: 50000}\n"
     '  pro: {base_fee: "49.00", metrics: {requests: {charge: {model: per_unit, '
     'unit_price: "0.001"}}}}\n',
     "plans.yaml",
