@@ -123,13 +123,16 @@ async def test_incremental_pricing_across_a_tier_boundary_is_exact(
     assert first.total_minor + second.total_minor == whole.total_minor
 
 
-async def test_concurrent_calls_create_one_supplementary_invoice(server: BillingServer) -> None:
+@pytest.mark.parametrize("flags", [FINAL, {}], ids=["finalized", "draft"])
+async def test_concurrent_calls_create_one_supplementary_invoice(
+    server: BillingServer, flags: dict[str, bool]
+) -> None:
     tenant = await server.tenant("growth")
     await _admitted(server, tenant, 2_000)
     first = await server.invoice(tenant, this_period(), **FINAL)
     await _admitted(server, tenant, 1_000)
     replies = await asyncio.gather(
-        *(server.invoice(tenant, this_period(), **FINAL) for _ in range(4))
+        *(server.invoice(tenant, this_period(), **flags) for _ in range(4))
     )
     assert {reply.id for reply in replies} == {replies[0].id}
     assert replies[0].supplements_invoice_id == first.id

@@ -10,6 +10,7 @@ usage), so the close must also create its supplementary invoice.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -27,6 +28,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from quotaplane.app.billing_close import close_period
 from quotaplane.app.wiring import CloseOptions
 from quotaplane.domain.billing.events import UsageEvent
 from quotaplane.domain.billing.pricing import BASE_FEE
@@ -39,6 +41,7 @@ from quotaplane.storage.sql.tables import (
     billing_close_tenants,
     invoice_lines,
     invoices,
+    stripe_outbox,
     usage_hourly,
 )
 from quotaplane.storage.sql.tenants import SqlTenantStore
@@ -350,3 +353,25 @@ def test_the_cli_refuses_an_open_period() -> None:
     result = _cli(dict(os.environ), this_month)
     assert result.returncode == 1
     assert "still open" in result.stderr
+
+
+async def test_with_stripe_configured_every_invoice_of_the_period_is_queued_once(
+    engine: AsyncEngine, stack: Starter, ledger: str, tmp_path: Path
+) -> None:
+    setup = await stack("setup", None)
+    october = await _october(engine, setup)
+    plans = tmp_path / "stripe-plans.yaml"
+    plans.write_text(PLANS)
+    settings = dataclasses.replace(
+        setup.runtime.settings, stripe_api_key="sk_test_period_close", plans_path=plans
+    )
+    options = CloseOptions(clock=lambda: NOW)
+    for _ in range(2):  # a second run queues nothing twice
+        report = await close_period(settings, OCTOBER, dry_run=False, options=options)
+        assert report.status == "done"
+    queued = sa.select(stripe_outbox.c.invoice_id)
+    async with engine.connect() as conn:
+        rows = [row.invoice_id for row in await conn.execute(queued)]
+    invoices_of_october = [i for rows_ in (await _invoices(engine)).values() for i, *_ in rows_]
+    assert sorted(rows) == sorted(invoices_of_october)
+    assert len(rows) == len(october.billed) + 1  # the late tenant has two

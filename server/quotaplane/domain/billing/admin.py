@@ -129,12 +129,13 @@ class UsageReports:
     ) -> int:
         if self._invoices is None:
             return 0
-        late, period = 0, Period.of(start)
-        while period.start < end:
+        late, period, last = 0, Period.of(start), Period.of(end - timedelta(microseconds=1))
+        while True:
             units = await period_late_units(self._invoices, self._ledger, tenant_id, period)
             late += units.get(metric, 0)
+            if period == last:
+                return late
             period = period.next()
-        return late
 
     def _range(self, start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
         now = self._clock()
