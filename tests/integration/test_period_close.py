@@ -375,3 +375,26 @@ async def test_with_stripe_configured_every_invoice_of_the_period_is_queued_once
     invoices_of_october = [i for rows_ in (await _invoices(engine)).values() for i, *_ in rows_]
     assert sorted(rows) == sorted(invoices_of_october)
     assert len(rows) == len(october.billed) + 1  # the late tenant has two
+
+
+async def test_a_tenant_that_cannot_be_closed_keeps_the_run_open_for_a_retry(
+    engine: AsyncEngine, stack: Starter, tmp_path: Path
+) -> None:
+    setup = await stack("setup", None)
+    october = await _october(engine, setup)
+    store = SqlTenantStore(engine, clock=lambda: datetime(2026, 9, 1, tzinfo=UTC))
+    orphan = (await store.create(name="orphan", plan="retired")).id  # not in the plans file
+    plans = tmp_path / "retry-plans.yaml"
+    plans.write_text(PLANS)
+    settings = dataclasses.replace(setup.runtime.settings, plans_path=plans)
+    options = CloseOptions(clock=lambda: NOW)
+    report = await close_period(settings, OCTOBER, dry_run=False, options=options)
+    assert report.status == "incomplete"
+    failed = [t for t in report.tenants if t.tenant_id == orphan]
+    assert [t.outcome for t in failed] == ["failed"] and "retired" in failed[0].detail
+    assert await _run_state(engine) == ("running", 1)  # open: the next check retries
+    assert sorted(await _recorded(engine)) == sorted(october.billed)  # the others are closed
+    _assert_exactly_once(october, await _invoices(engine))
+    retried = await close_period(settings, OCTOBER, dry_run=False, options=options)
+    assert (retried.status, retried.run) == ("incomplete", 1)  # the same run, continued
+    assert [t.tenant_id for t in retried.tenants] == [orphan]  # only what was left

@@ -168,7 +168,9 @@ class PeriodCloser:
             result.tenants.append(tenant)
             if report is not None:
                 report(tenant)
-        if result.status == "done" and not await self._ledger.finish(run, now=self._clock()):
+        if result.status == "incomplete":
+            await self._ledger.release(run, now=self._clock())
+        elif not await self._ledger.finish(run, now=self._clock()):
             result.status = "lease_lost"
         return result
 

@@ -84,7 +84,7 @@ class CloseLedger(Protocol):
         self, period: Period, owner: str, *, now: datetime, lease_until: datetime, restart: bool
     ) -> CloseRun | None:
         """Hold the period's run until ``lease_until``: start it (run 1) if it has none; take
-        it over if its lease expired before ``now``; with ``restart``, start the next run of a
+        it over if its lease ended by ``now``; with ``restart``, start the next run of a
         finished period. A finished period without ``restart`` is returned as it is (DONE).
         None while another attempt holds an unexpired lease."""
         ...
@@ -109,6 +109,11 @@ class CloseLedger(Protocol):
 
     async def finish(self, run: CloseRun, *, now: datetime) -> bool:
         """Mark the run done; False if the attempt no longer holds it."""
+        ...
+
+    async def release(self, run: CloseRun, *, now: datetime) -> bool:
+        """End the attempt's lease, leaving the run open (a tenant failed): the next attempt,
+        from any replica or the command, continues it at once."""
         ...
 
     async def candidates(

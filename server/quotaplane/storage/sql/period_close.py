@@ -89,6 +89,10 @@ class SqlCloseLedger(SqlStore):
         async with self._transaction() as conn:
             return await _fenced(conn, run, state=RunState.DONE.value, finished_at=now)
 
+    async def release(self, run: CloseRun, *, now: datetime) -> bool:
+        async with self._transaction() as conn:
+            return await _fenced(conn, run, lease_until=now)
+
     async def candidates(
         self, period: Period, *, after: str | None, limit: int
     ) -> list[CloseCandidate]:
@@ -147,7 +151,7 @@ async def _claim(
         values["finished_at"] = None
         condition = sa.and_(same_run, runs.state == RunState.DONE.value)
     else:
-        free = sa.or_(runs.lease_until < now, runs.owner == owner)
+        free = sa.or_(runs.lease_until <= now, runs.owner == owner)
         condition = sa.and_(same_run, runs.state == RunState.RUNNING.value, free)
     changed = await conn.execute(billing_close_runs.update().where(condition).values(**values))
     if changed.rowcount != 1:
