@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 
+import grpc
 import pytest
 import sqlalchemy as sa
 
@@ -185,3 +186,20 @@ async def test_a_supplementary_invoice_is_queued_for_stripe_under_its_own_id(
         rows = {row.invoice_id: row.idempotency_base for row in await conn.execute(query)}
     assert rows[first.id] == f"qp-invoice-{first.id}"
     assert rows[second.id] == f"qp-invoice-{second.id}"
+
+
+async def test_an_invoice_with_supplementary_invoices_is_not_voided_before_them(
+    server: BillingServer,
+) -> None:
+    tenant = await server.tenant("growth")
+    await _admitted(server, tenant, 10)
+    first = await server.invoice(tenant, this_period(), **FINAL)
+    await _admitted(server, tenant, 10)
+    second = await server.invoice(tenant, this_period(), **FINAL)
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await server.admin.VoidInvoice(admin_pb2.VoidInvoiceRequest(invoice_id=first.id))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert second.id in (refused.value.details() or "")
+    await server.admin.VoidInvoice(admin_pb2.VoidInvoiceRequest(invoice_id=second.id))
+    voided = await server.admin.VoidInvoice(admin_pb2.VoidInvoiceRequest(invoice_id=first.id))
+    assert voided.status == types_pb2.Invoice.VOID

@@ -180,7 +180,8 @@ class InvoicePage:
 class InvoiceAdmin:
     """ListInvoices, GetInvoice, VoidInvoice.
 
-    Voiding is allowed for drafts and finalized invoices that were never queued for Stripe. A
+    Voiding is allowed for drafts and finalized invoices that were never queued for Stripe and
+    have no supplementary invoice after them (void those first). A
     paid invoice, or one queued for or pushed to Stripe, is FAILED_PRECONDITION: Stripe holds
     it (or the outbox is about to push it), so it must be voided or refunded in Stripe.
     Voiding a void invoice answers it unchanged (a retried void must not fail). After a void,
@@ -245,6 +246,7 @@ class InvoiceAdmin:
             raise FailedPrecondition(
                 f"invoice {invoice.id} is paid and cannot be voided; refund it in Stripe instead"
             )
+        await self._no_supplements(invoice)
         if invoice.stripe_invoice_id or await self._invoices.queued_for_stripe(invoice.id):
             raise FailedPrecondition(
                 f"invoice {invoice.id} is queued for or pushed to Stripe; "
@@ -257,6 +259,21 @@ class InvoiceAdmin:
             )
         log.info("invoice voided", extra={"invoice_id": invoice.id, "reason": reason})
         return voided
+
+    async def _no_supplements(self, invoice: StoredInvoice) -> None:
+        """A supplementary invoice bills on top of the one it supplements (late_usage.py):
+        voiding that one first would leave the base fee and the earlier units unbilled."""
+        period = Period.parse(invoice.period)
+        later = [
+            i.id
+            for i in await self._invoices.period_invoices(invoice.tenant_id, period)
+            if i.supplement > invoice.supplement
+        ]
+        if later:
+            raise FailedPrecondition(
+                f"invoice {invoice.id} has supplementary invoices ({', '.join(later)}); "
+                "void those first"
+            )
 
     async def _known_tenant(self, tenant_id: str) -> str:
         tenant_id = parse_tenant_id(tenant_id)
