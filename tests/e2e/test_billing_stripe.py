@@ -49,6 +49,12 @@ plans:
     metrics:
       requests: {charge: {model: per_unit, unit_price: "0.001"}}
       rating.bulk: {charge: {model: per_unit, unit_price: "0.002"}}
+  bulk:
+    metrics:
+      requests:
+        charge:
+          model: volume
+          tiers: [{up_to: 1000, unit_price: "0.10"}, {up_to: null, unit_price: "0.01"}]
 """,
     "test",
 )
@@ -251,17 +257,25 @@ async def _post(port: int, body: bytes, signature: str) -> int:
     return await asyncio.to_thread(send)
 
 
+@pytest.mark.parametrize(
+    ("plan", "totals"),
+    [
+        ("pro", [4900 + 100, 23]),  # 1,234 x 0.001 = 1.23 in all, the base fee once
+        ("bulk", [10000, -8766]),  # volume: 1,234 x 0.01 = 12.34 < 1,000 x 0.10: a credit
+    ],
+)
 async def test_a_supplementary_invoice_is_pushed_as_an_invoice_of_its_own(
-    billing: Billing,
+    billing: Billing, plan: str, totals: list[int]
 ) -> None:
     store = SqlTenantStore(billing.engine, clock=lambda: datetime(2026, 9, 1, tzinfo=UTC))
-    tenant = await store.create(name="Late", plan="pro")
+    tenant = await store.create(name="Late", plan=plan)
     usage = SqlUsageLedger(billing.engine)
     at = datetime(2026, 10, 5, 10, tzinfo=UTC)
 
     async def admitted(flush_id: str, units: int) -> None:
         hour = (HourlyUsage("requests", at, units),)
-        assert await usage.apply_flush(PendingFlush(flush_id, tenant.id, hour))
+        flush = PendingFlush(f"{flush_id}-{tenant.id}", tenant.id, hour)  # ids are global
+        assert await usage.apply_flush(flush)
 
     async def generate() -> StoredInvoice:
         def price(rows: Sequence[HourlyUsage], changes: Sequence[PlanChange]) -> PricedInvoice:
@@ -284,7 +298,7 @@ async def test_a_supplementary_invoice_is_pushed_as_an_invoice_of_its_own(
     assert await billing.pusher().run_once() == 2
     pushed = [await SqlInvoiceQueries(billing.engine).get(i.id) for i in (first, second)]
     remotes = [billing.remote(i) for i in pushed if i is not None]
-    assert [r["total"] for r in remotes] == [4900 + 100, 23]  # 1,234 x 0.001 = 1.23 in all
+    assert [r["total"] for r in remotes] == totals
     assert remotes[0]["customer"] == remotes[1]["customer"]
     assert remotes[1]["metadata"] == {
         "invoice_id": second.id,
