@@ -47,6 +47,7 @@ class Settings:
     cache_ttl: timedelta
     shutdown_grace: timedelta
     flush_interval: timedelta
+    billing_grace: timedelta | None
     stripe_api_key: str
     stripe_api_base: str
     stripe_webhook_addr: str

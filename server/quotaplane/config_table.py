@@ -14,6 +14,7 @@ from quotaplane.config_values import (
     parse_addr,
     parse_bool,
     parse_database_url,
+    parse_grace,
     parse_key_prefix,
     parse_log_format,
     parse_log_level,
@@ -226,8 +227,17 @@ CREDENTIALS: tuple[Setting, ...] = (
     ),
 )
 
-# Stripe: the invoice push and the incoming webhooks.
+# Billing: the period close, the Stripe invoice push and the incoming webhooks.
 BILLING: tuple[Setting, ...] = (
+    Setting(
+        "billing_grace",
+        "QUOTAPLANE_BILLING_GRACE",
+        parse_grace,
+        "1h",
+        "Time after a period ends before its invoices are closed (generated, finalized and, "
+        "with Stripe, queued for push) by one replica, so stragglers flush first. off: no "
+        "automatic close (`quotaplane billing close` still works).",
+    ),
     Setting(
         "stripe_api_key",
         "STRIPE_API_KEY",

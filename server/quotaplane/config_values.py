@@ -34,6 +34,13 @@ def parse_positive_duration(text: str) -> timedelta:
     return value
 
 
+def parse_grace(text: str) -> timedelta | None:
+    """The billing grace time: a duration (0 allowed), or ``off`` (no automatic period close)."""
+    if text.strip().lower() == "off":
+        return None
+    return parse_duration(text)
+
+
 def parse_addr(text: str) -> str:
     """host:port with a port in 0..65535 (0 = any free port; IPv6 hosts in brackets)."""
     host, sep, port = text.rpartition(":")

@@ -63,6 +63,9 @@ SHADOW_DENIALS: Final = "quotaplane_shadow_denials"
 SPEND_CAP_DENIALS: Final = "quotaplane_spend_cap_denials"
 METER_EVENTS: Final = "quotaplane_stripe_meter_events"
 RECONCILE_DIFFERENCE: Final = "quotaplane_billing_reconcile_difference"
+CLOSE_INVOICES: Final = "quotaplane_billing_close_invoices"
+CLOSE_DURATION: Final = "quotaplane_billing_close_run_duration_seconds"
+CLOSE_LAST_PERIOD: Final = "quotaplane_billing_close_last_period_end_timestamp_seconds"
 
 # Sub-millisecond to 200 ms in fine steps (the p99 target is 2 ms, the alert fires at 200 ms),
 # then coarse steps for the slow admin and billing calls.
@@ -191,6 +194,17 @@ class _Instruments:
             SPEND_CAP_DENIALS,
             "Requests refused because the month's invoice would exceed the spend cap",
             ["tenant", "metric"],
+            registry=None,
+        )
+        self.close_invoices = Counter(
+            CLOSE_INVOICES, "Invoices finalized or created by the period close", registry=None
+        )
+        self.close_duration = Gauge(
+            CLOSE_DURATION, "Duration of the last finished period close run", registry=None
+        )
+        self.close_last_period = Gauge(
+            CLOSE_LAST_PERIOD,
+            "End of the last period the period close finished (Unix time)",
             registry=None,
         )
 
@@ -327,6 +341,18 @@ class Telemetry:
             raise ValueError("an invoice total is never negative")
         self._metrics.used(self._metrics.invoiced)
         self._metrics.invoiced.labels(currency.upper()).inc(minor_units)
+
+    def record_close_invoice(self) -> None:
+        """The period close finalized or created one invoice."""
+        self._metrics.used(self._metrics.close_invoices)
+        self._metrics.close_invoices.inc()
+
+    def record_close_run(self, period_end: float, seconds: float) -> None:
+        """A period close run finished: its period's end (Unix time) and how long it took."""
+        self._metrics.used(self._metrics.close_duration)
+        self._metrics.used(self._metrics.close_last_period)
+        self._metrics.close_duration.set(seconds)
+        self._metrics.close_last_period.set(period_end)
 
     # -- endpoint and lifecycle -------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,14 +19,18 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from quotaplane.domain.billing.ports import StoredInvoice
-from quotaplane.domain.billing.pricing import price_period
+from quotaplane.domain.billing.invoicing import price_tenant_period
+from quotaplane.domain.billing.late_usage import supplementary_invoice
+from quotaplane.domain.billing.ports import HourlyUsage, PendingFlush, PlanChange, StoredInvoice
+from quotaplane.domain.billing.pricing import PricedInvoice, price_period
 from quotaplane.domain.windows import Period
 from quotaplane.integrations.plans_file import parse_plans
 from quotaplane.integrations.stripe.client import StripeGateway
 from quotaplane.services.invoice_push import InvoicePusher
 from quotaplane.storage.sql import migrate
+from quotaplane.storage.sql.invoice_queries import SqlInvoiceQueries
 from quotaplane.storage.sql.invoices import SqlInvoiceLedger
+from quotaplane.storage.sql.ledger import SqlUsageLedger
 from quotaplane.storage.sql.outbox import SqlPushOutbox
 from quotaplane.storage.sql.tables import invoices, stripe_outbox, tenants
 from quotaplane.storage.sql.tenants import SqlTenantStore
@@ -44,6 +49,12 @@ plans:
     metrics:
       requests: {charge: {model: per_unit, unit_price: "0.001"}}
       rating.bulk: {charge: {model: per_unit, unit_price: "0.002"}}
+  bulk:
+    metrics:
+      requests:
+        charge:
+          model: volume
+          tiers: [{up_to: 1000, unit_price: "0.10"}, {up_to: null, unit_price: "0.01"}]
 """,
     "test",
 )
@@ -244,3 +255,54 @@ async def _post(port: int, body: bytes, signature: str) -> int:
             conn.close()
 
     return await asyncio.to_thread(send)
+
+
+@pytest.mark.parametrize(
+    ("plan", "totals"),
+    [
+        ("pro", [4900 + 100, 23]),  # 1,234 x 0.001 = 1.23 in all, the base fee once
+        ("bulk", [10000, -8766]),  # volume: 1,234 x 0.01 = 12.34 < 1,000 x 0.10: a credit
+    ],
+)
+async def test_a_supplementary_invoice_is_pushed_as_an_invoice_of_its_own(
+    billing: Billing, plan: str, totals: list[int]
+) -> None:
+    store = SqlTenantStore(billing.engine, clock=lambda: datetime(2026, 9, 1, tzinfo=UTC))
+    tenant = await store.create(name="Late", plan=plan)
+    usage = SqlUsageLedger(billing.engine)
+    at = datetime(2026, 10, 5, 10, tzinfo=UTC)
+
+    async def admitted(flush_id: str, units: int) -> None:
+        hour = (HourlyUsage("requests", at, units),)
+        flush = PendingFlush(f"{flush_id}-{tenant.id}", tenant.id, hour)  # ids are global
+        assert await usage.apply_flush(flush)
+
+    async def generate() -> StoredInvoice:
+        def price(rows: Sequence[HourlyUsage], changes: Sequence[PlanChange]) -> PricedInvoice:
+            return price_tenant_period(tenant, PERIOD, PLANS, rows, changes)
+
+        return await billing.ledger.generate(
+            tenant.id,
+            PERIOD,
+            price,
+            finalize_at=datetime.now(UTC),
+            supplement=supplementary_invoice,
+        )
+
+    await admitted("f1", 1000)
+    first = await generate()
+    await admitted("f2", 234)  # a straggler flushed after the period closed
+    second = await generate()
+    for invoice in (first, second):
+        await billing.ledger.enqueue_push(invoice.id)
+    assert await billing.pusher().run_once() == 2
+    pushed = [await SqlInvoiceQueries(billing.engine).get(i.id) for i in (first, second)]
+    remotes = [billing.remote(i) for i in pushed if i is not None]
+    assert [r["total"] for r in remotes] == totals
+    assert remotes[0]["customer"] == remotes[1]["customer"]
+    assert remotes[1]["metadata"] == {
+        "invoice_id": second.id,
+        "tenant_id": tenant.id,
+        "period": "2026-10",
+        "supplements_invoice_id": first.id,
+    }

@@ -24,7 +24,9 @@ def runtime_settings(
     database_url: str,
     **overrides: Any,
 ) -> Settings:
-    """Any free port, a data dir under ``tmp_path``, a key prefix no other test shares."""
+    """Any free port, a data dir under ``tmp_path``, a key prefix no other test shares; no
+    automatic period close unless asked (it would close last month under other tests)."""
+    overrides.setdefault("billing_grace", None)
     return Settings.defaults(
         grpc_addr="127.0.0.1:0",
         authz_http_addr="127.0.0.1:0",

@@ -20,11 +20,12 @@ import sqlalchemy as sa
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from quotaplane.app.runtime import Runtime
+from quotaplane.app.wiring import CloseOptions
 from quotaplane.config import Settings
 from quotaplane.storage.sql import migrate
 from quotaplane.storage.sql.tables import usage_hourly
 from quotaplane.storage.sql.tenants import SqlTenantStore
-from quotaplane_client.v1 import quota_pb2, quota_pb2_grpc, types_pb2
+from quotaplane_client.v1 import admin_pb2_grpc, quota_pb2, quota_pb2_grpc, types_pb2
 from tests.harness.tokens import token_channel
 
 PLANS = """
@@ -49,6 +50,7 @@ plans:
 class BillingServer:
     runtime: Runtime
     stub: quota_pb2_grpc.QuotaServiceStub
+    admin: admin_pb2_grpc.AdminServiceStub
 
     async def tenant(self, plan: str = "growth", *, created_at: datetime | None = None) -> str:
         """A new tenant; ``created_at`` in the past makes it a customer of earlier periods."""
@@ -137,10 +139,15 @@ async def billing_server(
     key_prefix: str,
     database_url: str,
     flush_interval: timedelta = timedelta(hours=1),
+    close: CloseOptions | None = None,
     **overrides: Any,
 ) -> AsyncIterator[BillingServer]:
     plans = tmp_path / "plans.yaml"
     plans.write_text(PLANS)
+    # No automatic period close unless a test asks: it would finalize last month's invoices
+    # of the long-ago tenants these tests record usage for.
+    overrides.setdefault("billing_grace", None)
+    overrides.setdefault("redis_key_prefix", f"{key_prefix}:b{uuid.uuid4().hex[:8]}")
     settings = Settings.defaults(
         grpc_addr="127.0.0.1:0",
         authz_http_addr="127.0.0.1:0",
@@ -149,13 +156,16 @@ async def billing_server(
         data_dir=tmp_path / "data",
         plans_path=plans,
         admin_token="billing-test-token",
-        redis_key_prefix=f"{key_prefix}:b{uuid.uuid4().hex[:8]}",
         redis_timeout=timedelta(seconds=2),
         flush_interval=flush_interval,
         metrics_addr="off",
         **overrides,
     )
-    async with Runtime(settings) as runtime:
+    async with Runtime(settings, close=close) as runtime:
         assert runtime.grpc is not None
         async with token_channel(f"127.0.0.1:{runtime.grpc.port}", runtime.tokens) as channel:
-            yield BillingServer(runtime, quota_pb2_grpc.QuotaServiceStub(channel))
+            yield BillingServer(
+                runtime,
+                quota_pb2_grpc.QuotaServiceStub(channel),
+                admin_pb2_grpc.AdminServiceStub(channel),
+            )

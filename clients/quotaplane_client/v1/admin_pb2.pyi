@@ -600,6 +600,7 @@ class GetUsageResponse(_message.Message):
     TOTAL_FIELD_NUMBER: _builtins.int
     UNFLUSHED_FIELD_NUMBER: _builtins.int
     SHADOW_DENIALS_FIELD_NUMBER: _builtins.int
+    NOT_YET_BILLED_FIELD_NUMBER: _builtins.int
     tenant_id: _builtins.str
     """Tenant UUID."""
     metric: _builtins.str
@@ -608,6 +609,11 @@ class GetUsageResponse(_message.Message):
     """Sum of the buckets."""
     unflushed: _builtins.int
     """Units admitted but not yet flushed to the ledger, included in the last bucket."""
+    not_yet_billed: _builtins.int
+    """Late units not yet billed: usage of the metric in the range's periods whose invoice is
+    finalized, beyond what the period's invoices carry. GenerateInvoice for such a period
+    bills them on a supplementary invoice.
+    """
     @_builtins.property
     def buckets(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageBucketTotal]:
         """Non-empty buckets in time order."""
@@ -625,10 +631,11 @@ class GetUsageResponse(_message.Message):
         total: _builtins.int = ...,
         unflushed: _builtins.int = ...,
         shadow_denials: _abc.Iterable[Global___ShadowDenials] | None = ...,
+        not_yet_billed: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["buckets", b"buckets", "metric", b"metric", "shadow_denials", b"shadow_denials", "tenant_id", b"tenant_id", "total", b"total", "unflushed", b"unflushed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["buckets", b"buckets", "metric", b"metric", "not_yet_billed", b"not_yet_billed", "shadow_denials", b"shadow_denials", "tenant_id", b"tenant_id", "total", b"total", "unflushed", b"unflushed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -698,25 +705,67 @@ class ListInvoicesResponse(_message.Message):
 
     INVOICES_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    LATE_USAGE_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
     """Token for the next page; empty on the last page."""
     @_builtins.property
     def invoices(self) -> _containers.RepeatedCompositeFieldContainer[_types_pb2.Invoice]:
         """One page of invoices."""
 
+    @_builtins.property
+    def late_usage(self) -> _containers.RepeatedCompositeFieldContainer[Global___LateUsage]:
+        """Late usage not yet billed, for each (tenant, period, metric) of the invoices on this page
+        whose period has a finalized invoice: GenerateInvoice bills it on a supplementary invoice.
+        """
+
     def __init__(
         self,
         *,
         invoices: _abc.Iterable[_types_pb2.Invoice] | None = ...,
         next_page_token: _builtins.str = ...,
+        late_usage: _abc.Iterable[Global___LateUsage] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["invoices", b"invoices", "next_page_token", b"next_page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invoices", b"invoices", "late_usage", b"late_usage", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListInvoicesResponse: _TypeAlias = ListInvoicesResponse  # noqa: Y015
+
+@_typing.final
+class LateUsage(_message.Message):
+    """Units of a frozen period that no invoice carries yet."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TENANT_ID_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    QUANTITY_FIELD_NUMBER: _builtins.int
+    tenant_id: _builtins.str
+    """Tenant UUID."""
+    period: _builtins.str
+    """Billing period "YYYY-MM"."""
+    metric: _builtins.str
+    """Metric."""
+    quantity: _builtins.int
+    """Units not yet billed."""
+    def __init__(
+        self,
+        *,
+        tenant_id: _builtins.str = ...,
+        period: _builtins.str = ...,
+        metric: _builtins.str = ...,
+        quantity: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["metric", b"metric", "period", b"period", "quantity", b"quantity", "tenant_id", b"tenant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LateUsage: _TypeAlias = LateUsage  # noqa: Y015
 
 @_typing.final
 class GetInvoiceRequest(_message.Message):

@@ -433,6 +433,8 @@ class Invoice(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     FINALIZED_AT_FIELD_NUMBER: _builtins.int
     LAST_ERROR_FIELD_NUMBER: _builtins.int
+    SUPPLEMENTS_INVOICE_ID_FIELD_NUMBER: _builtins.int
+    SUPPLEMENT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """UUID of the invoice."""
     tenant_id: _builtins.str
@@ -457,6 +459,12 @@ class Invoice(_message.Message):
     """Id of the voided invoice this one replaces; empty for version 1."""
     last_error: _builtins.str
     """Last permanent error from the Stripe push, if any; empty when fine."""
+    supplements_invoice_id: _builtins.str
+    """For a supplementary invoice (late usage of a frozen period): the id of the invoice it
+    supplements (the period's first). Empty for the primary invoice.
+    """
+    supplement: _builtins.int
+    """0 for the period's primary invoice; 1, 2, ... for its supplementary invoices."""
     @_builtins.property
     def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___InvoiceLine]:
         """Lines in display order."""
@@ -487,10 +495,12 @@ class Invoice(_message.Message):
         created_at: _timestamp_pb2.Timestamp | None = ...,
         finalized_at: _timestamp_pb2.Timestamp | None = ...,
         last_error: _builtins.str = ...,
+        supplements_invoice_id: _builtins.str = ...,
+        supplement: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finalized_at", b"finalized_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "currency", b"currency", "finalized_at", b"finalized_at", "id", b"id", "last_error", b"last_error", "lines", b"lines", "period", b"period", "replaces_invoice_id", b"replaces_invoice_id", "status", b"status", "stripe_invoice_id", b"stripe_invoice_id", "subtotal", b"subtotal", "tenant_id", b"tenant_id", "total", b"total", "total_minor", b"total_minor", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "currency", b"currency", "finalized_at", b"finalized_at", "id", b"id", "last_error", b"last_error", "lines", b"lines", "period", b"period", "replaces_invoice_id", b"replaces_invoice_id", "status", b"status", "stripe_invoice_id", b"stripe_invoice_id", "subtotal", b"subtotal", "supplement", b"supplement", "supplements_invoice_id", b"supplements_invoice_id", "tenant_id", b"tenant_id", "total", b"total", "total_minor", b"total_minor", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -35,7 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from quotaplane.app.credentials import Tokens, resolve_tokens
 from quotaplane.app.embedded import start_embedded
 from quotaplane.app.shutdown import push_bounded
-from quotaplane.app.wiring import Connections, Loop, Replica, build_replica
+from quotaplane.app.wiring import CloseOptions, Connections, Loop, Replica, build_replica
 from quotaplane.config import Settings
 from quotaplane.domain.plans.registry import PlanRegistry
 from quotaplane.integrations.plans_file import load_plans
@@ -86,8 +86,10 @@ class Running:
 class Runtime:
     """Everything ``quotaplane serve`` runs, as one async context manager."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, close: CloseOptions | None = None) -> None:
+        """``close``: the period close's clock and hooks (tests control them)."""
         self.settings = settings
+        self._close = close or CloseOptions()
         self._running: Running | None = None
         self._stack = contextlib.AsyncExitStack()
 
@@ -148,7 +150,7 @@ class Runtime:
         telemetry, metrics_port = await self._start_telemetry()
         storage = await self._start_storage()
         connections = self._connect(storage)
-        replica = build_replica(self.settings, connections, plans, telemetry)
+        replica = build_replica(self.settings, connections, plans, telemetry, close=self._close)
         # Warm: the first request must not wait for a poll interval to know its tenant or key.
         await replica.directory.refresh()
         await replica.api_keys.refresh()

@@ -14,8 +14,9 @@ used) -> ``RedisCounterStore`` (the atomic Lua script).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -30,7 +31,7 @@ from quotaplane.domain.billing.usage_events import UsageRecorder
 from quotaplane.domain.plans.model import PlanCatalog
 from quotaplane.domain.plans.registry import PlanAdmin, PlanRegistry
 from quotaplane.domain.quota.decisions import Decision, DecisionCode, QuotaRequest
-from quotaplane.domain.quota.engine import QuotaEngine
+from quotaplane.domain.quota.engine import QuotaEngine, utc_now
 from quotaplane.domain.quota.exhausted import ExhaustedQuotaCache
 from quotaplane.domain.quota.gateway import Gateway
 from quotaplane.domain.quota.ports import CounterStore, TenantLookup
@@ -43,6 +44,12 @@ from quotaplane.services.invoice_push import InvoicePusher
 from quotaplane.services.key_cache import ApiKeyCache
 from quotaplane.services.meter_reporter import MeterReporter
 from quotaplane.services.notifier import Notifier
+from quotaplane.services.period_close import (
+    DEFAULT_INTERVAL,
+    DEFAULT_LEASE,
+    CloseObserver,
+    PeriodCloser,
+)
 from quotaplane.services.tenant_directory import TenantDirectory
 from quotaplane.services.usage_flusher import UsageFlusher, UsageTrackingCounters
 from quotaplane.storage.redis.client import CommandPipe, RedisClient
@@ -56,6 +63,7 @@ from quotaplane.storage.sql.ledger import SqlUsageLedger
 from quotaplane.storage.sql.meters import SqlMeterOutbox
 from quotaplane.storage.sql.notifications import SqlNotificationStore
 from quotaplane.storage.sql.outbox import SqlPushOutbox
+from quotaplane.storage.sql.period_close import SqlCloseLedger
 from quotaplane.storage.sql.tenant_queries import SqlTenantQueries
 from quotaplane.storage.sql.tenants import SqlTenantStore
 from quotaplane.telemetry import Telemetry
@@ -88,6 +96,7 @@ class Stores:
     outbox: SqlPushOutbox
     notifications: SqlNotificationStore
     meters: SqlMeterOutbox
+    close: SqlCloseLedger
     month_counters: RedisQuotaCounters  # usage recorded elsewhere, charged to the quota
     unflushed: RedisUnflushedUsage  # admitted usage the ledger has not taken yet
     shadow: RedisShadowDenials  # what shadow limits would have refused (GetUsage)
@@ -105,6 +114,7 @@ def stores(settings: Settings, connections: Connections) -> Stores:
         outbox=SqlPushOutbox(database),
         notifications=SqlNotificationStore(database),
         meters=SqlMeterOutbox(database),
+        close=SqlCloseLedger(database),
         month_counters=RedisQuotaCounters(connections.redis, key_prefix=prefix),
         unflushed=RedisUnflushedUsage(connections.redis, key_prefix=prefix),
         shadow=RedisShadowDenials(connections.redis, key_prefix=prefix),
@@ -211,8 +221,66 @@ def usage_flusher(
     )
 
 
+@dataclass(frozen=True)
+class CloseOptions:
+    """How the period close runs; tests pass a clock they control and a slowing hook."""
+
+    clock: Callable[[], datetime] = utc_now
+    on_tenant: Callable[[str], Awaitable[None]] | None = None
+    interval: timedelta = DEFAULT_INTERVAL
+    lease: timedelta = DEFAULT_LEASE
+
+
+def period_closer(
+    settings: Settings,
+    stored: Stores,
+    tenants: TenantLookup,
+    plans: Callable[[], PlanCatalog],
+    flusher: UsageFlusher,
+    *,
+    telemetry: Telemetry | None = None,
+    options: CloseOptions = CloseOptions(),
+) -> PeriodCloser:
+    """The period close of ``services/period_close.py`` over this replica's stores."""
+    invoices = InvoiceService(
+        tenants=tenants,
+        plans=plans,
+        invoices=stored.invoices,
+        flush=flusher.flush_tenant,
+        clock=options.clock,
+        on_finalized=_record_finalized(telemetry) if telemetry else None,
+    )
+    observer = CloseObserver(
+        invoice_closed=telemetry.record_close_invoice if telemetry else None,
+        run_finished=(
+            (lambda period, seconds: telemetry.record_close_run(period.end.timestamp(), seconds))
+            if telemetry
+            else None
+        ),
+    )
+    return PeriodCloser(
+        stored.close,
+        invoices,
+        stored.invoices,
+        stored.usage,
+        plans,
+        grace=settings.billing_grace or timedelta(0),
+        push_to_stripe=bool(settings.stripe_api_key),
+        clock=options.clock,
+        interval=options.interval,
+        lease=options.lease,
+        observer=observer,
+        on_tenant=options.on_tenant,
+    )
+
+
 def build_replica(
-    settings: Settings, connections: Connections, plans: PlanRegistry, telemetry: Telemetry
+    settings: Settings,
+    connections: Connections,
+    plans: PlanRegistry,
+    telemetry: Telemetry,
+    *,
+    close: CloseOptions = CloseOptions(),
 ) -> Replica:
     """Stores, caches, use cases, loops and servicers of one replica, wired and not started."""
     stored = stores(settings, connections)
@@ -251,7 +319,13 @@ def build_replica(
         claims=directory if settings.jwt_tenant_claim else None,
     )
     queries = stored.tenant_queries
-    reports = UsageReports(tenants, stored.usage, flush=flusher.flush_tenant, shadow=stored.shadow)
+    reports = UsageReports(
+        tenants,
+        stored.usage,
+        flush=flusher.flush_tenant,
+        shadow=stored.shadow,
+        invoices=stored.invoice_queries,
+    )
     servicers = Servicers(
         quota=QuotaServicer(engine, usage=usage, invoices=invoices),
         admin=AdminServicer(
@@ -259,7 +333,7 @@ def build_replica(
             keys=ApiKeyAdmin(stored.keys, tenants),
             plans=PlanAdmin(plans, queries),
             usage=reports,
-            invoices=InvoiceAdmin(tenants, stored.invoice_queries),
+            invoices=InvoiceAdmin(tenants, stored.invoice_queries, stored.usage),
         ),
         authz=AuthorizationServicer(gateway, jwt_tenant_claim=settings.jwt_tenant_claim),
     )
@@ -270,6 +344,7 @@ def build_replica(
         *_stripe_push(settings, stored, telemetry),
         *_meter_reporter(settings, stored, plans, telemetry),
         *([Loop("quota notifier", notifier.run)] if notifier else []),
+        *_period_close(settings, stored, directory, plans, flusher, telemetry, close),
     ]
     return Replica(
         plans=plans,
@@ -294,6 +369,24 @@ def build_replica(
         servicers=servicers,
         loops=tuple(loops),
     )
+
+
+def _period_close(
+    settings: Settings,
+    stored: Stores,
+    tenants: TenantLookup,
+    plans: Callable[[], PlanCatalog],
+    flusher: UsageFlusher,
+    telemetry: Telemetry,
+    options: CloseOptions,
+) -> Sequence[Loop]:
+    """The period close loop, unless QUOTAPLANE_BILLING_GRACE=off."""
+    if settings.billing_grace is None:
+        return ()
+    closer = period_closer(
+        settings, stored, tenants, plans, flusher, telemetry=telemetry, options=options
+    )
+    return (Loop("period close", closer.run),)
 
 
 def _http_authz(settings: Settings, gateway: Gateway, telemetry: Telemetry) -> HttpAuthz | None:
@@ -350,6 +443,7 @@ def _payment_webhooks(settings: Settings, stored: Stores) -> PaymentWebhooks | N
 
 def _record_finalized(telemetry: Telemetry) -> Callable[[StoredInvoice], None]:
     def record(invoice: StoredInvoice) -> None:
-        telemetry.record_invoice_total(invoice.currency, invoice.total_minor)
+        if invoice.total_minor >= 0:  # a supplementary invoice may be a credit (late_usage.py)
+            telemetry.record_invoice_total(invoice.currency, invoice.total_minor)
 
     return record

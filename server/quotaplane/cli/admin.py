@@ -216,6 +216,8 @@ def usage_show(args: argparse.Namespace, c: QuotaplaneClient) -> int:
     emit(args, usage, usage.buckets, BUCKET)
     if not args.json:
         pending = f"{usage.unflushed:,} not yet in the ledger"
+        if usage.not_yet_billed:  # late usage of a finalized period (a supplementary invoice)
+            pending += f", {usage.not_yet_billed:,} late, not yet billed"
         print(f"total {usage.total:,} {usage.metric} ({pending})")
         for shadow in usage.shadow_denials:
             print(f"shadow limit {shadow.limit}: would have refused {shadow.count:,}")
@@ -231,6 +233,12 @@ def invoices_list(args: argparse.Namespace, c: QuotaplaneClient) -> int:
     )
     page = c.admin_call("ListInvoices", req)
     emit(args, page, page.invoices, INVOICE)
+    if not args.json:
+        for late in page.late_usage:  # GenerateInvoice bills it on a supplementary invoice
+            print(
+                f"late usage not yet billed: tenant {late.tenant_id} {late.period} "
+                f"{late.quantity:,} {late.metric}"
+            )
     return 0
 
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from quotaplane.cli import admin as cli_admin
+from quotaplane.cli import billing_close as cli_billing_close
 from quotaplane.cli import billing_reconcile as cli_billing_reconcile
 from quotaplane.cli import health as cli_health
 from quotaplane.config import ConfigError, Settings, load_settings
@@ -29,6 +30,8 @@ EPILOG = """\
 commands by what they need:
   on this machine:   serve, db, settings, plans validate
   ledger and Stripe: billing reconcile
+  on the ledger (QUOTAPLANE_DATABASE_URL, QUOTAPLANE_REDIS_URL):
+                     billing close
   admin commands (a running server, --target HOST:PORT, and the admin token from
   --admin-token, QUOTAPLANE_ADMIN_TOKEN or <data dir>/admin-token):
                      tenants, keys, usage, invoices, plans list, plans reload
@@ -260,6 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     billing_commands = billing.add_subparsers(
         dest="billing_command", required=True, metavar="COMMAND"
     )
+    cli_billing_close.register(billing_commands)
     cli_billing_reconcile.register(billing_commands)
 
     settings = commands.add_parser("settings", help="list every setting, its variable and default")

@@ -7,14 +7,16 @@ code wrote, and voids invoices that Stripe does not hold yet.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from quotaplane.domain.billing.late_usage import late_units, ledger_units
 from quotaplane.domain.billing.ports import (
     HourlyUsage,
     InvoiceFilter,
     InvoiceQueries,
+    PeriodInvoices,
     ShadowDenialCounts,
     StoredInvoice,
     UsageHistory,
@@ -55,6 +57,28 @@ class UsageReport:
     # Per shadow limit of the metric ("<metric>/<window>", by name): admitted requests in the
     # range's hours that it would have refused.
     shadow_denials: tuple[tuple[str, int], ...] = ()
+    not_yet_billed: int = 0  # late units of the range's frozen periods (late_usage.py)
+
+
+@dataclass(frozen=True)
+class LateUsage:
+    """Units of a frozen period that no invoice carries yet."""
+
+    tenant_id: str
+    period: str
+    metric: str
+    quantity: int
+
+
+async def period_late_units(
+    invoices: PeriodInvoices, usage: UsageHistory, tenant_id: str, period: Period
+) -> dict[str, int]:
+    """The period's late units per metric (empty while it has no frozen invoice)."""
+    billed = await invoices.period_invoices(tenant_id, period)
+    if not any(invoice.frozen for invoice in billed):
+        return {}
+    rows = await usage.usage(tenant_id, period.start, period.end)
+    return late_units(ledger_units(rows), billed)
 
 
 class UsageReports:
@@ -74,12 +98,14 @@ class UsageReports:
         flush: Callable[[str], Awaitable[int]] | None = None,
         clock: Callable[[], datetime] = _utc_now,
         shadow: ShadowDenialCounts | None = None,
+        invoices: InvoiceQueries | None = None,
     ) -> None:
         self._tenants = tenants
         self._ledger = ledger
         self._flush = flush
         self._clock = clock
         self._shadow = shadow
+        self._invoices = invoices
 
     async def usage(
         self,
@@ -103,13 +129,28 @@ class UsageReports:
         shadow = {}
         if self._shadow is not None:
             shadow = await self._shadow.counts(tenant_id, metric, first_hour, end)
+        late = await self._not_yet_billed(tenant_id, metric, start, end)
         return UsageReport(
             tenant_id,
             metric,
             buckets,
             sum(b.quantity for b in buckets),
             shadow_denials=tuple(sorted(shadow.items())),
+            not_yet_billed=late,
         )
+
+    async def _not_yet_billed(
+        self, tenant_id: str, metric: str, start: datetime, end: datetime
+    ) -> int:
+        if self._invoices is None:
+            return 0
+        late, period, last = 0, Period.of(start), Period.of(end - timedelta(microseconds=1))
+        while True:
+            units = await period_late_units(self._invoices, self._ledger, tenant_id, period)
+            late += units.get(metric, 0)
+            if period == last:
+                return late
+            period = period.next()
 
     def _range(self, start: datetime | None, end: datetime | None) -> tuple[datetime, datetime]:
         now = self._clock()
@@ -148,12 +189,14 @@ def bucket_totals(rows: Iterable[HourlyUsage], bucket: Window) -> list[UsageTota
 class InvoicePage:
     invoices: list[StoredInvoice]
     next_page_token: str
+    late_usage: Sequence[LateUsage] = ()
 
 
 class InvoiceAdmin:
     """ListInvoices, GetInvoice, VoidInvoice.
 
-    Voiding is allowed for drafts and finalized invoices that were never queued for Stripe. A
+    Voiding is allowed for drafts and finalized invoices that were never queued for Stripe and
+    have no supplementary invoice after them (void those first). A
     paid invoice, or one queued for or pushed to Stripe, is FAILED_PRECONDITION: Stripe holds
     it (or the outbox is about to push it), so it must be voided or refunded in Stripe.
     Voiding a void invoice answers it unchanged (a retried void must not fail). After a void,
@@ -161,9 +204,12 @@ class InvoiceAdmin:
     no column for it.
     """
 
-    def __init__(self, tenants: TenantSource, invoices: InvoiceQueries) -> None:
+    def __init__(
+        self, tenants: TenantSource, invoices: InvoiceQueries, usage: UsageHistory | None = None
+    ) -> None:
         self._tenants = tenants
         self._invoices = invoices
+        self._usage = usage
 
     async def list(
         self, *, tenant_id: str, period: str, page_size: int, page_token: str
@@ -182,7 +228,20 @@ class InvoiceAdmin:
             token = Cursor(
                 last.created_at, last.id, token_fields, sort=last.period, listing=_LISTING
             ).encode()
-        return InvoicePage(invoices=page, next_page_token=token)
+        return InvoicePage(page, token, await self._late_usage(page))
+
+    async def _late_usage(self, page: Sequence[StoredInvoice]) -> Sequence[LateUsage]:
+        """Late units of the page's frozen (tenant, period)s, so a list shows what is unbilled."""
+        if self._usage is None:
+            return []
+        keys = dict.fromkeys((i.tenant_id, i.period) for i in page if i.frozen)
+        late: list[LateUsage] = []
+        for tenant_id, period in keys:
+            units = await period_late_units(
+                self._invoices, self._usage, tenant_id, Period.parse(period)
+            )
+            late.extend(LateUsage(tenant_id, period, m, q) for m, q in units.items())
+        return late
 
     async def get(self, invoice_id: str) -> StoredInvoice:
         invoice_id = parse_tenant_id(invoice_id, field_name="invoice_id")
@@ -202,6 +261,7 @@ class InvoiceAdmin:
             raise FailedPrecondition(
                 f"invoice {invoice.id} is paid and cannot be voided; refund it in Stripe instead"
             )
+        await self._no_supplements(invoice)
         if invoice.stripe_invoice_id or await self._invoices.queued_for_stripe(invoice.id):
             raise FailedPrecondition(
                 f"invoice {invoice.id} is queued for or pushed to Stripe; "
@@ -214,6 +274,21 @@ class InvoiceAdmin:
             )
         log.info("invoice voided", extra={"invoice_id": invoice.id, "reason": reason})
         return voided
+
+    async def _no_supplements(self, invoice: StoredInvoice) -> None:
+        """A supplementary invoice bills on top of the one it supplements (late_usage.py):
+        voiding that one first would leave the base fee and the earlier units unbilled."""
+        period = Period.parse(invoice.period)
+        later = [
+            i.id
+            for i in await self._invoices.period_invoices(invoice.tenant_id, period)
+            if i.supplement > invoice.supplement
+        ]
+        if later:
+            raise FailedPrecondition(
+                f"invoice {invoice.id} has supplementary invoices ({', '.join(later)}); "
+                "void those first"
+            )
 
     async def _known_tenant(self, tenant_id: str) -> str:
         tenant_id = parse_tenant_id(tenant_id)

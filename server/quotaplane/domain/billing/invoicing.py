@@ -8,9 +8,13 @@ The rules:
   under the plan in force and the invoice prorates by time (``pricing.py``). Time before the
   tenant's first plan is not billed. An hour of usage is billed under the plan in force at
   the hour's start (usage is aggregated per hour, so a mid-hour change cannot split it).
-- One invoice per (tenant, period) that is not void (a UNIQUE index): concurrent calls end
-  with the same invoice id. A draft is regenerated in place on every call; a finalized (or
-  paid) invoice never changes and is returned as it is.
+- One primary invoice per (tenant, period) that is not void (a UNIQUE index): concurrent
+  calls end with the same invoice id. A draft is regenerated in place on every call; a
+  finalized (or paid) invoice never changes.
+- Once the period has a frozen invoice, usage the ledger has beyond the frozen invoices is
+  late usage (``late_usage.py``): the call creates (or regenerates the draft of) a
+  supplementary invoice that bills it incrementally, once however many replicas ask. Without
+  late usage the period's newest frozen invoice is returned as it is.
 - ``finalize`` freezes the invoice; allowed once the period has ended, or earlier with
   ``force`` (an admin closing a tenant's month early).
 - ``push_to_stripe`` queues a frozen invoice for the Stripe outbox, once however often asked.
@@ -28,6 +32,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from quotaplane.domain.billing.late_usage import supplementary_invoice
 from quotaplane.domain.billing.ports import HourlyUsage, InvoiceLedger, PlanChange, StoredInvoice
 from quotaplane.domain.billing.pricing import PricedInvoice, Segment, price_invoice
 from quotaplane.domain.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -72,21 +77,19 @@ class InvoiceService:
         now = self._clock()
         _check_times(request, period, now)
         tenant = await self._tenants.get(tenant_id)
-        invoice = await self._invoices.open_invoice(tenant_id, period)
-        if invoice is None or not invoice.frozen:
-            if self._flush is not None:
-                await self._flush(tenant_id)
-            finalize_at = now if request.finalize else None
-            catalog = self._plans()
+        if self._flush is not None:
+            await self._flush(tenant_id)
+        finalize_at = now if request.finalize else None
+        catalog = self._plans()
 
-            def price(usage: Sequence[HourlyUsage], changes: Sequence[PlanChange]) -> PricedInvoice:
-                return price_tenant_period(tenant, period, catalog, usage, changes)
+        def price(usage: Sequence[HourlyUsage], changes: Sequence[PlanChange]) -> PricedInvoice:
+            return price_tenant_period(tenant, period, catalog, usage, changes)
 
-            invoice = await self._invoices.generate(
-                tenant_id, period, price, finalize_at=finalize_at
-            )
-            if invoice.finalized_at == finalize_at and finalize_at and self._on_finalized:
-                self._on_finalized(invoice)  # finalized by this call, not an earlier one
+        invoice = await self._invoices.generate(
+            tenant_id, period, price, finalize_at=finalize_at, supplement=supplementary_invoice
+        )
+        if invoice.finalized_at == finalize_at and finalize_at and self._on_finalized:
+            self._on_finalized(invoice)  # finalized by this call, not an earlier one
         if request.push_to_stripe:
             if not invoice.frozen:
                 raise FailedPrecondition(

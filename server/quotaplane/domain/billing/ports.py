@@ -192,6 +192,10 @@ class StoredInvoice:
     total_minor: int
     created_at: datetime
     replaces_invoice_id: str | None = None
+    # A supplementary invoice (late usage, see ``late_usage.py``): the invoice it supplements,
+    # and its number among the period's invoices (0 for the primary invoice).
+    supplements_invoice_id: str | None = None
+    supplement: int = 0
     stripe_invoice_id: str | None = None
     finalized_at: datetime | None = None
     last_error: str | None = None
@@ -203,9 +207,18 @@ class StoredInvoice:
 
 # Prices a period from its hourly usage and the tenant's plan history (pure, no I/O).
 Pricer = Callable[[Sequence[HourlyUsage], Sequence[PlanChange]], PricedInvoice]
+# The late usage of a period: the full pricing and the period's frozen invoices -> the
+# supplementary invoice's pricing, or None when every unit is billed (``late_usage.py``).
+Supplementer = Callable[[PricedInvoice, Sequence[StoredInvoice]], PricedInvoice | None]
 
 
-class InvoiceLedger(Protocol):
+class PeriodInvoices(Protocol):
+    async def period_invoices(self, tenant_id: str, period: Period) -> list[StoredInvoice]:
+        """The period's invoices that are not void, primary first."""
+        ...
+
+
+class InvoiceLedger(PeriodInvoices, Protocol):
     """The ledger's invoice tables."""
 
     async def open_invoice(self, tenant_id: str, period: Period) -> StoredInvoice | None:
@@ -223,9 +236,21 @@ class InvoiceLedger(Protocol):
         ...
 
     async def generate(
-        self, tenant_id: str, period: Period, price: Pricer, *, finalize_at: datetime | None
+        self,
+        tenant_id: str,
+        period: Period,
+        price: Pricer,
+        *,
+        finalize_at: datetime | None,
+        supplement: Supplementer | None = None,
     ) -> StoredInvoice:
         """``save_invoice`` of ``price(usage, plan changes)``, read in the same transaction.
+
+        Once the period has a frozen invoice, ``supplement`` decides: the period's
+        supplementary invoice is created (or its draft regenerated) from what it returns, or,
+        when it returns None (or is None), the newest frozen invoice (or the open
+        supplementary draft) is returned unchanged. Concurrent calls create one
+        supplementary invoice, not two (a UNIQUE index per supplement number).
 
         When finalizing, the transaction holds the tenant against new usage: an event or a
         flush of the tenant commits either before (and is on the invoice) or after (and sees
@@ -369,7 +394,7 @@ class InvoiceFilter:
         return fields
 
 
-class InvoiceQueries(Protocol):
+class InvoiceQueries(PeriodInvoices, Protocol):
     """Invoice reads and the void transition for the admin RPCs."""
 
     async def list_page(

@@ -67,11 +67,12 @@ class StripeGateway:
             "auto_advance": False,
             "collection_method": "charge_automatically",
             "pending_invoice_items_behavior": "exclude",
-            "description": f"quotaplane {invoice.period}",
+            "description": _description(invoice),
             "metadata": {
                 "invoice_id": invoice.id,
                 "tenant_id": invoice.tenant_id,
                 "period": invoice.period,
+                **_supplement_metadata(invoice),
             },
         }
         created = await self._call(
@@ -221,3 +222,15 @@ def webhook_verifier(secret: str) -> Callable[[bytes, str], PaymentEvent]:
         return PaymentEvent(str(event.id), str(event.type), str(invoice_id) if invoice_id else None)
 
     return verify
+
+
+def _description(invoice: StoredInvoice) -> str:
+    if invoice.supplements_invoice_id is None:
+        return f"quotaplane {invoice.period}"
+    return f"quotaplane {invoice.period}, late usage (supplement {invoice.supplement})"
+
+
+def _supplement_metadata(invoice: StoredInvoice) -> dict[str, str]:
+    if invoice.supplements_invoice_id is None:
+        return {}
+    return {"supplements_invoice_id": invoice.supplements_invoice_id}

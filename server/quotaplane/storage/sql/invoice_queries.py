@@ -21,8 +21,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from quotaplane.domain.billing.ports import InvoiceFilter, StoredInvoice
 from quotaplane.domain.billing.statuses import InvoiceStatus
 from quotaplane.domain.paging import MAX_PAGE_SIZE, Cursor
+from quotaplane.domain.windows import Period
 from quotaplane.storage.sql.access import SqlStore, utc_now
-from quotaplane.storage.sql.invoices import load_invoice
+from quotaplane.storage.sql.invoices import load_invoice, period_rows
 from quotaplane.storage.sql.tables import invoices, stripe_outbox
 
 
@@ -65,6 +66,11 @@ class SqlInvoiceQueries(SqlStore):
     async def get(self, invoice_id: str) -> StoredInvoice | None:
         async with self._connection() as conn:
             return await _get(conn, invoice_id)
+
+    async def period_invoices(self, tenant_id: str, period: Period) -> list[StoredInvoice]:
+        async with self._connection() as conn:
+            rows = await period_rows(conn, tenant_id, str(period), lock=False)
+            return [await load_invoice(conn, row) for row in rows]
 
     async def queued_for_stripe(self, invoice_id: str) -> bool:
         query = sa.select(stripe_outbox.c.id).where(stripe_outbox.c.invoice_id == invoice_id)

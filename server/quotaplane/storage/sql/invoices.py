@@ -1,11 +1,14 @@
 """SQL invoice ledger: invoices, their lines, plan history for billing and the Stripe outbox.
 
-One invoice per (tenant, period) that is not void is the partial UNIQUE index
-``uq_invoices_tenant_id_period_open``. ``save_invoice`` runs in one transaction: it locks the
-open invoice (``FOR UPDATE`` on Postgres; SQLite serializes writers), regenerates a draft in
-place (lines replaced) or inserts the first one. Two concurrent first inserts collide on the
-index; the loser retries once and then finds the winner's row, so both calls return one id.
-A finalized or paid invoice is returned untouched.
+A period's invoices that are not void are numbered by ``supplement``: 0 for the primary
+invoice, 1, 2, ... for the supplementary invoices of late usage (``late_usage.py``). The
+partial UNIQUE index ``uq_invoices_tenant_id_period_supplement_open`` keeps one of each, and
+``uq_invoices_tenant_id_period_draft`` at most one draft. ``generate`` runs in one
+transaction: it locks the period's invoices (``FOR UPDATE`` on Postgres; SQLite serializes
+writers), regenerates the draft in place (lines replaced) or inserts the next invoice. Two
+concurrent inserts of the same number collide on the index; the loser retries once and then
+finds the winner's row, so both calls return one id. A finalized or paid invoice is never
+changed.
 
 Amounts are Decimal (``Money`` columns) plus integer minor units; line details (tiers,
 proration, span) are JSON with decimals written as strings, never floats.
@@ -14,7 +17,7 @@ proration, span) are JSON with decimals written as strings, never floats.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -23,7 +26,13 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from quotaplane.domain.billing.ports import HourlyUsage, PlanChange, Pricer, StoredInvoice
+from quotaplane.domain.billing.ports import (
+    HourlyUsage,
+    PlanChange,
+    Pricer,
+    StoredInvoice,
+    Supplementer,
+)
 from quotaplane.domain.billing.pricing import PricedInvoice, PricedLine, TierLine
 from quotaplane.domain.billing.statuses import CLOSED, InvoiceStatus
 from quotaplane.domain.money import round_money
@@ -71,12 +80,18 @@ class SqlInvoiceLedger(SqlStore):
         price: Pricer,
         *,
         finalize_at: datetime | None,
+        supplement: Supplementer | None = None,
     ) -> StoredInvoice:
         try:
-            return await self._generate(tenant_id, period, price, finalize_at)
+            return await self._generate(tenant_id, period, price, finalize_at, supplement)
         except IntegrityError:
             # A concurrent call inserted the period's invoice first: regenerate that one.
-            return await self._generate(tenant_id, period, price, finalize_at)
+            return await self._generate(tenant_id, period, price, finalize_at, supplement)
+
+    async def period_invoices(self, tenant_id: str, period: Period) -> list[StoredInvoice]:
+        async with self._connection() as conn:
+            rows = await period_rows(conn, tenant_id, str(period), lock=False)
+            return [await load_invoice(conn, row) for row in rows]
 
     async def enqueue_push(self, invoice_id: str) -> None:
         now = self._clock()
@@ -108,19 +123,31 @@ class SqlInvoiceLedger(SqlStore):
             return await _store(conn, tenant_id, priced, row, finalize_at, self._clock())
 
     async def _generate(
-        self, tenant_id: str, period: Period, price: Pricer, finalize_at: datetime | None
+        self,
+        tenant_id: str,
+        period: Period,
+        price: Pricer,
+        finalize_at: datetime | None,
+        supplement: Supplementer | None,
     ) -> StoredInvoice:
         async with self._transaction() as conn:
             if finalize_at is not None:
                 await _hold_tenant(conn, tenant_id)
-            row = await _open_row(conn, tenant_id, str(period), lock=True)
-            if row is not None and row["status"] in CLOSED:
-                return await load_invoice(conn, row)
+            rows = await period_rows(conn, tenant_id, str(period), lock=True)
+            draft = next((row for row in rows if row["status"] == InvoiceStatus.DRAFT), None)
+            frozen = [row for row in rows if row["status"] in CLOSED]
+            if frozen and supplement is None:
+                return await load_invoice(conn, frozen[-1])
             usage = await _usage(conn, tenant_id, period)
-            changes = await _plan_changes(conn, tenant_id)
-            return await _store(
-                conn, tenant_id, price(usage, changes), row, finalize_at, self._clock()
-            )
+            priced = price(usage, await _plan_changes(conn, tenant_id))
+            if frozen:
+                assert supplement is not None
+                billed = [await load_invoice(conn, row) for row in frozen]
+                late = supplement(priced, billed)
+                if late is None:
+                    return await load_invoice(conn, draft) if draft else billed[-1]
+                priced = late
+            return await _store(conn, tenant_id, priced, draft, finalize_at, self._clock(), rows)
 
 
 async def _store(
@@ -130,8 +157,10 @@ async def _store(
     row: Mapping[Any, Any] | None,
     finalize_at: datetime | None,
     now: datetime,
+    period_rows: Sequence[Mapping[Any, Any]] = (),
 ) -> StoredInvoice:
-    """Regenerate the open draft ``row`` in place, or insert the period's first invoice."""
+    """Regenerate the open draft ``row`` in place, or insert the period's next invoice: the
+    primary one, or, after ``period_rows`` (its invoices that are not void), a supplement."""
     period = str(priced.period)
     values = _totals(priced, now, finalize_at)
     if row is not None:
@@ -139,11 +168,13 @@ async def _store(
         await conn.execute(invoices.update().where(invoices.c.id == invoice_id).values(values))
         await conn.execute(invoice_lines.delete().where(invoice_lines.c.invoice_id == invoice_id))
     else:
+        if period_rows:
+            values["supplement"] = max(r["supplement"] for r in period_rows) + 1
+            values["supplements_invoice_id"] = period_rows[0]["id"]
         invoice_id = await _insert_invoice(conn, tenant_id, period, values, now)
     await _insert_lines(conn, invoice_id, priced)
-    saved = await _open_row(conn, tenant_id, period, lock=False)
-    assert saved is not None
-    return await load_invoice(conn, saved)
+    saved = (await conn.execute(sa.select(invoices).where(invoices.c.id == invoice_id))).mappings()
+    return await load_invoice(conn, saved.one())
 
 
 async def _hold_tenant(conn: AsyncConnection, tenant_id: str) -> None:
@@ -180,24 +211,38 @@ async def _plan_changes(conn: AsyncConnection, tenant_id: str) -> list[PlanChang
 async def _open_row(
     conn: AsyncConnection, tenant_id: str, period: str, *, lock: bool
 ) -> Mapping[Any, Any] | None:
-    query = sa.select(invoices).where(
-        invoices.c.tenant_id == tenant_id,
-        invoices.c.period == period,
-        invoices.c.status != InvoiceStatus.VOID,
+    """The period's primary invoice that is not void (supplements are ``_period_rows``)."""
+    rows = await period_rows(conn, tenant_id, period, lock=lock)
+    return rows[0] if rows else None
+
+
+async def period_rows(
+    conn: AsyncConnection, tenant_id: str, period: str, *, lock: bool
+) -> list[Mapping[Any, Any]]:
+    """The period's invoices that are not void, primary first."""
+    query = (
+        sa.select(invoices)
+        .where(
+            invoices.c.tenant_id == tenant_id,
+            invoices.c.period == period,
+            invoices.c.status != InvoiceStatus.VOID,
+        )
+        .order_by(invoices.c.supplement)
     )
     if lock:
         query = query.with_for_update()
-    return (await conn.execute(query)).mappings().first()
+    return list((await conn.execute(query)).mappings().all())
 
 
 async def _insert_invoice(
     conn: AsyncConnection, tenant_id: str, period: str, values: dict[str, Any], now: datetime
 ) -> str:
-    """Version 1, or one more than the newest voided invoice of the period, linked to it."""
-    last_void = (
+    """Version 1, or one more than the period's newest invoice; linked to that one when it is
+    void (this invoice replaces it)."""
+    last = (
         (
             await conn.execute(
-                sa.select(invoices.c.id, invoices.c.version)
+                sa.select(invoices.c.id, invoices.c.version, invoices.c.status)
                 .where(invoices.c.tenant_id == tenant_id, invoices.c.period == period)
                 .order_by(invoices.c.version.desc())
                 .limit(1)
@@ -212,8 +257,10 @@ async def _insert_invoice(
             id=invoice_id,
             tenant_id=tenant_id,
             period=period,
-            version=1 if last_void is None else last_void["version"] + 1,
-            replaces_invoice_id=None if last_void is None else last_void["id"],
+            version=1 if last is None else last["version"] + 1,
+            replaces_invoice_id=(
+                last["id"] if last is not None and last["status"] == InvoiceStatus.VOID else None
+            ),
             created_at=now,
             **values,
         )
@@ -295,6 +342,8 @@ async def load_invoice(conn: AsyncConnection, row: Mapping[Any, Any]) -> StoredI
         total_minor=row["total_minor"],
         created_at=row["created_at"],
         replaces_invoice_id=row["replaces_invoice_id"],
+        supplements_invoice_id=row["supplements_invoice_id"],
+        supplement=row["supplement"],
         stripe_invoice_id=row["stripe_invoice_id"],
         finalized_at=row["finalized_at"],
         last_error=row["last_error"],

@@ -234,6 +234,10 @@ invoices = sa.Table(
     sa.Column("version", sa.Integer(), nullable=False, server_default="1"),
     # A voided invoice regenerated for the same period: version + 1, pointing at the old one.
     _id("replaces_invoice_id", nullable=True),
+    # Late usage (domain/billing/late_usage.py): 0 for the period's primary invoice, 1, 2, ...
+    # for the supplementary invoices after it, each linked to the invoice it supplements.
+    sa.Column("supplement", sa.Integer(), nullable=False, server_default="0"),
+    _id("supplements_invoice_id", nullable=True),
     sa.Column("status", sa.String(16), nullable=False, server_default=InvoiceStatus.DRAFT.value),
     sa.Column("currency", sa.String(3), nullable=False),
     sa.Column("subtotal", amount(), nullable=False),
@@ -245,20 +249,33 @@ invoices = sa.Table(
     _at("updated_at"),
     _at("finalized_at", nullable=True),
     sa.ForeignKeyConstraint(["replaces_invoice_id"], ["invoices.id"]),
+    sa.ForeignKeyConstraint(["supplements_invoice_id"], ["invoices.id"]),
     sa.UniqueConstraint("tenant_id", "period", "version"),
     sa.CheckConstraint(
         f"status IN ({', '.join(repr(s.value) for s in InvoiceStatus)})", name="status"
     ),
     sa.CheckConstraint("version >= 1", name="version_positive"),
     sa.CheckConstraint("length(period) = 7", name="period_format"),
-    # At most one invoice per (tenant, period) that is not void: GenerateInvoice's idempotency.
+    sa.CheckConstraint("supplement >= 0", name="supplement_not_negative"),
+    # One primary and one n-th supplementary invoice per (tenant, period) that is not void:
+    # GenerateInvoice's idempotency, also for concurrent supplementary invoices.
     sa.Index(
-        "uq_invoices_tenant_id_period_open",
+        "uq_invoices_tenant_id_period_supplement_open",
         "tenant_id",
         "period",
+        "supplement",
         unique=True,
         postgresql_where=sa.text("status <> 'void'"),
         sqlite_where=sa.text("status <> 'void'"),
+    ),
+    # At most one draft per (tenant, period): the one that GenerateInvoice regenerates.
+    sa.Index(
+        "uq_invoices_tenant_id_period_draft",
+        "tenant_id",
+        "period",
+        unique=True,
+        postgresql_where=sa.text("status = 'draft'"),
+        sqlite_where=sa.text("status = 'draft'"),
     ),
 )
 
@@ -372,4 +389,33 @@ meter_outbox = sa.Table(
     sa.CheckConstraint("attempts >= 0", name="attempts_not_negative"),
     sa.Index("ix_meter_outbox_state_next_attempt_at", "state", "next_attempt_at"),
     sa.Index("ix_meter_outbox_tenant_id_hour_start", "tenant_id", "hour_start"),
+)
+
+# The period close (services/period_close.py): one run at a time per period, under a lease in
+# the ledger, and each tenant it closed, so a run that died resumes after the last one. A
+# finished period run again by hand (``quotaplane billing close``) is the next ``run`` number.
+billing_close_runs = sa.Table(
+    "billing_close_runs",
+    metadata,
+    sa.Column("period", sa.String(7), primary_key=True),
+    sa.Column("run", sa.Integer(), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    _id("owner", nullable=False),  # the attempt holding the lease (a UUID per attempt)
+    _at("lease_until"),
+    _at("started_at"),
+    _at("finished_at", nullable=True),
+    sa.CheckConstraint("state IN ('running', 'done')", name="state"),
+    sa.CheckConstraint("run >= 1", name="run_positive"),
+)
+
+billing_close_tenants = sa.Table(
+    "billing_close_tenants",
+    metadata,
+    sa.Column("period", sa.String(7), primary_key=True),
+    sa.Column("run", sa.Integer(), primary_key=True),
+    sa.Column("tenant_id", sa.String(36), sa.ForeignKey("tenants.id"), primary_key=True),
+    sa.Column("outcome", sa.String(32), nullable=False),  # closed | unchanged | ...
+    sa.Column("invoices_closed", sa.Integer(), nullable=False),
+    _at("closed_at"),
+    sa.CheckConstraint("invoices_closed >= 0", name="invoices_closed_not_negative"),
 )

@@ -156,6 +156,12 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         return admin_pb2.ListInvoicesResponse(
             invoices=[invoice_message(i) for i in page.invoices],
             next_page_token=page.next_page_token,
+            late_usage=[
+                admin_pb2.LateUsage(
+                    tenant_id=u.tenant_id, period=u.period, metric=u.metric, quantity=u.quantity
+                )
+                for u in page.late_usage
+            ],
         )
 
     @rpc

@@ -141,4 +141,5 @@ def usage_response(report: UsageReport) -> admin_pb2.GetUsageResponse:
             admin_pb2.ShadowDenials(limit=name, count=count)
             for name, count in report.shadow_denials
         ],
+        not_yet_billed=report.not_yet_billed,
     )

@@ -101,6 +101,8 @@ def invoice(stored: StoredInvoice) -> types_pb2.Invoice:
         stripe_invoice_id=stored.stripe_invoice_id or "",
         version=stored.version,
         replaces_invoice_id=stored.replaces_invoice_id or "",
+        supplements_invoice_id=stored.supplements_invoice_id or "",
+        supplement=stored.supplement,
         created_at=_timestamp(stored.created_at),
         last_error=stored.last_error or "",
     )

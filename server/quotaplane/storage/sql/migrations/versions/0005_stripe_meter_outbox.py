@@ -1,7 +1,7 @@
 """Stripe Billing Meters: what usage was reported, and the outbox of meter events.
 
 Revision ID: 0005
-Revises: 0002
+Revises: 0004
 Create Date: 2026-12-03
 
 ``meter_reports`` keeps, per (tenant, metric, hour) of ``usage_hourly``, how many units were
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0005"
-down_revision: str | Sequence[str] | None = "0002"
+down_revision: str | Sequence[str] | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
