@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from quotaplane.config import Settings
+from quotaplane.domain.audit.log import AuditLog
 from quotaplane.domain.billing.admin import InvoiceAdmin, UsageReports
 from quotaplane.domain.billing.invoicing import InvoiceService
 from quotaplane.domain.billing.payments import PaymentWebhooks
@@ -36,22 +37,26 @@ from quotaplane.domain.quota.ports import CounterStore, TenantLookup
 from quotaplane.domain.tenants.admin import TenantAdmin
 from quotaplane.domain.tenants.api_keys import ApiKeyAdmin
 from quotaplane.integrations.notify.webhooks import HttpWebhookSender
+from quotaplane.integrations.plans_file import parse_override_text, parse_plans
 from quotaplane.integrations.stripe.client import StripeGateway, webhook_verifier
 from quotaplane.services.counter_seeding import SEED_BUDGET, LedgerSeededCounters
 from quotaplane.services.invoice_push import InvoicePusher
 from quotaplane.services.key_cache import ApiKeyCache
 from quotaplane.services.notifier import Notifier
+from quotaplane.services.plan_versions import PlanVersionPoller
 from quotaplane.services.tenant_directory import TenantDirectory
 from quotaplane.services.usage_flusher import UsageFlusher, UsageTrackingCounters
 from quotaplane.storage.redis.client import CommandPipe, RedisClient
 from quotaplane.storage.redis.counters import RedisCounterStore
 from quotaplane.storage.redis.flush import RedisQuotaCounters, RedisUnflushedUsage
 from quotaplane.storage.sql.api_keys import SqlApiKeyStore
+from quotaplane.storage.sql.audit import SqlAuditStore
 from quotaplane.storage.sql.invoice_queries import SqlInvoiceQueries
 from quotaplane.storage.sql.invoices import SqlInvoiceLedger
 from quotaplane.storage.sql.ledger import SqlUsageLedger
 from quotaplane.storage.sql.notifications import SqlNotificationStore
 from quotaplane.storage.sql.outbox import SqlPushOutbox
+from quotaplane.storage.sql.plan_versions import SqlPlanVersionStore
 from quotaplane.storage.sql.tenant_queries import SqlTenantQueries
 from quotaplane.storage.sql.tenants import SqlTenantStore
 from quotaplane.telemetry import Telemetry
@@ -83,6 +88,8 @@ class Stores:
     invoice_queries: SqlInvoiceQueries
     outbox: SqlPushOutbox
     notifications: SqlNotificationStore
+    plan_versions: SqlPlanVersionStore
+    audit: SqlAuditStore
     month_counters: RedisQuotaCounters  # usage recorded elsewhere, charged to the quota
     unflushed: RedisUnflushedUsage  # admitted usage the ledger has not taken yet
 
@@ -98,6 +105,8 @@ def stores(settings: Settings, connections: Connections) -> Stores:
         invoice_queries=SqlInvoiceQueries(database),
         outbox=SqlPushOutbox(database),
         notifications=SqlNotificationStore(database),
+        plan_versions=SqlPlanVersionStore(database),
+        audit=SqlAuditStore(database),
         month_counters=RedisQuotaCounters(connections.redis, key_prefix=prefix),
         unflushed=RedisUnflushedUsage(connections.redis, key_prefix=prefix),
     )
@@ -117,6 +126,8 @@ class Replica:
     """Everything one replica serves with, built and not yet started."""
 
     plans: PlanRegistry
+    plan_admin: PlanAdmin
+    audit: SqlAuditStore
     tenants: SqlTenantStore
     directory: TenantDirectory
     api_keys: ApiKeyCache
@@ -220,18 +231,22 @@ def build_replica(
     )
     gateway = Gateway(api_keys, engine, on_misconfigured=telemetry.record_misconfigured)
     queries = stored.tenant_queries
+    plan_admin = PlanAdmin(plans, queries, stored.plan_versions, parse_plans)
+    plan_poller = PlanVersionPoller(stored.plan_versions, plan_admin, ttl=settings.cache_ttl)
     servicers = Servicers(
         quota=QuotaServicer(engine, usage=usage, invoices=invoices),
         admin=AdminServicer(
-            tenants=TenantAdmin(tenants, queries, plans),
+            tenants=TenantAdmin(tenants, queries, plans, parse_overrides=parse_override_text),
             keys=ApiKeyAdmin(stored.keys, tenants),
-            plans=PlanAdmin(plans, queries),
+            plans=plan_admin,
             usage=UsageReports(tenants, stored.usage, flush=flusher.flush_tenant),
             invoices=InvoiceAdmin(tenants, stored.invoice_queries),
+            audit=AuditLog(stored.audit),
         ),
         authz=AuthorizationServicer(gateway),
     )
     loops = [
+        Loop("plans version poller", plan_poller.run),
         Loop("tenant directory poller", directory.run),
         Loop("api key cache poller", api_keys.run),
         Loop("usage flusher", flusher.run, final=flusher.tick),
@@ -240,6 +255,8 @@ def build_replica(
     ]
     return Replica(
         plans=plans,
+        plan_admin=plan_admin,
+        audit=stored.audit,
         tenants=tenants,
         directory=directory,
         api_keys=api_keys,

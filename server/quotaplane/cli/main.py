@@ -18,7 +18,8 @@ from pathlib import Path
 
 from quotaplane.cli import admin as cli_admin
 from quotaplane.cli import health as cli_health
-from quotaplane.config import SETTINGS, ConfigError, Settings, load_settings
+from quotaplane.config import ConfigError, Settings, load_settings
+from quotaplane.config_table import SETTINGS
 from quotaplane.domain.errors import PlanFileError
 
 EXIT_OK, EXIT_INVALID, EXIT_USAGE, EXIT_FAILED = 0, 1, 2, 3

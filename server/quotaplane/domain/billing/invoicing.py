@@ -24,14 +24,23 @@ the records other replicas are applying (the flush id makes it wait for them).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from quotaplane.domain.billing.ports import HourlyUsage, InvoiceLedger, PlanChange, StoredInvoice
-from quotaplane.domain.billing.pricing import PricedInvoice, Segment, price_invoice
+from quotaplane.domain.billing.pricing import (
+    BASE_FEE,
+    PricedInvoice,
+    PricedLine,
+    Segment,
+    price_invoice,
+)
 from quotaplane.domain.errors import FailedPrecondition, InvalidArgument, NotFound
+from quotaplane.domain.plans.documents import SEED_KEYS
 from quotaplane.domain.plans.model import PlanCatalog
+from quotaplane.domain.plans.overrides import PlanOverride, effective_plan, overridden_lines
 from quotaplane.domain.quota.engine import utc_now
 from quotaplane.domain.quota.ports import TenantLookup
 from quotaplane.domain.tenants.model import Tenant, parse_tenant_id
@@ -111,14 +120,42 @@ def price_tenant_period(
     segments = []
     for (start, end, plan_name), metrics in zip(spans, split_usage(spans, usage), strict=True):
         try:
-            plan = catalog.get(plan_name)
+            plan = effective_plan(catalog, plan_name, tenant.overrides)
         except NotFound:
             raise FailedPrecondition(
                 f"period {period} was billed under plan {plan_name!r}, "
                 "which the plans file no longer has"
             ) from None
         segments.append(Segment(plan, start, end, metrics))
-    return price_invoice(period, segments)
+    priced = price_invoice(period, segments)
+    lines = _name_overrides(priced.lines, catalog, tenant.overrides)
+    return dataclasses.replace(priced, lines=lines, plan_version=catalog.version)
+
+
+def _name_overrides(
+    lines: Sequence[PricedLine], catalog: PlanCatalog, override: PlanOverride | None
+) -> tuple[PricedLine, ...]:
+    """Each line the tenant's override changed names the override's key paths (the paths
+    under the line's metric, or ``base_fee``), so the invoice shows why it differs."""
+    if override is None:
+        return tuple(lines)
+    paths = override.paths()
+    named = []
+    for line in lines:
+        changed = overridden_lines(
+            catalog.get(line.plan), effective_plan(catalog, line.plan, override)
+        )
+        if changed.get(line.metric):
+            mine = [p for p in paths if _concerns(p, line.metric)] or paths
+            line = dataclasses.replace(line, override=", ".join(mine))
+        named.append(line)
+    return tuple(named)
+
+
+def _concerns(path: str, metric: str) -> bool:
+    if metric == BASE_FEE:
+        return path == "base_fee"
+    return path.startswith(f"metrics.{metric}.") or path in SEED_KEYS
 
 
 Span = tuple[datetime, datetime, str]  # [start, end) and the plan in force

@@ -185,6 +185,7 @@ class StoredInvoice:
     stripe_invoice_id: str | None = None
     finalized_at: datetime | None = None
     last_error: str | None = None
+    plan_version: int = 0  # the plans version it was priced with (0: before versions)
 
     @property
     def frozen(self) -> bool:

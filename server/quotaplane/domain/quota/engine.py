@@ -26,6 +26,7 @@ from datetime import UTC, datetime, timedelta
 
 from quotaplane.domain.errors import FailedPrecondition, InvalidArgument, NotFound
 from quotaplane.domain.plans.model import Limit, Overage, Plan, PlanCatalog
+from quotaplane.domain.plans.overrides import effective_plan
 from quotaplane.domain.quota.decisions import Decision, DecisionCode, LimitState, QuotaRequest
 from quotaplane.domain.quota.ports import (
     ConsumeCall,
@@ -100,7 +101,8 @@ class QuotaEngine:
 
     def _plan(self, tenant: Tenant) -> Plan:
         try:
-            return self._plans().get(tenant.plan)
+            # The tenant's effective plan: its plan with its overrides merged in (memoized).
+            return effective_plan(self._plans(), tenant.plan, tenant.overrides)
         except NotFound:
             raise FailedPrecondition(
                 f"tenant {tenant.id} is on plan {tenant.plan!r}, which the plans file no longer has"

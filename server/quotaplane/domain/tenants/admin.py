@@ -10,10 +10,13 @@ from it). Usage reports and invoices are in ``domain/billing/admin.py``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from quotaplane.domain.errors import InvalidArgument, NotFound
+from quotaplane.domain.errors import FailedPrecondition, InvalidArgument, NotFound, PlanFileError
 from quotaplane.domain.paging import Cursor, decode_page_token, parse_page_size
+from quotaplane.domain.plans.overrides import PlanOverride, build_effective
+from quotaplane.domain.plans.problems import Tree
 from quotaplane.domain.plans.registry import PlanRegistry
 from quotaplane.domain.tenants.model import Tenant, TenantStatus, parse_tenant_id
 from quotaplane.domain.tenants.ports import TenantFilter, TenantQueries, TenantStore
@@ -33,10 +36,18 @@ class TenantPage:
 class TenantAdmin:
     """CreateTenant, GetTenant, ListTenants, UpdateTenantPlan, SuspendTenant, ResumeTenant."""
 
-    def __init__(self, store: TenantStore, queries: TenantQueries, plans: PlanRegistry) -> None:
+    def __init__(
+        self,
+        store: TenantStore,
+        queries: TenantQueries,
+        plans: PlanRegistry,
+        *,
+        parse_overrides: Callable[[str], Tree],
+    ) -> None:
         self._store = store
         self._queries = queries
         self._plans = plans
+        self._parse_overrides = parse_overrides
 
     async def create(self, *, name: str, plan: str, external_id: str = "") -> Tenant:
         name = parse_tenant_name(name)
@@ -73,7 +84,37 @@ class TenantAdmin:
             plan = self._known_plan(plan)
             if tenant.plan == plan:
                 return tenant  # no change: no plan_changes row, no cache churn
+            if tenant.overrides is not None:
+                self._check_fits(plan, tenant.overrides, FailedPrecondition)
             return await self._store.update_plan(tenant.id, plan)
+
+    async def set_overrides(self, *, tenant_id: str, document: str) -> Tenant:
+        """Replace the tenant's overrides (a partial plan entry, YAML or JSON) after checking
+        the effective plan by the plan rules; INVALID_ARGUMENT names every problem."""
+        tenant = await self.get(tenant_id)
+        override = PlanOverride.of(self._parse_overrides(document))
+        if override is None:
+            raise InvalidArgument(
+                "document is empty: give a partial plan entry such as "
+                "'metrics: {requests: {limits: {month: 100000}}}', or clear the overrides"
+            )
+        async with self._plans.lock:
+            self._check_fits(tenant.plan, override, InvalidArgument)
+            return await self._store.set_overrides(tenant.id, override.document)
+
+    async def clear_overrides(self, *, tenant_id: str) -> Tenant:
+        tenant = await self.get(tenant_id)
+        if tenant.overrides is None:
+            return tenant
+        return await self._store.set_overrides(tenant.id, None)
+
+    def _check_fits(
+        self, plan: str, override: PlanOverride, error: type[InvalidArgument | FailedPrecondition]
+    ) -> None:
+        try:
+            build_effective(self._plans.current, plan, override)
+        except PlanFileError as problem:
+            raise error(problem.message) from None
 
     async def suspend(self, *, tenant_id: str, reason: str = "") -> Tenant:
         tenant_id = parse_tenant_id(tenant_id)

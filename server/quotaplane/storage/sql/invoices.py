@@ -228,6 +228,7 @@ def _totals(priced: PricedInvoice, now: datetime, finalize_at: datetime | None) 
         "subtotal": priced.subtotal,
         "total": priced.total,
         "total_minor": priced.total_minor,
+        "plan_version": priced.plan_version or None,
         "updated_at": now,
         "finalized_at": finalize_at,
     }
@@ -256,6 +257,7 @@ async def _insert_lines(conn: AsyncConnection, invoice_id: str, priced: PricedIn
 def _details(line: PricedLine) -> dict[str, Any]:
     return {
         "plan": line.plan,
+        **({"override": line.override} if line.override else {}),
         "included": line.included,
         "fraction": str(line.fraction),
         "span_start": None if line.span_start is None else line.span_start.isoformat(),
@@ -298,6 +300,7 @@ async def load_invoice(conn: AsyncConnection, row: Mapping[Any, Any]) -> StoredI
         stripe_invoice_id=row["stripe_invoice_id"],
         finalized_at=row["finalized_at"],
         last_error=row["last_error"],
+        plan_version=row["plan_version"] or 0,
     )
 
 
@@ -317,6 +320,7 @@ def _line(row: Mapping[Any, Any], currency: str) -> PricedLine:
         fraction=Decimal(details.get("fraction", "1")),
         span_start=_time(details.get("span_start")),
         span_end=_time(details.get("span_end")),
+        override=details.get("override", ""),
     )
 
 

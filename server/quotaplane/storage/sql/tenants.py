@@ -22,6 +22,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from quotaplane.domain.errors import AlreadyExists, NotFound
+from quotaplane.domain.plans.overrides import PlanOverride
+from quotaplane.domain.plans.problems import Tree
 from quotaplane.domain.tenants.model import Tenant, TenantStatus
 from quotaplane.storage.sql.access import SqlStore, database_errors, utc_now
 from quotaplane.storage.sql.tables import plan_changes, tenants
@@ -112,6 +114,11 @@ class SqlTenantStore(SqlStore):
                 suspended_reason=None,
             )
 
+    async def set_overrides(self, tenant_id: str, document: Tree) -> Tenant:
+        async with self._transaction() as conn:
+            stored = sa.null() if document is None else document
+            return await self._update(conn, tenant_id, self._clock(), overrides=stored)
+
     async def _update(
         self, conn: AsyncConnection, tenant_id: str, now: datetime, **values: Any
     ) -> Tenant:
@@ -150,4 +157,5 @@ def _tenant(row: Mapping[Any, Any]) -> Tenant:
         stripe_customer_id=row["stripe_customer_id"],
         suspended_reason=row["suspended_reason"],
         version=row["version"],
+        overrides=PlanOverride.of(row.get("overrides")),
     )

@@ -103,6 +103,7 @@ def invoice(stored: StoredInvoice) -> types_pb2.Invoice:
         replaces_invoice_id=stored.replaces_invoice_id or "",
         created_at=_timestamp(stored.created_at),
         last_error=stored.last_error or "",
+        plan_version=stored.plan_version,
     )
     if stored.finalized_at is not None:
         message.finalized_at.CopyFrom(_timestamp(stored.finalized_at))
@@ -121,6 +122,7 @@ def invoice_line(line: PricedLine) -> types_pb2.InvoiceLine:
         plan=line.plan,
         proration=_proration(line.fraction),
         included=line.included,
+        override=line.override,
     )
     if line.span_start is not None:
         message.span_start.CopyFrom(_timestamp(line.span_start))
