@@ -348,7 +348,7 @@ plan_versions = sa.Table(
     sa.Column("source", sa.String(500), nullable=False),
     sa.Column("applied_by", sa.String(64), nullable=False),
     _at("applied_at"),
-    sa.Column("note", sa.String(200), nullable=False, server_default=""),
+    sa.Column("note", sa.String(200), nullable=False),
     sa.CheckConstraint("version >= 1", name="version_positive"),
     sa.Index("ix_plan_versions_applied_at", "applied_at"),
 )
@@ -363,7 +363,7 @@ audit_events = sa.Table(
     sa.Column("tenant_id", sa.String(36), nullable=True),
     sa.Column("request", sa.Text(), nullable=False),  # JSON, secrets redacted
     sa.Column("result", sa.String(32), nullable=False),  # OK or the gRPC status code name
-    sa.Column("message", sa.String(1000), nullable=False, server_default=""),
+    sa.Column("message", sa.String(1000), nullable=False),
     sa.Index("ix_audit_events_occurred_at", "occurred_at"),
     sa.Index("ix_audit_events_tenant_id_id", "tenant_id", "id"),
 )

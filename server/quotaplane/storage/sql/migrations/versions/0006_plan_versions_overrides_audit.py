@@ -38,7 +38,7 @@ def upgrade() -> None:
         sa.Column("source", sa.String(500), nullable=False),
         sa.Column("applied_by", sa.String(64), nullable=False),
         _at("applied_at"),
-        sa.Column("note", sa.String(200), nullable=False, server_default=""),
+        sa.Column("note", sa.String(200), nullable=False),
         sa.PrimaryKeyConstraint("version", name="pk_plan_versions"),
         sa.CheckConstraint("version >= 1", name="version_positive"),
     )
@@ -52,7 +52,7 @@ def upgrade() -> None:
         sa.Column("tenant_id", sa.String(36), nullable=True),
         sa.Column("request", sa.Text(), nullable=False),
         sa.Column("result", sa.String(32), nullable=False),
-        sa.Column("message", sa.String(1000), nullable=False, server_default=""),
+        sa.Column("message", sa.String(1000), nullable=False),
         sa.PrimaryKeyConstraint("id", name="pk_audit_events"),
     )
     op.create_index("ix_audit_events_occurred_at", "audit_events", ["occurred_at"])
