@@ -6,7 +6,8 @@ their formatting, key order or comments, so applying an unchanged file stores no
 
 A tenant override is a partial plan entry merged over the plan's entry by JSON Merge Patch
 (RFC 7396) rules: a mapping merges key by key, ``null`` removes a key, anything else (a
-scalar, a list such as ``tiers``) replaces what was there. The merged entry is then built by
+scalar, a list such as ``tiers``) replaces what was there; a ``charge`` that names its
+``model`` replaces the plan's charge whole. The merged entry is then built by
 the same rules as a plan of the file, so any key a plan may have works in an override.
 """
 
@@ -38,9 +39,13 @@ def digest(tree: Tree) -> str:
 
 
 def merge_patch(base: Tree, patch: Tree) -> Tree:
-    """``patch`` merged over ``base`` by RFC 7396 (neither is changed)."""
+    """``patch`` merged over ``base`` by RFC 7396 (neither is changed), with one rule more: a
+    mapping that names its ``model`` (a charge) replaces the one under it whole, since the
+    keys of one charge model mean nothing to another."""
     if not isinstance(patch, dict):
         return patch
+    if "model" in patch:
+        base = None
     merged: dict[str, Tree] = dict(base) if isinstance(base, dict) else {}
     for key, value in patch.items():
         if value is None:
@@ -74,6 +79,10 @@ def expand_seed_entry(entry: dict[str, Tree]) -> dict[str, Tree]:
 def changed_paths(before: Tree, after: Tree, prefix: str = "") -> list[str]:
     """The dotted key paths where ``after`` differs from ``before`` (mappings compared key by
     key; anything else as a whole)."""
+    if before is None and isinstance(after, dict):
+        before = {}
+    if after is None and isinstance(before, dict):
+        after = {}
     if isinstance(before, dict) and isinstance(after, dict):
         paths: list[str] = []
         for key in sorted(set(before) | set(after)):
