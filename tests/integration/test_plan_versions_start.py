@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 from pathlib import Path
 
+import grpc
 import pytest
 
 from quotaplane.app.runtime import Runtime
@@ -83,3 +84,29 @@ async def test_reload_plans_applies_the_file_as_a_version(
         (2, "admin", V2),
         (1, "serve", V1),
     ]
+
+
+async def test_a_large_document_applies_and_a_nul_is_refused(
+    tmp_path: Path, redis_url: str, redis_key_prefix: str, sqlite_url: str
+) -> None:
+    await asyncio.to_thread(migrate.upgrade, sqlite_url)
+    settings = runtime_settings(
+        tmp_path,
+        admin_token="large-token",
+        redis_url=redis_url,
+        redis_key_prefix=f"{redis_key_prefix}:large",
+        database_url=sqlite_url,
+    )
+    many = "plans:\n" + "".join(
+        f"  plan-{i}: {{price_per_1000_requests: 0.05, monthly_quota: {i}}}\n" for i in range(300)
+    )
+    assert len(many) > 4096  # longer than the general limit on request strings
+    async with Runtime(settings) as runtime, channel_to(runtime) as channel:
+        admin = admin_pb2_grpc.AdminServiceStub(channel)
+        applied = await admin.ApplyPlans(admin_pb2.ApplyPlansRequest(document=many), timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await admin.ApplyPlans(admin_pb2.ApplyPlansRequest(document=V1 + "\x00"), timeout=10)
+        listed = await admin.ListPlans(admin_pb2.ListPlansRequest(), timeout=10)
+    assert applied.changed and len(listed.plans) == 300
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "NUL" in (refused.value.details() or "")

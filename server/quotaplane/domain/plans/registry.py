@@ -32,9 +32,11 @@ from quotaplane.domain.plans.model import PlanCatalog
 from quotaplane.domain.plans.overrides import PlanOverride, build_effective
 from quotaplane.domain.plans.ports import PlanVersion, PlanVersionStore
 from quotaplane.domain.tenants.ports import TenantQueries
+from quotaplane.domain.text import text_problem
 
 Parse = Callable[[str, str], PlanCatalog]  # (document, source) -> catalog; PlanFileError
 _LISTING = "plan_versions"
+MAX_DOCUMENT_CHARS = 1 << 20  # a plans file's limit (integrations/plans_file.py)
 SERVE = "serve"  # applied_by of a version applied at start
 
 
@@ -130,6 +132,8 @@ class PlanAdmin:
         FailedPrecondition store nothing."""
         if not document.strip():
             raise InvalidArgument("document is required: the plans YAML to apply")
+        if problem := text_problem(document, "document", MAX_DOCUMENT_CHARS):
+            raise InvalidArgument(problem)
         catalog = self._parse(document, source or "ApplyPlans")
         async with self._registry.lock:
             latest = await self._versions.latest()

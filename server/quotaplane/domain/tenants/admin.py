@@ -20,10 +20,12 @@ from quotaplane.domain.plans.problems import Tree
 from quotaplane.domain.plans.registry import PlanRegistry
 from quotaplane.domain.tenants.model import Tenant, TenantStatus, parse_tenant_id
 from quotaplane.domain.tenants.ports import TenantFilter, TenantQueries, TenantStore
+from quotaplane.domain.text import text_problem
 
 MAX_TENANT_NAME = 200
 MAX_EXTERNAL_ID = 128
 MAX_REASON = 500
+MAX_OVERRIDE_CHARS = 65_536
 _LISTING = "tenants"  # names the listing in its page tokens
 
 
@@ -92,6 +94,8 @@ class TenantAdmin:
         """Replace the tenant's overrides (a partial plan entry, YAML or JSON) after checking
         the effective plan by the plan rules; INVALID_ARGUMENT names every problem."""
         tenant = await self.get(tenant_id)
+        if problem := text_problem(document, "document", MAX_OVERRIDE_CHARS):
+            raise InvalidArgument(problem)
         override = PlanOverride.of(self._parse_overrides(document))
         if override is None:
             raise InvalidArgument(
