@@ -36,6 +36,7 @@ from quotaplane.domain.text import text_problem
 
 Parse = Callable[[str, str], PlanCatalog]  # (document, source) -> catalog; PlanFileError
 _LISTING = "plan_versions"
+MAX_VERSION = 2**31 - 1  # the ledger's column is a 32-bit integer
 MAX_DOCUMENT_CHARS = 1 << 20  # a plans file's limit (integrations/plans_file.py)
 SERVE = "serve"  # applied_by of a version applied at start
 
@@ -158,8 +159,8 @@ class PlanAdmin:
 
     async def rollback(self, version: int, *, applied_by: str) -> Applied:
         """Apply version ``version``'s document again, as a new version."""
-        if version < 1:
-            raise InvalidArgument(f"version must be at least 1, got {version}")
+        if not 1 <= version <= MAX_VERSION:
+            raise InvalidArgument(f"version must be between 1 and {MAX_VERSION}, got {version}")
         old = await self._versions.get(version)
         if old is None:
             raise NotFound(f"plans version {version} does not exist")
