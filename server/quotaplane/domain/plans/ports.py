@@ -44,5 +44,6 @@ class PlanVersionStore(Protocol):
         ...
 
     async def changed_since(self, since: datetime | None) -> list[PlanVersion]:
-        """Versions applied at or after ``since`` (every version for None)."""
+        """Versions applied at or after ``since``, oldest first; for None (a first load) the
+        newest version alone, since older ones are never served again."""
         ...

@@ -65,10 +65,11 @@ class SqlPlanVersionStore(SqlStore):
         return await self._all(query)
 
     async def changed_since(self, since: datetime | None) -> list[PlanVersion]:
+        if since is None:  # a poller's first load: only the newest version matters
+            latest = await self.latest()
+            return [latest] if latest is not None else []
         query = sa.select(plan_versions).order_by(plan_versions.c.version)
-        if since is not None:
-            query = query.where(plan_versions.c.applied_at >= since)
-        return await self._all(query)
+        return await self._all(query.where(plan_versions.c.applied_at >= since))
 
     async def _append_once(self, **values: str) -> PlanVersion:
         now = self._clock()
