@@ -240,3 +240,31 @@ async def test_an_invalid_override_is_refused_and_clearing_restores_the_plan(pai
     )
     assert cleared.overrides == ""
     assert await _seconds_until(lambda: b_limits_at(10000)) < FRESHNESS_S
+
+
+async def test_plans_or_a_plan_change_that_an_override_no_longer_fits_are_refused(
+    pair: Pair,
+) -> None:
+    tenant = await _tenant(pair.a)
+    fee = admin_pb2.SetTenantOverridesRequest(tenant_id=tenant, document="{base_fee: '1.50'}")
+    await pair.a.admin.SetTenantOverrides(fee, timeout=10)
+    yen_growth = SEED.replace(
+        "0.04, monthly_quota: 50000}", "4, monthly_quota: 50000, currency: JPY}"
+    )
+    applied = await pair.a.admin.ApplyPlans(
+        admin_pb2.ApplyPlansRequest(document=yen_growth), timeout=10
+    )
+    assert applied.changed  # the tenant is on starter: its override still fits
+    move = admin_pb2.UpdateTenantPlanRequest(tenant_id=tenant, plan="growth")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await pair.a.admin.UpdateTenantPlan(move, timeout=10)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "base_fee" in (refused.value.details() or "")
+    yen_starter = yen_growth.replace(
+        "0.05, monthly_quota: 10000}", "5, monthly_quota: 10000, currency: JPY}"
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await pair.a.admin.ApplyPlans(admin_pb2.ApplyPlansRequest(document=yen_starter), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert tenant in (refused.value.details() or "")
+    assert [v.version for v in await _versions(pair.b)] == [2, 1]
