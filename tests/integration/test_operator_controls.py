@@ -268,3 +268,23 @@ async def test_plans_or_a_plan_change_that_an_override_no_longer_fits_are_refuse
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert tenant in (refused.value.details() or "")
     assert [v.version for v in await _versions(pair.b)] == [2, 1]
+
+
+async def test_concurrent_applies_on_two_replicas_store_one_version_per_change(
+    pair: Pair,
+) -> None:
+    same = admin_pb2.ApplyPlansRequest(document=TIGHTER)
+    answers = await asyncio.gather(
+        *(replica.admin.ApplyPlans(same, timeout=10) for replica in (pair.a, pair.b) * 3)
+    )
+    assert {answer.version.version for answer in answers} == {2}
+    assert sum(answer.changed for answer in answers) == 1
+    documents = [SEED.replace("10000", str(n)) for n in (11, 12, 13, 14)]
+    replicas = (pair.a, pair.b, pair.a, pair.b)
+    await asyncio.gather(
+        *(
+            replica.admin.ApplyPlans(admin_pb2.ApplyPlansRequest(document=doc), timeout=10)
+            for replica, doc in zip(replicas, documents, strict=True)
+        )
+    )
+    assert [v.version for v in await _versions(pair.a)] == [6, 5, 4, 3, 2, 1]

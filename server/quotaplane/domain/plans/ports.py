@@ -25,6 +25,10 @@ class PlanVersion:
     note: str = ""  # e.g. "rollback to version 3"
 
 
+class VersionTaken(Exception):
+    """Another replica stored the version number first; read the newest and decide again."""
+
+
 class PlanVersionStore(Protocol):
     async def latest(self) -> PlanVersion | None:
         """The newest version, None before the first."""
@@ -33,10 +37,17 @@ class PlanVersionStore(Protocol):
     async def get(self, version: int) -> PlanVersion | None: ...
 
     async def append(
-        self, *, document: str, digest: str, source: str, applied_by: str, note: str = ""
+        self,
+        *,
+        after: int,
+        document: str,
+        digest: str,
+        source: str,
+        applied_by: str,
+        note: str = "",
     ) -> PlanVersion:
-        """Store the document as the next version (the newest + 1, however many replicas
-        append at once)."""
+        """Store the document as version ``after + 1``; VersionTaken if that number exists
+        (another replica applied meanwhile)."""
         ...
 
     async def history(self, *, before: int | None, limit: int) -> list[PlanVersion]:

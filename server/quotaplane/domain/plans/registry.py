@@ -26,16 +26,23 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from quotaplane.domain.errors import FailedPrecondition, InvalidArgument, NotFound, PlanFileError
+from quotaplane.domain.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PlanFileError,
+    Unavailable,
+)
 from quotaplane.domain.paging import Cursor, decode_page_token, parse_page_size
 from quotaplane.domain.plans.model import PlanCatalog
 from quotaplane.domain.plans.overrides import PlanOverride, build_effective
-from quotaplane.domain.plans.ports import PlanVersion, PlanVersionStore
+from quotaplane.domain.plans.ports import PlanVersion, PlanVersionStore, VersionTaken
 from quotaplane.domain.tenants.ports import TenantQueries
 from quotaplane.domain.text import text_problem
 
 Parse = Callable[[str, str], PlanCatalog]  # (document, source) -> catalog; PlanFileError
 _LISTING = "plan_versions"
+APPLY_ATTEMPTS = 5
 MAX_VERSION = 2**31 - 1  # the ledger's column is a 32-bit integer
 MAX_DOCUMENT_CHARS = 1 << 20  # a plans file's limit (integrations/plans_file.py)
 SERVE = "serve"  # applied_by of a version applied at start
@@ -137,20 +144,26 @@ class PlanAdmin:
             raise InvalidArgument(problem)
         catalog = self._parse(document, source or "ApplyPlans")
         async with self._registry.lock:
-            latest = await self._versions.latest()
-            if latest is not None and latest.digest == catalog.digest:
-                self._registry.install(versioned(catalog, latest.version))
-                return Applied(latest, changed=False)
-            await self._check_tenants_fit(catalog)
-            stored = await self._versions.append(
-                document=document,
-                digest=catalog.digest,
-                source=catalog.source,
-                applied_by=applied_by,
-                note=note,
-            )
-            self._registry.install(versioned(catalog, stored.version))
-        return Applied(stored, changed=True)
+            for _ in range(APPLY_ATTEMPTS):
+                latest = await self._versions.latest()
+                if latest is not None and latest.digest == catalog.digest:
+                    self._registry.install(versioned(catalog, latest.version))
+                    return Applied(latest, changed=False)
+                await self._check_tenants_fit(catalog)
+                try:
+                    stored = await self._versions.append(
+                        after=latest.version if latest else 0,
+                        document=document,
+                        digest=catalog.digest,
+                        source=catalog.source,
+                        applied_by=applied_by,
+                        note=note,
+                    )
+                except VersionTaken:
+                    continue  # another replica applied meanwhile: decide against its version
+                self._registry.install(versioned(catalog, stored.version))
+                return Applied(stored, changed=True)
+        raise Unavailable("plans are being applied by other replicas right now; retry")
 
     async def reload(self, *, applied_by: str) -> Applied:
         """ReloadPlans: the configured file, applied as a version."""

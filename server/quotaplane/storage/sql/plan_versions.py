@@ -1,8 +1,9 @@
 """SQL plan versions: every applied plans document in ``plan_versions``, numbered 1, 2, ...
 
-``append`` numbers a version as the newest + 1 inside its transaction; two replicas that
-append at once collide on the primary key and the loser retries with the next number, so
-versions stay gapless and ordered. Replicas poll ``changed_since`` on ``applied_at``
+``append`` stores a version as the number after the newest its caller read; two replicas that
+append at once collide on the primary key and the loser reads the newest again and decides
+again (``PlanAdmin.apply``), so versions stay gapless and a document is never stored twice in
+a row. Replicas poll ``changed_since`` on ``applied_at``
 (``services/plan_versions.py``).
 """
 
@@ -16,12 +17,10 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from quotaplane.domain.errors import Unavailable
-from quotaplane.domain.plans.ports import PlanVersion
+from quotaplane.domain.plans.ports import PlanVersion, VersionTaken
 from quotaplane.storage.sql.access import SqlStore, utc_now
 from quotaplane.storage.sql.tables import plan_versions
 
-APPEND_ATTEMPTS = 5
 _NOTE_CHARS = 200
 _SOURCE_CHARS = 500
 
@@ -43,20 +42,30 @@ class SqlPlanVersionStore(SqlStore):
         return await self._one(sa.select(plan_versions).where(plan_versions.c.version == version))
 
     async def append(
-        self, *, document: str, digest: str, source: str, applied_by: str, note: str = ""
+        self,
+        *,
+        after: int,
+        document: str,
+        digest: str,
+        source: str,
+        applied_by: str,
+        note: str = "",
     ) -> PlanVersion:
-        for _ in range(APPEND_ATTEMPTS):
-            try:
-                return await self._append_once(
-                    document=document,
-                    digest=digest,
-                    source=source[:_SOURCE_CHARS],
-                    applied_by=applied_by,
-                    note=note[:_NOTE_CHARS],
-                )
-            except IntegrityError:
-                continue  # another replica took the number: take the next one
-        raise Unavailable("plans ledger: too many concurrent plan applies; retry")
+        row = {
+            "version": after + 1,
+            "document": document,
+            "digest": digest,
+            "source": source[:_SOURCE_CHARS],
+            "applied_by": applied_by[:64],
+            "note": note[:_NOTE_CHARS],
+            "applied_at": self._clock(),
+        }
+        try:
+            async with self._transaction() as conn:
+                await conn.execute(plan_versions.insert().values(**row))
+        except IntegrityError:
+            raise VersionTaken(f"plans version {after + 1} exists") from None
+        return _version(row)
 
     async def history(self, *, before: int | None, limit: int) -> list[PlanVersion]:
         query = sa.select(plan_versions).order_by(plan_versions.c.version.desc()).limit(limit)
@@ -70,14 +79,6 @@ class SqlPlanVersionStore(SqlStore):
             return [latest] if latest is not None else []
         query = sa.select(plan_versions).order_by(plan_versions.c.version)
         return await self._all(query.where(plan_versions.c.applied_at >= since))
-
-    async def _append_once(self, **values: str) -> PlanVersion:
-        now = self._clock()
-        async with self._transaction() as conn:
-            newest = await conn.scalar(sa.select(sa.func.max(plan_versions.c.version)))
-            row = {**values, "version": (newest or 0) + 1, "applied_at": now}
-            await conn.execute(plan_versions.insert().values(**row))
-        return _version(row)
 
     async def _one(self, query: sa.Select[Any]) -> PlanVersion | None:
         rows = await self._all(query)
