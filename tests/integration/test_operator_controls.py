@@ -184,6 +184,7 @@ async def test_an_invalid_plans_document_changes_nothing_on_any_replica(pair: Pa
 
 async def test_an_override_set_on_one_replica_limits_and_prices_on_the_other(pair: Pair) -> None:
     tenant = await _tenant(pair.a)
+    assert await _month_limit(pair.b, tenant) == 10000  # B holds the tenant in memory
     deal = "metrics: {requests: {limits: {month: 5}, charge: {model: per_unit, unit_price: '0.5'}}}"
     updated = await pair.a.admin.SetTenantOverrides(
         admin_pb2.SetTenantOverridesRequest(tenant_id=tenant, document=deal), timeout=10
