@@ -125,6 +125,14 @@ async def test_the_listing_pages_with_tokens_bound_to_its_filters(
         "audit", "--method", "CreateTenant", "--page-token", first["next_page_token"]
     )
     assert code == 2 and "other filters" in err
+    later = await _json(cli, "audit", "--start", "2999-01-01")
+    assert not later.get("events")
+    earlier = await _json(cli, "audit", "--end", "2000-01-01")
+    assert not earlier.get("events")
+    during = await _json(cli, "audit", "--start", "2000-01-01", "--end", "2999-01-01")
+    assert len(during["events"]) == 3
+    code, _, err = await cli("audit", "--start", "2026-12-02", "--end", "2026-12-01")
+    assert code == 2 and "end must be after start" in err
 
 
 async def test_invoices_are_audited_when_finalized_not_when_drafted(runtime: Runtime) -> None:
