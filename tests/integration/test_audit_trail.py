@@ -85,6 +85,10 @@ async def test_a_scripted_operator_session_is_listed_in_order_with_the_credentia
     assert code == 4 and "NOT_FOUND" in err
     await _json(cli, "plans", "rollback", "1")
     await _json(cli, "tenants", "list")  # a read: not in the trail
+    code, listed, _ = await cli("plans", "list")  # reads too
+    assert code == 0 and "plans version 3" in listed
+    code, history, _ = await cli("plans", "history")
+    assert code == 0 and "rollback to version 1" in history.splitlines()[1]
     await _json(cli, "tenants", "get", tenant)  # the override's GetTenant: a read too
 
     events = (await _json(cli, "audit"))["events"]

@@ -194,14 +194,20 @@ def keys_revoke(args: argparse.Namespace, c: QuotaplaneClient) -> int:
 
 def plans_list(args: argparse.Namespace, c: QuotaplaneClient) -> int:
     listed = c.admin_call("ListPlans", admin_pb2.ListPlansRequest())
-    emit(args, listed, listed.plans, PLAN)
+    _plans(args, listed)
     return 0
 
 
 def plans_reload(args: argparse.Namespace, c: QuotaplaneClient) -> int:
     listed = c.admin_call("ReloadPlans", admin_pb2.ReloadPlansRequest(), retry=False)
-    emit(args, listed, listed.plans, PLAN)
+    _plans(args, listed)
     return 0
+
+
+def _plans(args: argparse.Namespace, listed: admin_pb2.ListPlansResponse) -> None:
+    emit(args, listed, listed.plans, PLAN)
+    if not args.json:
+        print(f"plans version {listed.version} (from {listed.source})")
 
 
 def usage_show(args: argparse.Namespace, c: QuotaplaneClient) -> int:
