@@ -210,10 +210,15 @@ async def test_an_override_set_on_one_replica_limits_and_prices_on_the_other(pai
     invoice = await pair.a.quota.GenerateInvoice(
         quota_pb2.GenerateInvoiceRequest(tenant_id=tenant, period=period), timeout=30
     )
-    (line,) = [line for line in invoice.lines if line.metric == "requests"]
-    assert (line.quantity, line.amount) == (5, "2.50")  # 5 x 0.5, the override's price
+    # The period is cut where the override began (like a plan change): the plan before, the
+    # override after, each line in its span; this hour's usage is billed under the terms in
+    # force at the hour's start (the ledger keeps usage per hour), i.e. the plan's.
+    before, after = [line for line in invoice.lines if line.metric == "requests"]
+    assert (before.override, before.unit_price) == ("", "0.05")
     changed = "metrics.requests.charge.model, metrics.requests.charge.unit_price"
-    assert line.override == f"{changed}, metrics.requests.limits.month"
+    assert after.override == f"{changed}, metrics.requests.limits.month"
+    assert after.unit_price == "0.5"
+    assert before.quantity + after.quantity == 5  # all of it at 5 (0 unless an hour began)
     assert invoice.plan_version == 1
 
 

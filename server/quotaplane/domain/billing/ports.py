@@ -18,6 +18,7 @@ from quotaplane.domain.billing.events import UsageEvent
 from quotaplane.domain.billing.pricing import PricedInvoice, PricedLine
 from quotaplane.domain.billing.statuses import InvoiceStatus
 from quotaplane.domain.paging import Cursor
+from quotaplane.domain.plans.overrides import PlanOverride
 from quotaplane.domain.windows import Period
 
 # --- usage -------------------------------------------------------------------------------------
@@ -164,6 +165,7 @@ class CounterSeeds(Protocol):
 class PlanChange:
     plan: str
     effective_at: datetime
+    overrides: PlanOverride | None = None  # the tenant's overrides from then on
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from quotaplane.domain.billing.ports import HourlyUsage, PlanChange, Pricer, Sto
 from quotaplane.domain.billing.pricing import PricedInvoice, PricedLine, TierLine
 from quotaplane.domain.billing.statuses import CLOSED, InvoiceStatus
 from quotaplane.domain.money import round_money
+from quotaplane.domain.plans.overrides import PlanOverride
 from quotaplane.domain.windows import Period
 from quotaplane.storage.sql.access import SqlStore, dialect_insert, utc_now
 from quotaplane.storage.sql.tables import (
@@ -170,11 +171,14 @@ async def _usage(conn: AsyncConnection, tenant_id: str, period: Period) -> list[
 
 async def _plan_changes(conn: AsyncConnection, tenant_id: str) -> list[PlanChange]:
     query = (
-        sa.select(plan_changes.c.plan, plan_changes.c.effective_at)
+        sa.select(plan_changes.c.plan, plan_changes.c.effective_at, plan_changes.c.overrides)
         .where(plan_changes.c.tenant_id == tenant_id)
         .order_by(plan_changes.c.effective_at, plan_changes.c.id)
     )
-    return [PlanChange(row.plan, row.effective_at) for row in await conn.execute(query)]
+    return [
+        PlanChange(row.plan, row.effective_at, PlanOverride.of(row.overrides))
+        for row in await conn.execute(query)
+    ]
 
 
 async def _open_row(

@@ -173,6 +173,8 @@ plan_changes = sa.Table(
     _tenant_fk(),
     sa.Column("plan", sa.String(64), nullable=False),
     _at("effective_at"),
+    # The tenant's overrides from then on (null: none), so invoices prorate them like plans.
+    sa.Column("overrides", sa.JSON(none_as_null=True), nullable=True),
     sa.Index("ix_plan_changes_tenant_id_effective_at", "tenant_id", "effective_at"),
 )
 

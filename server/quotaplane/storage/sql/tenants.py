@@ -89,9 +89,7 @@ class SqlTenantStore(SqlStore):
         now = self._clock()
         async with self._transaction() as conn:
             tenant = await self._update(conn, tenant_id, now, plan=plan)
-            await conn.execute(
-                plan_changes.insert().values(tenant_id=tenant_id, plan=plan, effective_at=now)
-            )
+            await _record_terms(conn, tenant, now)
         return tenant
 
     async def suspend(self, tenant_id: str, reason: str = "") -> Tenant:
@@ -115,9 +113,14 @@ class SqlTenantStore(SqlStore):
             )
 
     async def set_overrides(self, tenant_id: str, document: Tree) -> Tenant:
+        """Store the overrides and, like a plan change, record them in ``plan_changes`` so
+        billing prorates by the overrides in force at each instant."""
+        now = self._clock()
         async with self._transaction() as conn:
             stored = sa.null() if document is None else document
-            return await self._update(conn, tenant_id, self._clock(), overrides=stored)
+            tenant = await self._update(conn, tenant_id, now, overrides=stored)
+            await _record_terms(conn, tenant, now)
+        return tenant
 
     async def _update(
         self, conn: AsyncConnection, tenant_id: str, now: datetime, **values: Any
@@ -132,6 +135,16 @@ class SqlTenantStore(SqlStore):
         if row is None:
             raise NotFound(f"tenant {tenant_id} does not exist")
         return _tenant(row)
+
+
+async def _record_terms(conn: AsyncConnection, tenant: Tenant, now: datetime) -> None:
+    """A ``plan_changes`` row: the tenant's plan and overrides from ``now`` on."""
+    overrides = tenant.overrides.document if tenant.overrides else sa.null()
+    await conn.execute(
+        plan_changes.insert().values(
+            tenant_id=tenant.id, plan=tenant.plan, effective_at=now, overrides=overrides
+        )
+    )
 
 
 @contextlib.contextmanager

@@ -5,7 +5,8 @@ Revises: 0002
 Create Date: 2026-12-03
 
 ``plan_versions`` holds every applied plans document (replicas poll it by ``applied_at``);
-``tenants.overrides`` a tenant's partial plan entry; ``audit_events`` every AdminService
+``tenants.overrides`` a tenant's partial plan entry (and ``plan_changes.overrides`` its history,
+for proration); ``audit_events`` every AdminService
 mutation with the credential's name; ``invoices.plan_version`` the plans version an invoice
 was priced with.
 """
@@ -58,12 +59,15 @@ def upgrade() -> None:
     op.create_index("ix_audit_events_occurred_at", "audit_events", ["occurred_at"])
     op.create_index("ix_audit_events_tenant_id_id", "audit_events", ["tenant_id", "id"])
     op.add_column("tenants", sa.Column("overrides", sa.JSON(), nullable=True))
+    op.add_column("plan_changes", sa.Column("overrides", sa.JSON(), nullable=True))
     op.add_column("invoices", sa.Column("plan_version", sa.Integer(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("invoices") as batch:
         batch.drop_column("plan_version")
+    with op.batch_alter_table("plan_changes") as batch:
+        batch.drop_column("overrides")
     with op.batch_alter_table("tenants") as batch:
         batch.drop_column("overrides")
     op.drop_index("ix_audit_events_tenant_id_id", table_name="audit_events")
