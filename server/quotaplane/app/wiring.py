@@ -14,6 +14,7 @@ used) -> ``RedisCounterStore`` (the atomic Lua script).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -231,7 +232,7 @@ def build_replica(
     )
     gateway = Gateway(api_keys, engine, on_misconfigured=telemetry.record_misconfigured)
     queries = stored.tenant_queries
-    plan_admin = PlanAdmin(plans, queries, stored.plan_versions, parse_plans)
+    plan_admin = PlanAdmin(plans, queries, stored.plan_versions, _parse_off_loop)
     plan_poller = PlanVersionPoller(stored.plan_versions, plan_admin, ttl=settings.cache_ttl)
     servicers = Servicers(
         quota=QuotaServicer(engine, usage=usage, invoices=invoices),
@@ -270,6 +271,11 @@ def build_replica(
         servicers=servicers,
         loops=tuple(loops),
     )
+
+
+async def _parse_off_loop(document: str, source: str) -> PlanCatalog:
+    """Plans YAML parsed in a worker thread: a document may be 1 MiB."""
+    return await asyncio.to_thread(parse_plans, document, source)
 
 
 def _http_authz(settings: Settings, gateway: Gateway, telemetry: Telemetry) -> HttpAuthz | None:

@@ -40,7 +40,8 @@ from quotaplane.domain.plans.ports import PlanVersion, PlanVersionStore, Version
 from quotaplane.domain.tenants.ports import TenantQueries
 from quotaplane.domain.text import text_problem
 
-Parse = Callable[[str, str], PlanCatalog]  # (document, source) -> catalog; PlanFileError
+# (document, source) -> catalog, or PlanFileError; off the event loop (a document may be 1 MiB).
+Parse = Callable[[str, str], Awaitable[PlanCatalog]]
 _LISTING = "plan_versions"
 APPLY_ATTEMPTS = 5
 MAX_VERSION = 2**31 - 1  # the ledger's column is a 32-bit integer
@@ -142,7 +143,7 @@ class PlanAdmin:
             raise InvalidArgument("document is required: the plans YAML to apply")
         if problem := text_problem(document, "document", MAX_DOCUMENT_CHARS):
             raise InvalidArgument(problem)
-        catalog = self._parse(document, source or "ApplyPlans")
+        catalog = await self._parse(document, source or "ApplyPlans")
         async with self._registry.lock:
             for _ in range(APPLY_ATTEMPTS):
                 latest = await self._versions.latest()
@@ -198,15 +199,21 @@ class PlanAdmin:
         if latest is None or configured:
             applied = await self.apply(document, source=source, applied_by=SERVE)
             return applied if applied.changed else None
-        self.serve(latest)
+        if self.is_new(latest):
+            self._registry.install(await self.catalog_of(latest))
         return None
 
-    def serve(self, version: PlanVersion) -> bool:
-        """Serve a version another replica stored (the poller); False if not newer."""
-        if version.version <= self._registry.current.version:
-            return False
-        catalog = self._parse(version.document, version.source)
-        return self._registry.install(versioned(catalog, version.version))
+    def is_new(self, version: PlanVersion) -> bool:
+        """Whether ``version`` is newer than the one this replica serves."""
+        return version.version > self._registry.current.version
+
+    async def catalog_of(self, version: PlanVersion) -> PlanCatalog:
+        """The catalog a stored version describes; PlanFileError if this build cannot read it."""
+        return versioned(await self._parse(version.document, version.source), version.version)
+
+    def install(self, catalog: PlanCatalog) -> bool:
+        """Serve a stored version's catalog (the poller); False if it is not newer."""
+        return self._registry.install(catalog)
 
     async def _check_tenants_fit(self, catalog: PlanCatalog) -> None:
         in_use = await self._queries.plans_in_use()
