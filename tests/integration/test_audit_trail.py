@@ -112,6 +112,8 @@ async def test_a_scripted_operator_session_is_listed_in_order_with_the_credentia
 
     code, table, _ = await cli("audit", "--method", "SuspendTenant")
     assert code == 0 and "SuspendTenant" in table and "CreateTenant" not in table
+    full = "/quotaplane.v1.AdminService/SuspendTenant"
+    assert len((await _json(cli, "audit", "--method", full))["events"]) == 1
     by_tenant = (await _json(cli, "audit", "--tenant-id", tenant))["events"]
     assert len(by_tenant) == 5
 

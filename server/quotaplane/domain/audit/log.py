@@ -61,6 +61,7 @@ class AuditLog:
 
 
 def _method(method: str) -> str | None:
+    method = method.removeprefix("/")  # the gRPC path form, "/pkg.Service/Method"
     if not method:
         return None
     if not _METHOD_RE.fullmatch(method):
