@@ -1,11 +1,12 @@
-"""Admin use cases for tenants: create, get, list, change plan, suspend, resume.
+"""Admin use cases for tenants: create, get, list, change plan, suspend, resume, overrides.
 
-Tenant writes that name a plan take the plan registry's lock (``domain/plans/registry.py``),
-so a tenant cannot be put on a plan that a concurrent reload is removing.
+Tenant writes that name a plan (or set overrides) take the plan registry's lock
+(``domain/plans/registry.py``), so a tenant cannot be put on a plan, or given overrides, that a
+concurrent apply is removing or no longer fits.
 
 Tenant changes go through the tenant store, which bumps ``version``/``updated_at`` (replicas'
-directories refresh from that) and records plan changes in ``plan_changes`` (billing prorates
-from it). Usage reports and invoices are in ``domain/billing/admin.py``.
+directories refresh from that) and records plan and override changes in ``plan_changes``
+(billing prorates from it). Usage reports and invoices are in ``domain/billing/admin.py``.
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ class TenantPage:
 
 
 class TenantAdmin:
-    """CreateTenant, GetTenant, ListTenants, UpdateTenantPlan, SuspendTenant, ResumeTenant."""
+    """CreateTenant, GetTenant, ListTenants, UpdateTenantPlan, SuspendTenant, ResumeTenant,
+    SetTenantOverrides, ClearTenantOverrides (``plans/overrides.py``: an override is checked by
+    the plan rules once merged over the tenant's plan; a plan change it would not fit is
+    refused)."""
 
     def __init__(
         self,
