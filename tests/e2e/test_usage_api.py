@@ -170,3 +170,40 @@ def test_quotaplane_refuses_a_usage_request_that_did_not_come_through_envoy(usag
     port = usage.stack.serve.http_port
     status, _, body = request(port, "GET", "/_tenant/v1/usage", None, {"x-tenant-id": usage.a.id})
     assert (status, body["error"]) == (403, "not_through_gateway")
+
+
+def test_overrides_show_their_spend_cap_and_shadow_denials(usage: Usage) -> None:
+    """A tenant's overrides (#19) are its terms here too: the spend cap they set, and a shadow
+    limit's would-be denials, counted by the same atomic step that admitted the requests."""
+    tenant = usage.stack.tenant("tenant with a deal")
+    deal = "{spend_cap: '5.00', metrics: {requests: {limits: {day: {limit: 1, mode: shadow}}}}}"
+    usage.stack.client.admin_call(
+        "SetTenantOverrides",
+        admin_pb2.SetTenantOverridesRequest(tenant_id=tenant.id, document=deal),
+    )
+
+    def day_limit() -> dict[str, Any]:
+        status, _, body = get_usage(usage, tenant.key)
+        assert status == 200, body
+        [day] = [limit for limit in body["limits"] if limit["window"] == "day"]
+        return {**day, "spend_cap": body["spend_cap"]}
+
+    deadline = time.monotonic() + 5
+    while day_limit()["mode"] != "shadow":  # every replica within QUOTAPLANE_CACHE_TTL
+        assert time.monotonic() < deadline, "the override never reached the gateway"
+        time.sleep(0.1)
+    for _ in range(3):  # a shadow limit of 1 a day refuses nothing
+        assert usage.stack.rate({"x-api-key": tenant.key})[0] == 200
+    day = day_limit()
+    assert (day["mode"], day["limit"], day["used"], day["would_be_denials"]) == (
+        "shadow",
+        1,
+        3,
+        2,
+    )
+    assert day["spend_cap"] == "5.00"
+    status, _, body = get_usage(usage, usage.a.key)
+    assert status == 200
+    assert body["spend_cap"] is None
+    assert {limit["mode"] for limit in body["limits"]} == {"enforce"}
+    assert all("would_be_denials" not in limit for limit in body["limits"])

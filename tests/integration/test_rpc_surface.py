@@ -50,6 +50,12 @@ EXPECTED: dict[str, grpc.StatusCode] = {
     "/quotaplane.v1.AdminService/ListInvoices": OK,
     "/quotaplane.v1.AdminService/GetInvoice": INVALID,
     "/quotaplane.v1.AdminService/VoidInvoice": INVALID,
+    "/quotaplane.v1.AdminService/ApplyPlans": INVALID,
+    "/quotaplane.v1.AdminService/ListPlanVersions": OK,
+    "/quotaplane.v1.AdminService/RollbackPlans": INVALID,
+    "/quotaplane.v1.AdminService/SetTenantOverrides": INVALID,
+    "/quotaplane.v1.AdminService/ClearTenantOverrides": INVALID,
+    "/quotaplane.v1.AdminService/ListAuditEvents": OK,
 }
 
 SERVICES = [

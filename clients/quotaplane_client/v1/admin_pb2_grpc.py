@@ -90,6 +90,36 @@ class AdminServiceStub:
                 request_serializer=quotaplane_dot_v1_dot_admin__pb2.ReloadPlansRequest.SerializeToString,
                 response_deserializer=quotaplane_dot_v1_dot_admin__pb2.ListPlansResponse.FromString,
                 _registered_method=True)
+        self.ApplyPlans = channel.unary_unary(
+                '/quotaplane.v1.AdminService/ApplyPlans',
+                request_serializer=quotaplane_dot_v1_dot_admin__pb2.ApplyPlansRequest.SerializeToString,
+                response_deserializer=quotaplane_dot_v1_dot_admin__pb2.ApplyPlansResponse.FromString,
+                _registered_method=True)
+        self.ListPlanVersions = channel.unary_unary(
+                '/quotaplane.v1.AdminService/ListPlanVersions',
+                request_serializer=quotaplane_dot_v1_dot_admin__pb2.ListPlanVersionsRequest.SerializeToString,
+                response_deserializer=quotaplane_dot_v1_dot_admin__pb2.ListPlanVersionsResponse.FromString,
+                _registered_method=True)
+        self.RollbackPlans = channel.unary_unary(
+                '/quotaplane.v1.AdminService/RollbackPlans',
+                request_serializer=quotaplane_dot_v1_dot_admin__pb2.RollbackPlansRequest.SerializeToString,
+                response_deserializer=quotaplane_dot_v1_dot_admin__pb2.ApplyPlansResponse.FromString,
+                _registered_method=True)
+        self.SetTenantOverrides = channel.unary_unary(
+                '/quotaplane.v1.AdminService/SetTenantOverrides',
+                request_serializer=quotaplane_dot_v1_dot_admin__pb2.SetTenantOverridesRequest.SerializeToString,
+                response_deserializer=quotaplane_dot_v1_dot_types__pb2.Tenant.FromString,
+                _registered_method=True)
+        self.ClearTenantOverrides = channel.unary_unary(
+                '/quotaplane.v1.AdminService/ClearTenantOverrides',
+                request_serializer=quotaplane_dot_v1_dot_admin__pb2.ClearTenantOverridesRequest.SerializeToString,
+                response_deserializer=quotaplane_dot_v1_dot_types__pb2.Tenant.FromString,
+                _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/quotaplane.v1.AdminService/ListAuditEvents',
+                request_serializer=quotaplane_dot_v1_dot_admin__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=quotaplane_dot_v1_dot_admin__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
         self.GetUsage = channel.unary_unary(
                 '/quotaplane.v1.AdminService/GetUsage',
                 request_serializer=quotaplane_dot_v1_dot_admin__pb2.GetUsageRequest.SerializeToString,
@@ -186,8 +216,55 @@ class AdminServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ReloadPlans(self, request, context):
-        """Reload the plans file. A file that fails validation is refused whole (INVALID_ARGUMENT
-        listing every problem) and the running plans stay.
+        """Re-read the server's plans file (QUOTAPLANE_PLANS) and apply it as a new plans version,
+        like ApplyPlans. A file that fails validation is refused whole (INVALID_ARGUMENT listing
+        every problem) and the running plans stay.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApplyPlans(self, request, context):
+        """Validate a plans document fully and store it as the next plans version; every replica
+        serves it within QUOTAPLANE_CACHE_TTL. Refused whole, with nothing stored, when it is
+        invalid (INVALID_ARGUMENT), drops a plan a tenant is on or no longer fits a tenant's
+        overrides (FAILED_PRECONDITION). A document equal to the newest version stores nothing.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPlanVersions(self, request, context):
+        """The stored plans versions, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RollbackPlans(self, request, context):
+        """Apply an older version's document again, as a new version (same checks as ApplyPlans).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetTenantOverrides(self, request, context):
+        """Set a tenant's overrides: a partial plan entry (YAML or JSON, the keys of a plan in the
+        plans file) merged over its plan and checked by the plan rules. Replaces earlier overrides.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ClearTenantOverrides(self, request, context):
+        """Remove a tenant's overrides: its plan alone applies again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAuditEvents(self, request, context):
+        """The audit trail of AdminService mutations, oldest first, with filters and paging.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -278,6 +355,36 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.ReloadPlans,
                     request_deserializer=quotaplane_dot_v1_dot_admin__pb2.ReloadPlansRequest.FromString,
                     response_serializer=quotaplane_dot_v1_dot_admin__pb2.ListPlansResponse.SerializeToString,
+            ),
+            'ApplyPlans': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplyPlans,
+                    request_deserializer=quotaplane_dot_v1_dot_admin__pb2.ApplyPlansRequest.FromString,
+                    response_serializer=quotaplane_dot_v1_dot_admin__pb2.ApplyPlansResponse.SerializeToString,
+            ),
+            'ListPlanVersions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPlanVersions,
+                    request_deserializer=quotaplane_dot_v1_dot_admin__pb2.ListPlanVersionsRequest.FromString,
+                    response_serializer=quotaplane_dot_v1_dot_admin__pb2.ListPlanVersionsResponse.SerializeToString,
+            ),
+            'RollbackPlans': grpc.unary_unary_rpc_method_handler(
+                    servicer.RollbackPlans,
+                    request_deserializer=quotaplane_dot_v1_dot_admin__pb2.RollbackPlansRequest.FromString,
+                    response_serializer=quotaplane_dot_v1_dot_admin__pb2.ApplyPlansResponse.SerializeToString,
+            ),
+            'SetTenantOverrides': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetTenantOverrides,
+                    request_deserializer=quotaplane_dot_v1_dot_admin__pb2.SetTenantOverridesRequest.FromString,
+                    response_serializer=quotaplane_dot_v1_dot_types__pb2.Tenant.SerializeToString,
+            ),
+            'ClearTenantOverrides': grpc.unary_unary_rpc_method_handler(
+                    servicer.ClearTenantOverrides,
+                    request_deserializer=quotaplane_dot_v1_dot_admin__pb2.ClearTenantOverridesRequest.FromString,
+                    response_serializer=quotaplane_dot_v1_dot_types__pb2.Tenant.SerializeToString,
+            ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=quotaplane_dot_v1_dot_admin__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=quotaplane_dot_v1_dot_admin__pb2.ListAuditEventsResponse.SerializeToString,
             ),
             'GetUsage': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUsage,
@@ -597,6 +704,168 @@ class AdminService:
             '/quotaplane.v1.AdminService/ReloadPlans',
             quotaplane_dot_v1_dot_admin__pb2.ReloadPlansRequest.SerializeToString,
             quotaplane_dot_v1_dot_admin__pb2.ListPlansResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplyPlans(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quotaplane.v1.AdminService/ApplyPlans',
+            quotaplane_dot_v1_dot_admin__pb2.ApplyPlansRequest.SerializeToString,
+            quotaplane_dot_v1_dot_admin__pb2.ApplyPlansResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPlanVersions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quotaplane.v1.AdminService/ListPlanVersions',
+            quotaplane_dot_v1_dot_admin__pb2.ListPlanVersionsRequest.SerializeToString,
+            quotaplane_dot_v1_dot_admin__pb2.ListPlanVersionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RollbackPlans(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quotaplane.v1.AdminService/RollbackPlans',
+            quotaplane_dot_v1_dot_admin__pb2.RollbackPlansRequest.SerializeToString,
+            quotaplane_dot_v1_dot_admin__pb2.ApplyPlansResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetTenantOverrides(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quotaplane.v1.AdminService/SetTenantOverrides',
+            quotaplane_dot_v1_dot_admin__pb2.SetTenantOverridesRequest.SerializeToString,
+            quotaplane_dot_v1_dot_types__pb2.Tenant.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ClearTenantOverrides(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quotaplane.v1.AdminService/ClearTenantOverrides',
+            quotaplane_dot_v1_dot_admin__pb2.ClearTenantOverridesRequest.SerializeToString,
+            quotaplane_dot_v1_dot_types__pb2.Tenant.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/quotaplane.v1.AdminService/ListAuditEvents',
+            quotaplane_dot_v1_dot_admin__pb2.ListAuditEventsRequest.SerializeToString,
+            quotaplane_dot_v1_dot_admin__pb2.ListAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -62,9 +62,28 @@ class AdminServiceStub:
     ListPlans: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListPlansRequest, _admin_pb2.ListPlansResponse]
     """The plans in force."""
     ReloadPlans: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ReloadPlansRequest, _admin_pb2.ListPlansResponse]
-    """Reload the plans file. A file that fails validation is refused whole (INVALID_ARGUMENT
-    listing every problem) and the running plans stay.
+    """Re-read the server's plans file (QUOTAPLANE_PLANS) and apply it as a new plans version,
+    like ApplyPlans. A file that fails validation is refused whole (INVALID_ARGUMENT listing
+    every problem) and the running plans stay.
     """
+    ApplyPlans: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ApplyPlansRequest, _admin_pb2.ApplyPlansResponse]
+    """Validate a plans document fully and store it as the next plans version; every replica
+    serves it within QUOTAPLANE_CACHE_TTL. Refused whole, with nothing stored, when it is
+    invalid (INVALID_ARGUMENT), drops a plan a tenant is on or no longer fits a tenant's
+    overrides (FAILED_PRECONDITION). A document equal to the newest version stores nothing.
+    """
+    ListPlanVersions: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListPlanVersionsRequest, _admin_pb2.ListPlanVersionsResponse]
+    """The stored plans versions, newest first."""
+    RollbackPlans: _grpc.UnaryUnaryMultiCallable[_admin_pb2.RollbackPlansRequest, _admin_pb2.ApplyPlansResponse]
+    """Apply an older version's document again, as a new version (same checks as ApplyPlans)."""
+    SetTenantOverrides: _grpc.UnaryUnaryMultiCallable[_admin_pb2.SetTenantOverridesRequest, _types_pb2.Tenant]
+    """Set a tenant's overrides: a partial plan entry (YAML or JSON, the keys of a plan in the
+    plans file) merged over its plan and checked by the plan rules. Replaces earlier overrides.
+    """
+    ClearTenantOverrides: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ClearTenantOverridesRequest, _types_pb2.Tenant]
+    """Remove a tenant's overrides: its plan alone applies again."""
+    ListAuditEvents: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListAuditEventsRequest, _admin_pb2.ListAuditEventsResponse]
+    """The audit trail of AdminService mutations, oldest first, with filters and paging."""
     GetUsage: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetUsageRequest, _admin_pb2.GetUsageResponse]
     """A tenant's usage of a metric over a time range, in hour, day or month buckets."""
     ListInvoices: _grpc.UnaryUnaryMultiCallable[_admin_pb2.ListInvoicesRequest, _admin_pb2.ListInvoicesResponse]
@@ -98,9 +117,28 @@ class AdminServiceAsyncStub(AdminServiceStub):
     ListPlans: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListPlansRequest, _admin_pb2.ListPlansResponse]  # type: ignore[assignment]
     """The plans in force."""
     ReloadPlans: _aio.UnaryUnaryMultiCallable[_admin_pb2.ReloadPlansRequest, _admin_pb2.ListPlansResponse]  # type: ignore[assignment]
-    """Reload the plans file. A file that fails validation is refused whole (INVALID_ARGUMENT
-    listing every problem) and the running plans stay.
+    """Re-read the server's plans file (QUOTAPLANE_PLANS) and apply it as a new plans version,
+    like ApplyPlans. A file that fails validation is refused whole (INVALID_ARGUMENT listing
+    every problem) and the running plans stay.
     """
+    ApplyPlans: _aio.UnaryUnaryMultiCallable[_admin_pb2.ApplyPlansRequest, _admin_pb2.ApplyPlansResponse]  # type: ignore[assignment]
+    """Validate a plans document fully and store it as the next plans version; every replica
+    serves it within QUOTAPLANE_CACHE_TTL. Refused whole, with nothing stored, when it is
+    invalid (INVALID_ARGUMENT), drops a plan a tenant is on or no longer fits a tenant's
+    overrides (FAILED_PRECONDITION). A document equal to the newest version stores nothing.
+    """
+    ListPlanVersions: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListPlanVersionsRequest, _admin_pb2.ListPlanVersionsResponse]  # type: ignore[assignment]
+    """The stored plans versions, newest first."""
+    RollbackPlans: _aio.UnaryUnaryMultiCallable[_admin_pb2.RollbackPlansRequest, _admin_pb2.ApplyPlansResponse]  # type: ignore[assignment]
+    """Apply an older version's document again, as a new version (same checks as ApplyPlans)."""
+    SetTenantOverrides: _aio.UnaryUnaryMultiCallable[_admin_pb2.SetTenantOverridesRequest, _types_pb2.Tenant]  # type: ignore[assignment]
+    """Set a tenant's overrides: a partial plan entry (YAML or JSON, the keys of a plan in the
+    plans file) merged over its plan and checked by the plan rules. Replaces earlier overrides.
+    """
+    ClearTenantOverrides: _aio.UnaryUnaryMultiCallable[_admin_pb2.ClearTenantOverridesRequest, _types_pb2.Tenant]  # type: ignore[assignment]
+    """Remove a tenant's overrides: its plan alone applies again."""
+    ListAuditEvents: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListAuditEventsRequest, _admin_pb2.ListAuditEventsResponse]  # type: ignore[assignment]
+    """The audit trail of AdminService mutations, oldest first, with filters and paging."""
     GetUsage: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetUsageRequest, _admin_pb2.GetUsageResponse]  # type: ignore[assignment]
     """A tenant's usage of a metric over a time range, in hour, day or month buckets."""
     ListInvoices: _aio.UnaryUnaryMultiCallable[_admin_pb2.ListInvoicesRequest, _admin_pb2.ListInvoicesResponse]  # type: ignore[assignment]
@@ -197,9 +235,64 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _admin_pb2.ReloadPlansRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.ListPlansResponse, _abc.Awaitable[_admin_pb2.ListPlansResponse]]:
-        """Reload the plans file. A file that fails validation is refused whole (INVALID_ARGUMENT
-        listing every problem) and the running plans stay.
+        """Re-read the server's plans file (QUOTAPLANE_PLANS) and apply it as a new plans version,
+        like ApplyPlans. A file that fails validation is refused whole (INVALID_ARGUMENT listing
+        every problem) and the running plans stay.
         """
+
+    @_abc_1.abstractmethod
+    def ApplyPlans(
+        self,
+        request: _admin_pb2.ApplyPlansRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ApplyPlansResponse, _abc.Awaitable[_admin_pb2.ApplyPlansResponse]]:
+        """Validate a plans document fully and store it as the next plans version; every replica
+        serves it within QUOTAPLANE_CACHE_TTL. Refused whole, with nothing stored, when it is
+        invalid (INVALID_ARGUMENT), drops a plan a tenant is on or no longer fits a tenant's
+        overrides (FAILED_PRECONDITION). A document equal to the newest version stores nothing.
+        """
+
+    @_abc_1.abstractmethod
+    def ListPlanVersions(
+        self,
+        request: _admin_pb2.ListPlanVersionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListPlanVersionsResponse, _abc.Awaitable[_admin_pb2.ListPlanVersionsResponse]]:
+        """The stored plans versions, newest first."""
+
+    @_abc_1.abstractmethod
+    def RollbackPlans(
+        self,
+        request: _admin_pb2.RollbackPlansRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ApplyPlansResponse, _abc.Awaitable[_admin_pb2.ApplyPlansResponse]]:
+        """Apply an older version's document again, as a new version (same checks as ApplyPlans)."""
+
+    @_abc_1.abstractmethod
+    def SetTenantOverrides(
+        self,
+        request: _admin_pb2.SetTenantOverridesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_types_pb2.Tenant, _abc.Awaitable[_types_pb2.Tenant]]:
+        """Set a tenant's overrides: a partial plan entry (YAML or JSON, the keys of a plan in the
+        plans file) merged over its plan and checked by the plan rules. Replaces earlier overrides.
+        """
+
+    @_abc_1.abstractmethod
+    def ClearTenantOverrides(
+        self,
+        request: _admin_pb2.ClearTenantOverridesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_types_pb2.Tenant, _abc.Awaitable[_types_pb2.Tenant]]:
+        """Remove a tenant's overrides: its plan alone applies again."""
+
+    @_abc_1.abstractmethod
+    def ListAuditEvents(
+        self,
+        request: _admin_pb2.ListAuditEventsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.ListAuditEventsResponse, _abc.Awaitable[_admin_pb2.ListAuditEventsResponse]]:
+        """The audit trail of AdminService mutations, oldest first, with filters and paging."""
 
     @_abc_1.abstractmethod
     def GetUsage(

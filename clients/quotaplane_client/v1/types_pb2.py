@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19quotaplane/v1/types.proto\x12\rquotaplane.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc6\x02\n\x06Tenant\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04plan\x18\x03 \x01(\t\x12,\n\x06status\x18\x04 \x01(\x0e\x32\x1c.quotaplane.v1.Tenant.Status\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x65xternal_id\x18\x06 \x01(\t\x12\x1a\n\x12stripe_customer_id\x18\x07 \x01(\t\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10suspended_reason\x18\t \x01(\t\";\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\n\n\x06\x41\x43TIVE\x10\x01\x12\r\n\tSUSPENDED\x10\x02\"\xa5\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06prefix\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe9\x01\n\x0bLimitStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x06window\x18\x02 \x01(\x0e\x32\x15.quotaplane.v1.Window\x12\r\n\x05limit\x18\x03 \x01(\x03\x12\x11\n\tremaining\x18\x04 \x01(\x03\x12,\n\x08reset_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x0eoverage_policy\x18\x06 \x01(\x0e\x32\x1c.quotaplane.v1.OveragePolicy\x12\x0f\n\x07overage\x18\x07 \x01(\x03\x12\x0e\n\x06shadow\x18\x08 \x01(\x08\"{\n\nTierCharge\x12\x12\n\nfirst_unit\x18\x01 \x01(\x03\x12\x11\n\tlast_unit\x18\x02 \x01(\x03\x12\x10\n\x08quantity\x18\x03 \x01(\x03\x12\x12\n\nunit_price\x18\x04 \x01(\t\x12\x10\n\x08\x66lat_fee\x18\x05 \x01(\t\x12\x0e\n\x06\x61mount\x18\x06 \x01(\t\"\xb9\x02\n\x0bInvoiceLine\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x03\x12\x12\n\nunit_price\x18\x04 \x01(\t\x12\x0e\n\x06\x61mount\x18\x05 \x01(\t\x12\x14\n\x0c\x61mount_minor\x18\x06 \x01(\x03\x12(\n\x05tiers\x18\x07 \x03(\x0b\x32\x19.quotaplane.v1.TierCharge\x12\x0c\n\x04plan\x18\x08 \x01(\t\x12\x11\n\tproration\x18\t \x01(\t\x12.\n\nspan_start\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08span_end\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08included\x18\x0c \x01(\x03\"\x9d\x04\n\x07Invoice\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0e\n\x06period\x18\x03 \x01(\t\x12-\n\x06status\x18\x04 \x01(\x0e\x32\x1d.quotaplane.v1.Invoice.Status\x12\x10\n\x08\x63urrency\x18\x05 \x01(\t\x12)\n\x05lines\x18\x06 \x03(\x0b\x32\x1a.quotaplane.v1.InvoiceLine\x12\x10\n\x08subtotal\x18\x07 \x01(\t\x12\r\n\x05total\x18\x08 \x01(\t\x12\x13\n\x0btotal_minor\x18\t \x01(\x03\x12\x19\n\x11stripe_invoice_id\x18\n \x01(\t\x12\x0f\n\x07version\x18\x0b \x01(\x05\x12\x1b\n\x13replaces_invoice_id\x18\x0c \x01(\t\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x66inalized_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x0f \x01(\t\x12\x1e\n\x16supplements_invoice_id\x18\x10 \x01(\t\x12\x12\n\nsupplement\x18\x11 \x01(\x05\"N\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\t\n\x05\x44RAFT\x10\x01\x12\r\n\tFINALIZED\x10\x02\x12\x08\n\x04PAID\x10\x03\x12\x08\n\x04VOID\x10\x04*y\n\x06Window\x12\x16\n\x12WINDOW_UNSPECIFIED\x10\x00\x12\x11\n\rWINDOW_SECOND\x10\x01\x12\x11\n\rWINDOW_MINUTE\x10\x02\x12\x0f\n\x0bWINDOW_HOUR\x10\x03\x12\x0e\n\nWINDOW_DAY\x10\x04\x12\x10\n\x0cWINDOW_MONTH\x10\x05*b\n\rOveragePolicy\x12\x1e\n\x1aOVERAGE_POLICY_UNSPECIFIED\x10\x00\x12\x18\n\x14OVERAGE_POLICY_BLOCK\x10\x01\x12\x17\n\x13OVERAGE_POLICY_BILL\x10\x02\x42\x41Z?github.com/quotaplane/quotaplane/gen/quotaplane/v1;quotaplanev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19quotaplane/v1/types.proto\x12\rquotaplane.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd9\x02\n\x06Tenant\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04plan\x18\x03 \x01(\t\x12,\n\x06status\x18\x04 \x01(\x0e\x32\x1c.quotaplane.v1.Tenant.Status\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x65xternal_id\x18\x06 \x01(\t\x12\x1a\n\x12stripe_customer_id\x18\x07 \x01(\t\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10suspended_reason\x18\t \x01(\t\x12\x11\n\toverrides\x18\x14 \x01(\t\";\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\n\n\x06\x41\x43TIVE\x10\x01\x12\r\n\tSUSPENDED\x10\x02\"\xa5\x01\n\x06\x41piKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0e\n\x06prefix\x18\x04 \x01(\t\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe9\x01\n\x0bLimitStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12%\n\x06window\x18\x02 \x01(\x0e\x32\x15.quotaplane.v1.Window\x12\r\n\x05limit\x18\x03 \x01(\x03\x12\x11\n\tremaining\x18\x04 \x01(\x03\x12,\n\x08reset_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x0eoverage_policy\x18\x06 \x01(\x0e\x32\x1c.quotaplane.v1.OveragePolicy\x12\x0f\n\x07overage\x18\x07 \x01(\x03\x12\x0e\n\x06shadow\x18\x08 \x01(\x08\"{\n\nTierCharge\x12\x12\n\nfirst_unit\x18\x01 \x01(\x03\x12\x11\n\tlast_unit\x18\x02 \x01(\x03\x12\x10\n\x08quantity\x18\x03 \x01(\x03\x12\x12\n\nunit_price\x18\x04 \x01(\t\x12\x10\n\x08\x66lat_fee\x18\x05 \x01(\t\x12\x0e\n\x06\x61mount\x18\x06 \x01(\t\"\xcb\x02\n\x0bInvoiceLine\x12\x0e\n\x06metric\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x10\n\x08quantity\x18\x03 \x01(\x03\x12\x12\n\nunit_price\x18\x04 \x01(\t\x12\x0e\n\x06\x61mount\x18\x05 \x01(\t\x12\x14\n\x0c\x61mount_minor\x18\x06 \x01(\x03\x12(\n\x05tiers\x18\x07 \x03(\x0b\x32\x19.quotaplane.v1.TierCharge\x12\x0c\n\x04plan\x18\x08 \x01(\t\x12\x11\n\tproration\x18\t \x01(\t\x12.\n\nspan_start\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08span_end\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08included\x18\x0c \x01(\x03\x12\x10\n\x08override\x18\x14 \x01(\t\"\xb3\x04\n\x07Invoice\x12\n\n\x02id\x18\x01 \x01(\t\x12\x11\n\ttenant_id\x18\x02 \x01(\t\x12\x0e\n\x06period\x18\x03 \x01(\t\x12-\n\x06status\x18\x04 \x01(\x0e\x32\x1d.quotaplane.v1.Invoice.Status\x12\x10\n\x08\x63urrency\x18\x05 \x01(\t\x12)\n\x05lines\x18\x06 \x03(\x0b\x32\x1a.quotaplane.v1.InvoiceLine\x12\x10\n\x08subtotal\x18\x07 \x01(\t\x12\r\n\x05total\x18\x08 \x01(\t\x12\x13\n\x0btotal_minor\x18\t \x01(\x03\x12\x19\n\x11stripe_invoice_id\x18\n \x01(\t\x12\x0f\n\x07version\x18\x0b \x01(\x05\x12\x1b\n\x13replaces_invoice_id\x18\x0c \x01(\t\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x66inalized_at\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nlast_error\x18\x0f \x01(\t\x12\x1e\n\x16supplements_invoice_id\x18\x10 \x01(\t\x12\x12\n\nsupplement\x18\x11 \x01(\x05\x12\x14\n\x0cplan_version\x18\x14 \x01(\x03\"N\n\x06Status\x12\x16\n\x12STATUS_UNSPECIFIED\x10\x00\x12\t\n\x05\x44RAFT\x10\x01\x12\r\n\tFINALIZED\x10\x02\x12\x08\n\x04PAID\x10\x03\x12\x08\n\x04VOID\x10\x04*y\n\x06Window\x12\x16\n\x12WINDOW_UNSPECIFIED\x10\x00\x12\x11\n\rWINDOW_SECOND\x10\x01\x12\x11\n\rWINDOW_MINUTE\x10\x02\x12\x0f\n\x0bWINDOW_HOUR\x10\x03\x12\x0e\n\nWINDOW_DAY\x10\x04\x12\x10\n\x0cWINDOW_MONTH\x10\x05*b\n\rOveragePolicy\x12\x1e\n\x1aOVERAGE_POLICY_UNSPECIFIED\x10\x00\x12\x18\n\x14OVERAGE_POLICY_BLOCK\x10\x01\x12\x17\n\x13OVERAGE_POLICY_BILL\x10\x02\x42\x41Z?github.com/quotaplane/quotaplane/gen/quotaplane/v1;quotaplanev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,24 +33,24 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'quotaplane.v1.types_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'Z?github.com/quotaplane/quotaplane/gen/quotaplane/v1;quotaplanev1'
-  _globals['_WINDOW']._serialized_start=1795
-  _globals['_WINDOW']._serialized_end=1916
-  _globals['_OVERAGEPOLICY']._serialized_start=1918
-  _globals['_OVERAGEPOLICY']._serialized_end=2016
+  _globals['_WINDOW']._serialized_start=1854
+  _globals['_WINDOW']._serialized_end=1975
+  _globals['_OVERAGEPOLICY']._serialized_start=1977
+  _globals['_OVERAGEPOLICY']._serialized_end=2075
   _globals['_TENANT']._serialized_start=78
-  _globals['_TENANT']._serialized_end=404
-  _globals['_TENANT_STATUS']._serialized_start=345
-  _globals['_TENANT_STATUS']._serialized_end=404
-  _globals['_APIKEY']._serialized_start=407
-  _globals['_APIKEY']._serialized_end=572
-  _globals['_LIMITSTATUS']._serialized_start=575
-  _globals['_LIMITSTATUS']._serialized_end=808
-  _globals['_TIERCHARGE']._serialized_start=810
-  _globals['_TIERCHARGE']._serialized_end=933
-  _globals['_INVOICELINE']._serialized_start=936
-  _globals['_INVOICELINE']._serialized_end=1249
-  _globals['_INVOICE']._serialized_start=1252
-  _globals['_INVOICE']._serialized_end=1793
-  _globals['_INVOICE_STATUS']._serialized_start=1715
-  _globals['_INVOICE_STATUS']._serialized_end=1793
+  _globals['_TENANT']._serialized_end=423
+  _globals['_TENANT_STATUS']._serialized_start=364
+  _globals['_TENANT_STATUS']._serialized_end=423
+  _globals['_APIKEY']._serialized_start=426
+  _globals['_APIKEY']._serialized_end=591
+  _globals['_LIMITSTATUS']._serialized_start=594
+  _globals['_LIMITSTATUS']._serialized_end=827
+  _globals['_TIERCHARGE']._serialized_start=829
+  _globals['_TIERCHARGE']._serialized_end=952
+  _globals['_INVOICELINE']._serialized_start=955
+  _globals['_INVOICELINE']._serialized_end=1286
+  _globals['_INVOICE']._serialized_start=1289
+  _globals['_INVOICE']._serialized_end=1852
+  _globals['_INVOICE_STATUS']._serialized_start=1774
+  _globals['_INVOICE_STATUS']._serialized_end=1852
 # @@protoc_insertion_point(module_scope)

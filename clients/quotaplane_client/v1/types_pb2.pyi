@@ -126,6 +126,7 @@ class Tenant(_message.Message):
     STRIPE_CUSTOMER_ID_FIELD_NUMBER: _builtins.int
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     SUSPENDED_REASON_FIELD_NUMBER: _builtins.int
+    OVERRIDES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """UUID assigned by quotaplane at creation."""
     name: _builtins.str
@@ -140,6 +141,10 @@ class Tenant(_message.Message):
     """Stripe customer id ("cus_...") once the tenant has been pushed to Stripe; empty before."""
     suspended_reason: _builtins.str
     """Why the tenant is suspended; empty when ACTIVE."""
+    overrides: _builtins.str
+    """The tenant's overrides as JSON (a partial plan entry merged over its plan); empty when
+    none. Set with SetTenantOverrides, removed with ClearTenantOverrides.
+    """
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
         """When the tenant was created."""
@@ -160,10 +165,11 @@ class Tenant(_message.Message):
         stripe_customer_id: _builtins.str = ...,
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         suspended_reason: _builtins.str = ...,
+        overrides: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "external_id", b"external_id", "id", b"id", "name", b"name", "plan", b"plan", "status", b"status", "stripe_customer_id", b"stripe_customer_id", "suspended_reason", b"suspended_reason", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "external_id", b"external_id", "id", b"id", "name", b"name", "overrides", b"overrides", "plan", b"plan", "status", b"status", "stripe_customer_id", b"stripe_customer_id", "suspended_reason", b"suspended_reason", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -327,6 +333,7 @@ class InvoiceLine(_message.Message):
     SPAN_START_FIELD_NUMBER: _builtins.int
     SPAN_END_FIELD_NUMBER: _builtins.int
     INCLUDED_FIELD_NUMBER: _builtins.int
+    OVERRIDE_FIELD_NUMBER: _builtins.int
     metric: _builtins.str
     """Metric billed ("requests"); "base_fee" for the plan's monthly fee."""
     description: _builtins.str
@@ -345,6 +352,10 @@ class InvoiceLine(_message.Message):
     """Share of the period the plan was in force, decimal string ("1" for the whole period)."""
     included: _builtins.int
     """Units that were free under the plan's included units."""
+    override: _builtins.str
+    """The tenant overrides that changed this line (their key paths, e.g.
+    "metrics.requests.limits.month"); empty when the line is priced by the plan alone.
+    """
     @_builtins.property
     def tiers(self) -> _containers.RepeatedCompositeFieldContainer[Global___TierCharge]:
         """Tier breakdown for graduated and volume prices."""
@@ -372,10 +383,11 @@ class InvoiceLine(_message.Message):
         span_start: _timestamp_pb2.Timestamp | None = ...,
         span_end: _timestamp_pb2.Timestamp | None = ...,
         included: _builtins.int = ...,
+        override: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["span_end", b"span_end", "span_start", b"span_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "amount_minor", b"amount_minor", "description", b"description", "included", b"included", "metric", b"metric", "plan", b"plan", "proration", b"proration", "quantity", b"quantity", "span_end", b"span_end", "span_start", b"span_start", "tiers", b"tiers", "unit_price", b"unit_price"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "amount_minor", b"amount_minor", "description", b"description", "included", b"included", "metric", b"metric", "override", b"override", "plan", b"plan", "proration", b"proration", "quantity", b"quantity", "span_end", b"span_end", "span_start", b"span_start", "tiers", b"tiers", "unit_price", b"unit_price"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -435,6 +447,7 @@ class Invoice(_message.Message):
     LAST_ERROR_FIELD_NUMBER: _builtins.int
     SUPPLEMENTS_INVOICE_ID_FIELD_NUMBER: _builtins.int
     SUPPLEMENT_FIELD_NUMBER: _builtins.int
+    PLAN_VERSION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """UUID of the invoice."""
     tenant_id: _builtins.str
@@ -465,6 +478,8 @@ class Invoice(_message.Message):
     """
     supplement: _builtins.int
     """0 for the period's primary invoice; 1, 2, ... for its supplementary invoices."""
+    plan_version: _builtins.int
+    """The plans version the invoice was priced with (0: priced before plans had versions)."""
     @_builtins.property
     def lines(self) -> _containers.RepeatedCompositeFieldContainer[Global___InvoiceLine]:
         """Lines in display order."""
@@ -497,10 +512,11 @@ class Invoice(_message.Message):
         last_error: _builtins.str = ...,
         supplements_invoice_id: _builtins.str = ...,
         supplement: _builtins.int = ...,
+        plan_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finalized_at", b"finalized_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "currency", b"currency", "finalized_at", b"finalized_at", "id", b"id", "last_error", b"last_error", "lines", b"lines", "period", b"period", "replaces_invoice_id", b"replaces_invoice_id", "status", b"status", "stripe_invoice_id", b"stripe_invoice_id", "subtotal", b"subtotal", "supplement", b"supplement", "supplements_invoice_id", b"supplements_invoice_id", "tenant_id", b"tenant_id", "total", b"total", "total_minor", b"total_minor", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "currency", b"currency", "finalized_at", b"finalized_at", "id", b"id", "last_error", b"last_error", "lines", b"lines", "period", b"period", "plan_version", b"plan_version", "replaces_invoice_id", b"replaces_invoice_id", "status", b"status", "stripe_invoice_id", b"stripe_invoice_id", "subtotal", b"subtotal", "supplement", b"supplement", "supplements_invoice_id", b"supplements_invoice_id", "tenant_id", b"tenant_id", "total", b"total", "total_minor", b"total_minor", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

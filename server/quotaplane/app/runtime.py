@@ -38,7 +38,7 @@ from quotaplane.app.shutdown import push_bounded
 from quotaplane.app.wiring import CloseOptions, Connections, Loop, Replica, build_replica
 from quotaplane.config import Settings
 from quotaplane.domain.plans.registry import PlanRegistry
-from quotaplane.integrations.plans_file import load_plans
+from quotaplane.integrations.plans_file import parse_plans, read_plans_text
 from quotaplane.integrations.stripe.webhooks import start_webhook_server
 from quotaplane.storage.redis.client import command_pipe, redis_client
 from quotaplane.storage.sql import migrate
@@ -151,6 +151,7 @@ class Runtime:
         storage = await self._start_storage()
         connections = self._connect(storage)
         replica = build_replica(self.settings, connections, plans, telemetry, close=self._close)
+        await self._bootstrap_plans(replica)
         # Warm: the first request must not wait for a poll interval to know its tenant or key.
         await replica.directory.refresh()
         await replica.api_keys.refresh()
@@ -167,12 +168,34 @@ class Runtime:
         """Every part registers its stop here: bounded, in reverse start order."""
         push_bounded(self._stack, name, stop, *args)
 
+    def _plans_path(self) -> Path:
+        return self.settings.plans_path or default_plans_path()
+
     def _plan_registry(self) -> PlanRegistry:
-        path = self.settings.plans_path or default_plans_path()
-        catalog = load_plans(path)
-        log.info("plans loaded", extra={"source": catalog.source, "plans": sorted(catalog.plans)})
-        read = functools.partial(asyncio.to_thread, load_plans, path)
-        return PlanRegistry(catalog, read=read, lock=asyncio.Lock())
+        """The plans file, validated before anything starts; the ledger's newest version
+        replaces it at ``_bootstrap_plans``."""
+        path = self._plans_path()
+        catalog = parse_plans(read_plans_text(path), str(path))
+        read = functools.partial(asyncio.to_thread, read_plans_text, path)
+        return PlanRegistry(catalog, read=read, lock=asyncio.Lock(), file_source=str(path))
+
+    async def _bootstrap_plans(self, replica: Replica) -> None:
+        """QUOTAPLANE_PLANS applied as a version when it differs from the newest one (the
+        packaged default only to an empty ledger), then the newest version served."""
+        path = self._plans_path()
+        text = await asyncio.to_thread(read_plans_text, path)
+        configured = self.settings.plans_path is not None
+        applied = await replica.plan_admin.bootstrap(text, str(path), configured=configured)
+        catalog = replica.plans.current
+        log.info(
+            "plans loaded",
+            extra={
+                "version": catalog.version,
+                "applied_now": applied is not None,
+                "source": catalog.source,
+                "plans": sorted(catalog.plans),
+            },
+        )
 
     async def _start_telemetry(self) -> tuple[Telemetry, int | None]:
         """Metric instruments and tracer first, so every later part can record; the scrape
@@ -232,6 +255,7 @@ class Runtime:
             credentials=server_credentials(s.tls_cert, s.tls_key, s.tls_client_ca),
             wrappers=[Observability(telemetry).wrap],
             reuse_port=s.reuse_port,
+            audit=replica.audit,
         )
         grace = s.shutdown_grace.total_seconds()
         push_bounded(self._stack, "grpc server", grpc.stop, grace, limit=grace + 5)

@@ -14,6 +14,7 @@ used) -> ``RedisCounterStore`` (the atomic Lua script).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,6 +23,7 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from quotaplane.config import Settings
+from quotaplane.domain.audit.log import AuditLog
 from quotaplane.domain.billing.admin import InvoiceAdmin, UsageReports
 from quotaplane.domain.billing.invoicing import InvoiceService
 from quotaplane.domain.billing.payments import PaymentWebhooks
@@ -38,6 +40,7 @@ from quotaplane.domain.quota.ports import CounterStore, TenantLookup
 from quotaplane.domain.tenants.admin import TenantAdmin
 from quotaplane.domain.tenants.api_keys import ApiKeyAdmin
 from quotaplane.integrations.notify.webhooks import HttpWebhookSender
+from quotaplane.integrations.plans_file import parse_override_text, parse_plans
 from quotaplane.integrations.stripe.client import StripeGateway, webhook_verifier
 from quotaplane.services.counter_seeding import SEED_BUDGET, LedgerSeededCounters
 from quotaplane.services.invoice_push import InvoicePusher
@@ -50,6 +53,7 @@ from quotaplane.services.period_close import (
     CloseObserver,
     PeriodCloser,
 )
+from quotaplane.services.plan_versions import PlanVersionPoller
 from quotaplane.services.tenant_directory import TenantDirectory
 from quotaplane.services.usage_flusher import UsageFlusher, UsageTrackingCounters
 from quotaplane.storage.redis.client import CommandPipe, RedisClient
@@ -57,6 +61,7 @@ from quotaplane.storage.redis.counters import RedisCounterStore
 from quotaplane.storage.redis.flush import RedisQuotaCounters, RedisUnflushedUsage
 from quotaplane.storage.redis.shadow import RedisShadowDenials
 from quotaplane.storage.sql.api_keys import SqlApiKeyStore
+from quotaplane.storage.sql.audit import SqlAuditStore
 from quotaplane.storage.sql.invoice_queries import SqlInvoiceQueries
 from quotaplane.storage.sql.invoices import SqlInvoiceLedger
 from quotaplane.storage.sql.ledger import SqlUsageLedger
@@ -64,6 +69,7 @@ from quotaplane.storage.sql.meters import SqlMeterOutbox
 from quotaplane.storage.sql.notifications import SqlNotificationStore
 from quotaplane.storage.sql.outbox import SqlPushOutbox
 from quotaplane.storage.sql.period_close import SqlCloseLedger
+from quotaplane.storage.sql.plan_versions import SqlPlanVersionStore
 from quotaplane.storage.sql.tenant_queries import SqlTenantQueries
 from quotaplane.storage.sql.tenants import SqlTenantStore
 from quotaplane.telemetry import Telemetry
@@ -97,6 +103,8 @@ class Stores:
     notifications: SqlNotificationStore
     meters: SqlMeterOutbox
     close: SqlCloseLedger
+    plan_versions: SqlPlanVersionStore
+    audit: SqlAuditStore
     month_counters: RedisQuotaCounters  # usage recorded elsewhere, charged to the quota
     unflushed: RedisUnflushedUsage  # admitted usage the ledger has not taken yet
     shadow: RedisShadowDenials  # what shadow limits would have refused (GetUsage)
@@ -115,6 +123,8 @@ def stores(settings: Settings, connections: Connections) -> Stores:
         notifications=SqlNotificationStore(database),
         meters=SqlMeterOutbox(database),
         close=SqlCloseLedger(database),
+        plan_versions=SqlPlanVersionStore(database),
+        audit=SqlAuditStore(database),
         month_counters=RedisQuotaCounters(connections.redis, key_prefix=prefix),
         unflushed=RedisUnflushedUsage(connections.redis, key_prefix=prefix),
         shadow=RedisShadowDenials(connections.redis, key_prefix=prefix),
@@ -135,6 +145,8 @@ class Replica:
     """Everything one replica serves with, built and not yet started."""
 
     plans: PlanRegistry
+    plan_admin: PlanAdmin
+    audit: SqlAuditStore
     tenants: SqlTenantStore
     directory: TenantDirectory
     api_keys: ApiKeyCache
@@ -319,6 +331,8 @@ def build_replica(
         claims=directory if settings.jwt_tenant_claim else None,
     )
     queries = stored.tenant_queries
+    plan_admin = PlanAdmin(plans, queries, stored.plan_versions, _parse_off_loop)
+    plan_poller = PlanVersionPoller(stored.plan_versions, plan_admin, ttl=settings.cache_ttl)
     reports = UsageReports(
         tenants,
         stored.usage,
@@ -329,15 +343,17 @@ def build_replica(
     servicers = Servicers(
         quota=QuotaServicer(engine, usage=usage, invoices=invoices),
         admin=AdminServicer(
-            tenants=TenantAdmin(tenants, queries, plans),
+            tenants=TenantAdmin(tenants, queries, plans, parse_overrides=parse_override_text),
             keys=ApiKeyAdmin(stored.keys, tenants),
-            plans=PlanAdmin(plans, queries),
+            plans=plan_admin,
             usage=reports,
             invoices=InvoiceAdmin(tenants, stored.invoice_queries, stored.usage),
+            audit=AuditLog(stored.audit),
         ),
         authz=AuthorizationServicer(gateway, jwt_tenant_claim=settings.jwt_tenant_claim),
     )
     loops = [
+        Loop("plans version poller", plan_poller.run),
         Loop("tenant directory poller", directory.run),
         Loop("api key cache poller", api_keys.run),
         Loop("usage flusher", flusher.run, final=flusher.tick),
@@ -348,6 +364,8 @@ def build_replica(
     ]
     return Replica(
         plans=plans,
+        plan_admin=plan_admin,
+        audit=stored.audit,
         tenants=tenants,
         directory=directory,
         api_keys=api_keys,
@@ -359,7 +377,6 @@ def build_replica(
         invoices=invoices,
         self_service=SelfService(
             engine=engine,
-            plans=plans,
             reports=reports,
             invoices=invoices,
             invoice_ledger=stored.invoices,
@@ -387,6 +404,11 @@ def _period_close(
         settings, stored, tenants, plans, flusher, telemetry=telemetry, options=options
     )
     return (Loop("period close", closer.run),)
+
+
+async def _parse_off_loop(document: str, source: str) -> PlanCatalog:
+    """Plans YAML parsed in a worker thread: a document may be 1 MiB."""
+    return await asyncio.to_thread(parse_plans, document, source)
 
 
 def _http_authz(settings: Settings, gateway: Gateway, telemetry: Telemetry) -> HttpAuthz | None:

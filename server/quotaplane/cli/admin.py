@@ -194,14 +194,20 @@ def keys_revoke(args: argparse.Namespace, c: QuotaplaneClient) -> int:
 
 def plans_list(args: argparse.Namespace, c: QuotaplaneClient) -> int:
     listed = c.admin_call("ListPlans", admin_pb2.ListPlansRequest())
-    emit(args, listed, listed.plans, PLAN)
+    _plans(args, listed)
     return 0
 
 
 def plans_reload(args: argparse.Namespace, c: QuotaplaneClient) -> int:
     listed = c.admin_call("ReloadPlans", admin_pb2.ReloadPlansRequest(), retry=False)
-    emit(args, listed, listed.plans, PLAN)
+    _plans(args, listed)
     return 0
+
+
+def _plans(args: argparse.Namespace, listed: admin_pb2.ListPlansResponse) -> None:
+    emit(args, listed, listed.plans, PLAN)
+    if not args.json:
+        print(f"plans version {listed.version} (from {listed.source})")
 
 
 def usage_show(args: argparse.Namespace, c: QuotaplaneClient) -> int:
@@ -310,8 +316,9 @@ def _paging(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--page-token", help="next_page_token of the previous page")
 
 
-def register(commands: Any, plans_commands: Any) -> None:
-    """Add tenants, keys, usage, invoices and plans list/reload to the ``quotaplane`` parser."""
+def register(commands: Any, plans_commands: Any) -> Any:
+    """Add tenants, keys, usage, invoices and plans list/reload to the ``quotaplane`` parser;
+    returns the tenants subcommands (``control.py`` adds ``override``)."""
     tenants = commands.add_parser("tenants", help="create, list and change tenants")
     t = tenants.add_subparsers(dest="tenants_command", required=True, metavar="COMMAND")
     p = _command(t, "create", tenants_create, "create a tenant")
@@ -344,7 +351,9 @@ def register(commands: Any, plans_commands: Any) -> None:
     _command(k, "revoke", keys_revoke, "revoke a key").add_argument("key_id")
 
     _command(plans_commands, "list", plans_list, "plans in force on the server")
-    _command(plans_commands, "reload", plans_reload, "make the server reload its plans file")
+    _command(
+        plans_commands, "reload", plans_reload, "apply the server's plans file as a new version"
+    )
 
     p = _command(commands, "usage", usage_show, "a tenant's usage in hour/day/month buckets")
     p.add_argument("tenant_id")
@@ -369,3 +378,4 @@ def register(commands: Any, plans_commands: Any) -> None:
     p = _command(i, "void", invoices_void, "void an unpaid invoice")
     p.add_argument("invoice_id")
     p.add_argument("--reason")
+    return t

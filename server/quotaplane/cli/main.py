@@ -19,6 +19,7 @@ from pathlib import Path
 from quotaplane.cli import admin as cli_admin
 from quotaplane.cli import billing_close as cli_billing_close
 from quotaplane.cli import billing_reconcile as cli_billing_reconcile
+from quotaplane.cli import control as cli_control
 from quotaplane.cli import health as cli_health
 from quotaplane.config import ConfigError, Settings, load_settings
 from quotaplane.config_table import SETTINGS
@@ -34,7 +35,8 @@ commands by what they need:
                      billing close
   admin commands (a running server, --target HOST:PORT, and the admin token from
   --admin-token, QUOTAPLANE_ADMIN_TOKEN or <data dir>/admin-token):
-                     tenants, keys, usage, invoices, plans list, plans reload
+                     tenants, keys, usage, invoices, audit, plans list|reload|apply|
+                     history|rollback
   probes:            health
 
 'quotaplane COMMAND --help' shows a command's options; exit codes: 0 ok, 1 invalid input
@@ -236,7 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("files", nargs="+", metavar="FILE")
     validate.set_defaults(func=_cmd_plans_validate)
 
-    cli_admin.register(commands, plans_commands)
+    tenants_commands = cli_admin.register(commands, plans_commands)
+    cli_control.register(commands, tenants_commands, plans_commands)
 
     db = commands.add_parser("db", help="ledger schema migrations (Alembic)")
     db.add_argument(

@@ -41,11 +41,15 @@ def load_default_plans() -> PlanCatalog:
 
 def read_catalog(path: Path) -> PlanCatalog:
     """Read ``path`` and build its catalog; PlanFileError if unreadable or invalid."""
+    return parse_plans(read_plans_text(path), str(path))
+
+
+def read_plans_text(path: str | Path) -> str:
+    """The text of a plans file; PlanFileError if it cannot be read."""
     try:
-        text = path.read_bytes().decode("utf-8")
+        return Path(path).read_bytes().decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise PlanFileError([f"{path}:(file): cannot read plans file: {exc}"]) from None
-    return parse_plans(text, str(path))
 
 
 MAX_FILE_BYTES = 1 << 20
@@ -127,3 +131,18 @@ class _TreeBuilder:
                 continue
             result[key] = self.build(value_node, (*path, key))
         return result
+
+
+MAX_OVERRIDE_BYTES = 64 << 10
+
+
+def parse_override_text(text: str) -> Tree:
+    """A tenant override document (YAML or JSON: a partial plan entry) as a Tree;
+    PlanFileError if it is not YAML or too large. The plan rules check it once merged."""
+    problems = Problems("overrides")
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_OVERRIDE_BYTES:
+        _fatal(problems, "(document)", f"larger than {MAX_OVERRIDE_BYTES:,} bytes")
+    tree = read_tree(text, problems)
+    if problems.lines:
+        raise PlanFileError(problems.lines)
+    return tree

@@ -4,8 +4,10 @@ The rules:
 
 - The period (``YYYY-MM``) must have started. Usage of the tenant still in Redis is flushed
   first, so the invoice sees everything admitted up to the call.
-- Plans: the period is split at every plan change (``plan_changes``); each segment is priced
-  under the plan in force and the invoice prorates by time (``pricing.py``). Time before the
+- Plans: the period is split at every change of the tenant's plan or overrides
+  (``plan_changes``); each segment is priced under the effective plan in force (the plan with
+  the overrides of the time, ``plans/overrides.py``) and the invoice prorates by time
+  (``pricing.py``); a line an override changed names it. Time before the
   tenant's first plan is not billed. An hour of usage is billed under the plan in force at
   the hour's start (usage is aggregated per hour, so a mid-hour change cannot split it).
 - One primary invoice per (tenant, period) that is not void (a UNIQUE index): concurrent
@@ -28,15 +30,24 @@ the records other replicas are applying (the flush id makes it wait for them).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from quotaplane.domain.billing.late_usage import supplementary_invoice
 from quotaplane.domain.billing.ports import HourlyUsage, InvoiceLedger, PlanChange, StoredInvoice
-from quotaplane.domain.billing.pricing import PricedInvoice, Segment, price_invoice
+from quotaplane.domain.billing.pricing import (
+    BASE_FEE,
+    PricedInvoice,
+    PricedLine,
+    Segment,
+    price_invoice,
+)
 from quotaplane.domain.errors import FailedPrecondition, InvalidArgument, NotFound
+from quotaplane.domain.plans.documents import SEED_KEYS
 from quotaplane.domain.plans.model import PlanCatalog
+from quotaplane.domain.plans.overrides import PlanOverride, effective_plan, overridden_lines
 from quotaplane.domain.quota.engine import utc_now
 from quotaplane.domain.quota.ports import TenantLookup
 from quotaplane.domain.tenants.model import Tenant, parse_tenant_id
@@ -107,50 +118,104 @@ def price_tenant_period(
     usage: Sequence[HourlyUsage],
     changes: Sequence[PlanChange],
 ) -> PricedInvoice:
-    """The tenant's period priced by plan segments (see the module rules)."""
-    spans = plan_spans(period, changes, tenant.plan)
+    """The tenant's period priced by segments of its terms (see the module rules)."""
+    spans = terms_spans(period, changes, tenant)
     if not spans:
         raise FailedPrecondition(f"tenant {tenant.id} did not exist in period {period}")
     segments = []
-    for (start, end, plan_name), metrics in zip(spans, split_usage(spans, usage), strict=True):
+    for (start, end, plan_name, override), metrics in zip(
+        spans, split_usage(spans, usage), strict=True
+    ):
         try:
-            plan = catalog.get(plan_name)
+            plan = effective_plan(catalog, plan_name, override)
         except NotFound:
             raise FailedPrecondition(
                 f"period {period} was billed under plan {plan_name!r}, "
                 "which the plans file no longer has"
             ) from None
         segments.append(Segment(plan, start, end, metrics))
-    return price_invoice(period, segments)
+    priced = price_invoice(period, segments)
+    overrides: dict[datetime | None, PlanOverride | None] = {s[0]: s[3] for s in spans}
+    lines = tuple(
+        _name_override(line, catalog, overrides.get(line.span_start)) for line in priced.lines
+    )
+    return dataclasses.replace(priced, lines=lines, plan_version=catalog.version)
+
+
+def _name_override(
+    line: PricedLine, catalog: PlanCatalog, override: PlanOverride | None
+) -> PricedLine:
+    """A line the tenant's override changed names the override's key paths (those under the
+    line's metric, or ``base_fee``), so the invoice shows why it differs from the plan."""
+    if override is None:
+        return line
+    base = catalog.get(line.plan)
+    if not overridden_lines(base, effective_plan(catalog, line.plan, override)).get(line.metric):
+        return line
+    paths = override.paths()
+    mine = [path for path in paths if _concerns(path, line.metric)] or paths
+    return dataclasses.replace(line, override=", ".join(mine))
+
+
+def _concerns(path: str, metric: str) -> bool:
+    if metric == BASE_FEE:
+        return path == "base_fee"
+    return path.startswith(f"metrics.{metric}.") or path in SEED_KEYS
 
 
 Span = tuple[datetime, datetime, str]  # [start, end) and the plan in force
+Terms = tuple[datetime, datetime, str, PlanOverride | None]  # ... and the overrides in force
 
 
 def plan_spans(period: Period, changes: Sequence[PlanChange], current_plan: str) -> list[Span]:
     """The period cut at each plan change; ``current_plan`` throughout if there are none."""
+    named = [PlanChange(change.plan, change.effective_at) for change in changes]
+    return [(start, end, plan) for start, end, plan, _ in _spans(period, named, current_plan, None)]
+
+
+def terms_spans(period: Period, changes: Sequence[PlanChange], tenant: Tenant) -> list[Terms]:
+    """The period cut at each change of plan or overrides; the tenant's current terms
+    throughout if there are none."""
+    return _spans(period, changes, tenant.plan, tenant.overrides)
+
+
+def _spans(
+    period: Period,
+    changes: Sequence[PlanChange],
+    current_plan: str,
+    current_override: PlanOverride | None,
+) -> list[Terms]:
     if not changes:
-        return [(period.start, period.end, current_plan)]
-    starts: list[tuple[datetime, str]] = []
+        return [(period.start, period.end, current_plan, current_override)]
+    starts: list[tuple[datetime, str, PlanOverride | None]] = []
     for change in sorted(changes, key=lambda c: c.effective_at):
         at = max(change.effective_at, period.start)
         if at >= period.end:
             break
         if starts and starts[-1][0] == at:
             starts.pop()  # several changes at one instant: the last one holds
-        if not starts or starts[-1][1] != change.plan:
-            starts.append((at, change.plan))
+        if not starts or _terms(starts[-1][1], starts[-1][2]) != _terms(
+            change.plan, change.overrides
+        ):
+            starts.append((at, change.plan, change.overrides))
     if not starts:
         return []  # the first plan began after the period
-    ends = [start for start, _ in starts[1:]] + [period.end]
-    return [(start, end, plan) for (start, plan), end in zip(starts, ends, strict=True)]
+    ends = [start for start, _, _ in starts[1:]] + [period.end]
+    return [(start, end, plan, o) for (start, plan, o), end in zip(starts, ends, strict=True)]
 
 
-def split_usage(spans: Sequence[Span], usage: Sequence[HourlyUsage]) -> list[dict[str, int]]:
+def _terms(plan: str, override: PlanOverride | None) -> tuple[str, str]:
+    return plan, override.key if override else ""
+
+
+def split_usage(
+    spans: Sequence[Span] | Sequence[Terms], usage: Sequence[HourlyUsage]
+) -> list[dict[str, int]]:
     """Units per metric for each span; an hour goes to the span in force at its start."""
     split: list[dict[str, int]] = [{} for _ in spans]
+    starts = [span[0] for span in spans]
     for row in usage:
-        index = max((i for i, span in enumerate(spans) if span[0] <= row.hour_start), default=0)
+        index = max((i for i, start in enumerate(starts) if start <= row.hour_start), default=0)
         split[index][row.metric] = split[index].get(row.metric, 0) + row.quantity
     return split
 

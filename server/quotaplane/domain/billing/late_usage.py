@@ -81,6 +81,7 @@ def supplementary_invoice(
         subtotal=subtotal,
         total=subtotal,
         total_minor=to_minor_units(subtotal, full.currency),
+        plan_version=full.plan_version,
     )
 
 

@@ -18,6 +18,7 @@ from quotaplane.domain.billing.events import UsageEvent
 from quotaplane.domain.billing.pricing import PricedInvoice, PricedLine
 from quotaplane.domain.billing.statuses import InvoiceStatus
 from quotaplane.domain.paging import Cursor
+from quotaplane.domain.plans.overrides import PlanOverride
 from quotaplane.domain.windows import Period
 
 # --- usage -------------------------------------------------------------------------------------
@@ -174,6 +175,7 @@ class CounterSeeds(Protocol):
 class PlanChange:
     plan: str
     effective_at: datetime
+    overrides: PlanOverride | None = None  # the tenant's overrides from then on
 
 
 @dataclass(frozen=True)
@@ -199,6 +201,7 @@ class StoredInvoice:
     stripe_invoice_id: str | None = None
     finalized_at: datetime | None = None
     last_error: str | None = None
+    plan_version: int = 0  # the plans version it was priced with (0: before versions)
 
     @property
     def frozen(self) -> bool:

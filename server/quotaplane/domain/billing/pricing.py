@@ -62,6 +62,7 @@ class PricedLine:
     fraction: Decimal = Decimal(1)  # share of the period the plan was in force
     span_start: datetime | None = None
     span_end: datetime | None = None
+    override: str = ""  # the tenant override key paths that changed this line, if any
 
     @property
     def billable(self) -> int:
@@ -86,6 +87,7 @@ class PricedInvoice:
     subtotal: Decimal
     total: Decimal
     total_minor: int
+    plan_version: int = 0  # the plans version priced with (0: not a stored version)
 
 
 def price_metric(plan: Plan, metric: str, quantity: int) -> PricedLine:

@@ -13,14 +13,18 @@ it has one (a draft is regenerated, a frozen one shown as it is) and no charges 
 looking at a month whose invoice an operator voided does not bring a new draft into being.
 
 Limits describe the windows open now, so they are reported for the current period only; a
-past period (``period``) has its series, charges and invoices.
+past period (``period``) has its series, charges and invoices. The plan is the tenant's
+effective plan (its overrides merged in), as its decisions use it: the spend cap it sets, and
+for each shadow limit how many requests of the period it would have refused (GetUsage's
+count), are part of the view.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 
 from quotaplane.domain.billing.admin import UsageReports, UsageTotal
 from quotaplane.domain.billing.invoicing import InvoiceRequest, InvoiceService
@@ -31,7 +35,6 @@ from quotaplane.domain.billing.ports import (
     StoredInvoice,
 )
 from quotaplane.domain.errors import InvalidArgument
-from quotaplane.domain.plans.model import PlanCatalog
 from quotaplane.domain.quota.decisions import LimitState, QuotaRequest
 from quotaplane.domain.quota.engine import QuotaEngine, utc_now
 from quotaplane.domain.tenants.model import Tenant
@@ -48,6 +51,8 @@ class LimitUsage:
 
     @property
     def used(self) -> int:
+        if self.state.used is not None:
+            return self.state.used
         return self.state.limit - self.state.remaining + self.state.overage
 
 
@@ -61,6 +66,9 @@ class TenantUsage:
     daily: dict[str, list[UsageTotal]]  # metric -> days with usage, in order
     charges: StoredInvoice | None  # None: a past period without an invoice
     invoices: tuple[StoredInvoice, ...]
+    spend_cap: Decimal | None = None  # the effective plan's monthly cap, in its currency
+    # Shadow limit name ("<metric>/<window>") -> requests of the period it would have refused.
+    shadow_denials: dict[str, int] = field(default_factory=dict)
 
 
 class SelfService:
@@ -70,7 +78,6 @@ class SelfService:
         self,
         *,
         engine: QuotaEngine,
-        plans: Callable[[], PlanCatalog],
         reports: UsageReports,
         invoices: InvoiceService,
         invoice_ledger: InvoiceLedger,
@@ -78,7 +85,6 @@ class SelfService:
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         self._engine = engine
-        self._plans = plans
         self._reports = reports
         self._invoices = invoices
         self._ledger = invoice_ledger
@@ -92,19 +98,23 @@ class SelfService:
         if chosen.start > now:
             raise InvalidArgument(f"period {chosen} has not started yet")
         tenant = await self._engine.tenant(tenant_id)
-        metrics = sorted(self._plans().get(tenant.plan).metrics)
+        plan = self._engine.plan_for(tenant)
+        metrics = sorted(plan.metrics)
         current = chosen == Period.of(now)
         # The invoice first: it flushes the tenant's usage, so the series below reads it too.
         charges = await self._charges(tenant, chosen, current)
+        shadow: dict[str, int] = {}
         return TenantUsage(
             tenant=tenant,
             period=chosen,
             current=current,
             generated_at=now,
             limits=await self._limits(tenant, metrics) if current else (),
-            daily=await self._daily(tenant, metrics, chosen, now),
+            daily=await self._daily(tenant, metrics, chosen, now, shadow),
             charges=charges,
             invoices=await self._invoice_list(tenant.id),
+            spend_cap=plan.spend_cap,
+            shadow_denials=shadow,
         )
 
     async def _charges(self, tenant: Tenant, period: Period, current: bool) -> StoredInvoice | None:
@@ -121,8 +131,14 @@ class SelfService:
         return tuple(states)
 
     async def _daily(
-        self, tenant: Tenant, metrics: Sequence[str], period: Period, now: datetime
+        self,
+        tenant: Tenant,
+        metrics: Sequence[str],
+        period: Period,
+        now: datetime,
+        shadow: dict[str, int],
     ) -> dict[str, list[UsageTotal]]:
+        """Per metric, its days with usage; ``shadow`` gets the period's would-be denials."""
         end = min(period.end, now)
         daily: dict[str, list[UsageTotal]] = {metric: [] for metric in metrics}
         if end <= period.start:
@@ -132,6 +148,7 @@ class SelfService:
                 tenant_id=tenant.id, metric=metric, start=period.start, end=end, bucket=Window.DAY
             )
             daily[metric] = report.buckets
+            shadow.update(report.shadow_denials)
         return daily
 
     async def _invoice_list(self, tenant_id: str) -> tuple[StoredInvoice, ...]:

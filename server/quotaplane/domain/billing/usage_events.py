@@ -14,8 +14,14 @@ from datetime import datetime, timedelta
 
 from quotaplane.domain.billing.events import EventOutcome, EventResult, UsageEvent
 from quotaplane.domain.billing.ports import QuotaCounters, Recorded, UsageLedger
-from quotaplane.domain.errors import InvalidArgument, NotFound, QuotaplaneError
+from quotaplane.domain.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    QuotaplaneError,
+)
 from quotaplane.domain.plans.model import PlanCatalog
+from quotaplane.domain.plans.overrides import effective_plan
 from quotaplane.domain.quota.decisions import parse_metric
 from quotaplane.domain.quota.engine import utc_now
 from quotaplane.domain.quota.ports import TenantLookup
@@ -96,8 +102,8 @@ class UsageRecorder:
         try:
             event = parse_event(raw, now)
             tenant = await self._tenants.get(event.tenant_id)
-            plan = self._plans().get(tenant.plan)
-        except (InvalidArgument, NotFound) as error:
+            plan = effective_plan(self._plans(), tenant.plan, tenant.overrides)
+        except (InvalidArgument, NotFound, FailedPrecondition) as error:
             return error.message
         if not plan.has_metric(event.metric):
             return f"metric {event.metric!r} is not part of plan {plan.name!r}"

@@ -89,6 +89,7 @@ from types import MappingProxyType
 from typing import ClassVar
 
 from quotaplane.domain.errors import NotFound, shown
+from quotaplane.domain.plans.problems import Tree
 from quotaplane.domain.windows import Window
 
 DEFAULT_CURRENCY = "USD"
@@ -202,11 +203,27 @@ class Plan:
 
 @dataclass(frozen=True)
 class PlanCatalog:
+    """Every plan of one plans document.
+
+    ``version`` is the document's version in the ledger (0: read from a file, not stored);
+    ``digest`` identifies what the document says (``documents.digest``); ``entries`` keeps each
+    plan as written, so a tenant override can be merged over it (``overrides.py``);
+    ``effective`` memoizes the plans with overrides built from this catalog.
+    """
+
     plans: Mapping[str, Plan]
     source: str
+    version: int = 0
+    digest: str = ""
+    entries: Mapping[str, Tree] = field(default_factory=dict)
+    default_currency: str = DEFAULT_CURRENCY
+    effective: dict[tuple[str, str], Plan] = field(
+        default_factory=dict, init=False, compare=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "plans", MappingProxyType(dict(self.plans)))
+        object.__setattr__(self, "entries", MappingProxyType(dict(self.entries)))
 
     def get(self, name: str) -> Plan:
         try:

@@ -14,6 +14,7 @@ from decimal import Decimal
 
 from quotaplane.domain.errors import PlanFileError
 from quotaplane.domain.money import CURRENCY_MINOR_UNITS
+from quotaplane.domain.plans.documents import digest
 from quotaplane.domain.plans.model import (
     DEFAULT_CURRENCY,
     MAX_SPEND_CAP,
@@ -86,7 +87,23 @@ def _catalog(tree: Tree, source: str, problems: Problems) -> PlanCatalog | None:
         return None
     plans = {name: _plan(name, raw, currency, problems) for name, raw in raw_plans.items()}
     built = {name: plan for name, plan in plans.items() if plan is not None}
-    return PlanCatalog(plans=built, source=source)
+    return PlanCatalog(
+        plans=built,
+        source=source,
+        digest=digest(tree),
+        entries=raw_plans,
+        default_currency=currency,
+    )
+
+
+def build_plan(name: str, entry: Tree, default_currency: str, source: str) -> Plan:
+    """One plan entry built by the same rules as a plan of a file (a plan with a tenant's
+    overrides merged in); PlanFileError lists every problem."""
+    problems = Problems(source)
+    plan = _plan(name, entry, default_currency, problems)
+    if problems.lines or plan is None:
+        raise PlanFileError(problems.lines or [f"{source}: invalid plan"])
+    return plan
 
 
 def _currency(value: Tree, path: KeyPath, problems: Problems) -> str | None:

@@ -107,6 +107,9 @@ class LimitState:
     overage_policy: str
     overage: int = 0
     shadow: bool = False  # mode shadow: counted and reported, never refuses
+    # What the window's counter holds after the decision (None where it was not reported): a
+    # shadow limit's may exceed its limit, which ``remaining`` cannot show.
+    used: int | None = None
 
     @property
     def name(self) -> str:

@@ -32,6 +32,7 @@ from decimal import Decimal
 from quotaplane.domain.billing.spend_cap import SpendRule, spend_rule
 from quotaplane.domain.errors import FailedPrecondition, InvalidArgument, NotFound
 from quotaplane.domain.plans.model import Limit, Overage, Plan, PlanCatalog
+from quotaplane.domain.plans.overrides import effective_plan
 from quotaplane.domain.quota.decisions import Decision, DecisionCode, LimitState, QuotaRequest
 from quotaplane.domain.quota.ports import (
     ConsumeCall,
@@ -118,9 +119,15 @@ class QuotaEngine:
             cached = self._rules[key] = (plan, spend_rule(plan, covered, whole))
         return cached[1]
 
+    def plan_for(self, tenant: Tenant) -> Plan:
+        """The tenant's effective plan, as its decisions use it (FailedPrecondition when the
+        plans lost its plan or its overrides no longer fit)."""
+        return self._plan(tenant)
+
     def _plan(self, tenant: Tenant) -> Plan:
         try:
-            return self._plans().get(tenant.plan)
+            # The tenant's effective plan: its plan with its overrides merged in (memoized).
+            return effective_plan(self._plans(), tenant.plan, tenant.overrides)
         except NotFound:
             raise FailedPrecondition(
                 f"tenant {tenant.id} is on plan {tenant.plan!r}, which the plans file no longer has"
@@ -287,6 +294,7 @@ def _limit_state(limit: Limit, used: int, reset: datetime) -> LimitState:
         overage_policy=limit.overage.value,
         overage=max(0, used - limit.limit) if bill else 0,
         shadow=limit.shadow,
+        used=used,
     )
 
 

@@ -1,26 +1,32 @@
-"""Admin use cases for tenants: create, get, list, change plan, suspend, resume.
+"""Admin use cases for tenants: create, get, list, change plan, suspend, resume, overrides.
 
-Tenant writes that name a plan take the plan registry's lock (``domain/plans/registry.py``),
-so a tenant cannot be put on a plan that a concurrent reload is removing.
+Tenant writes that name a plan (or set overrides) take the plan registry's lock
+(``domain/plans/registry.py``), so a tenant cannot be put on a plan, or given overrides, that a
+concurrent apply is removing or no longer fits.
 
 Tenant changes go through the tenant store, which bumps ``version``/``updated_at`` (replicas'
-directories refresh from that) and records plan changes in ``plan_changes`` (billing prorates
-from it). Usage reports and invoices are in ``domain/billing/admin.py``.
+directories refresh from that) and records plan and override changes in ``plan_changes``
+(billing prorates from it). Usage reports and invoices are in ``domain/billing/admin.py``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from quotaplane.domain.errors import InvalidArgument, NotFound
+from quotaplane.domain.errors import FailedPrecondition, InvalidArgument, NotFound, PlanFileError
 from quotaplane.domain.paging import Cursor, decode_page_token, parse_page_size
+from quotaplane.domain.plans.overrides import PlanOverride, build_effective
+from quotaplane.domain.plans.problems import Tree
 from quotaplane.domain.plans.registry import PlanRegistry
 from quotaplane.domain.tenants.model import Tenant, TenantStatus, parse_tenant_id
 from quotaplane.domain.tenants.ports import TenantFilter, TenantQueries, TenantStore
+from quotaplane.domain.text import text_problem
 
 MAX_TENANT_NAME = 200
 MAX_EXTERNAL_ID = 128
 MAX_REASON = 500
+MAX_OVERRIDE_CHARS = 65_536
 _LISTING = "tenants"  # names the listing in its page tokens
 
 
@@ -31,12 +37,23 @@ class TenantPage:
 
 
 class TenantAdmin:
-    """CreateTenant, GetTenant, ListTenants, UpdateTenantPlan, SuspendTenant, ResumeTenant."""
+    """CreateTenant, GetTenant, ListTenants, UpdateTenantPlan, SuspendTenant, ResumeTenant,
+    SetTenantOverrides, ClearTenantOverrides (``plans/overrides.py``: an override is checked by
+    the plan rules once merged over the tenant's plan; a plan change it would not fit is
+    refused)."""
 
-    def __init__(self, store: TenantStore, queries: TenantQueries, plans: PlanRegistry) -> None:
+    def __init__(
+        self,
+        store: TenantStore,
+        queries: TenantQueries,
+        plans: PlanRegistry,
+        *,
+        parse_overrides: Callable[[str], Tree],
+    ) -> None:
         self._store = store
         self._queries = queries
         self._plans = plans
+        self._parse_overrides = parse_overrides
 
     async def create(self, *, name: str, plan: str, external_id: str = "") -> Tenant:
         name = parse_tenant_name(name)
@@ -73,7 +90,39 @@ class TenantAdmin:
             plan = self._known_plan(plan)
             if tenant.plan == plan:
                 return tenant  # no change: no plan_changes row, no cache churn
+            if tenant.overrides is not None:
+                self._check_fits(plan, tenant.overrides, FailedPrecondition)
             return await self._store.update_plan(tenant.id, plan)
+
+    async def set_overrides(self, *, tenant_id: str, document: str) -> Tenant:
+        """Replace the tenant's overrides (a partial plan entry, YAML or JSON) after checking
+        the effective plan by the plan rules; INVALID_ARGUMENT names every problem."""
+        tenant = await self.get(tenant_id)
+        if problem := text_problem(document, "document", MAX_OVERRIDE_CHARS):
+            raise InvalidArgument(problem)
+        override = PlanOverride.of(self._parse_overrides(document))
+        if override is None:
+            raise InvalidArgument(
+                "document is empty: give a partial plan entry such as "
+                "'metrics: {requests: {limits: {month: 100000}}}', or clear the overrides"
+            )
+        async with self._plans.lock:
+            self._check_fits(tenant.plan, override, InvalidArgument)
+            return await self._store.set_overrides(tenant.id, override.document)
+
+    async def clear_overrides(self, *, tenant_id: str) -> Tenant:
+        tenant = await self.get(tenant_id)
+        if tenant.overrides is None:
+            return tenant
+        return await self._store.set_overrides(tenant.id, None)
+
+    def _check_fits(
+        self, plan: str, override: PlanOverride, error: type[InvalidArgument | FailedPrecondition]
+    ) -> None:
+        try:
+            build_effective(self._plans.current, plan, override)
+        except PlanFileError as problem:
+            raise error(problem.message) from None
 
     async def suspend(self, *, tenant_id: str, reason: str = "") -> Tenant:
         tenant_id = parse_tenant_id(tenant_id)

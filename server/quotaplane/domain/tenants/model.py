@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from quotaplane.domain.errors import InvalidArgument
+from quotaplane.domain.plans.overrides import PlanOverride
 
 
 class TenantStatus(enum.Enum):
@@ -28,6 +29,7 @@ class Tenant:
     stripe_customer_id: str | None = None
     suspended_reason: str | None = None
     version: int = 1
+    overrides: PlanOverride | None = None  # merged over the plan: the tenant's effective plan
 
     @property
     def active(self) -> bool:

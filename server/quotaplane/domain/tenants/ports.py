@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Protocol
 
 from quotaplane.domain.paging import Cursor
+from quotaplane.domain.plans.problems import Tree
 from quotaplane.domain.tenants.model import ApiKey, Tenant, TenantStatus
 
 
@@ -81,6 +82,10 @@ class TenantQueries(Protocol):
         """Names of the plans at least one tenant is on."""
         ...
 
+    async def overrides_in_use(self) -> list[tuple[str, str, Tree]]:
+        """(tenant id, plan, override document) of every tenant with overrides."""
+        ...
+
 
 class TenantSource(Protocol):
     """What the in-process tenant directory reads."""
@@ -104,3 +109,7 @@ class TenantStore(TenantSource, Protocol):
     async def suspend(self, tenant_id: str, reason: str = "") -> Tenant: ...
 
     async def resume(self, tenant_id: str) -> Tenant: ...
+
+    async def set_overrides(self, tenant_id: str, document: Tree) -> Tenant:
+        """Store (or, for None, clear) the tenant's overrides; NotFound for an unknown id."""
+        ...

@@ -36,6 +36,7 @@ from quotaplane.domain.billing.ports import (
 from quotaplane.domain.billing.pricing import PricedInvoice, PricedLine, TierLine
 from quotaplane.domain.billing.statuses import CLOSED, InvoiceStatus
 from quotaplane.domain.money import round_money
+from quotaplane.domain.plans.overrides import PlanOverride
 from quotaplane.domain.windows import Period
 from quotaplane.storage.sql.access import SqlStore, dialect_insert, utc_now
 from quotaplane.storage.sql.tables import (
@@ -201,11 +202,14 @@ async def _usage(conn: AsyncConnection, tenant_id: str, period: Period) -> list[
 
 async def _plan_changes(conn: AsyncConnection, tenant_id: str) -> list[PlanChange]:
     query = (
-        sa.select(plan_changes.c.plan, plan_changes.c.effective_at)
+        sa.select(plan_changes.c.plan, plan_changes.c.effective_at, plan_changes.c.overrides)
         .where(plan_changes.c.tenant_id == tenant_id)
         .order_by(plan_changes.c.effective_at, plan_changes.c.id)
     )
-    return [PlanChange(row.plan, row.effective_at) for row in await conn.execute(query)]
+    return [
+        PlanChange(row.plan, row.effective_at, PlanOverride.of(row.overrides))
+        for row in await conn.execute(query)
+    ]
 
 
 async def _open_row(
@@ -275,6 +279,7 @@ def _totals(priced: PricedInvoice, now: datetime, finalize_at: datetime | None) 
         "subtotal": priced.subtotal,
         "total": priced.total,
         "total_minor": priced.total_minor,
+        "plan_version": priced.plan_version or None,
         "updated_at": now,
         "finalized_at": finalize_at,
     }
@@ -303,6 +308,7 @@ async def _insert_lines(conn: AsyncConnection, invoice_id: str, priced: PricedIn
 def _details(line: PricedLine) -> dict[str, Any]:
     return {
         "plan": line.plan,
+        **({"override": line.override} if line.override else {}),
         "included": line.included,
         "fraction": str(line.fraction),
         "span_start": None if line.span_start is None else line.span_start.isoformat(),
@@ -347,6 +353,7 @@ async def load_invoice(conn: AsyncConnection, row: Mapping[Any, Any]) -> StoredI
         stripe_invoice_id=row["stripe_invoice_id"],
         finalized_at=row["finalized_at"],
         last_error=row["last_error"],
+        plan_version=row["plan_version"] or 0,
     )
 
 
@@ -366,6 +373,7 @@ def _line(row: Mapping[Any, Any], currency: str) -> PricedLine:
         fraction=Decimal(details.get("fraction", "1")),
         span_start=_time(details.get("span_start")),
         span_end=_time(details.get("span_end")),
+        override=details.get("override", ""),
     )
 
 

@@ -159,6 +159,8 @@ tenants = sa.Table(
     _at("updated_at"),
     # Bumped on every change; replicas compare it to refresh their tenant caches.
     sa.Column("version", sa.Integer(), nullable=False, server_default="1"),
+    # A partial plan entry merged over the plan (domain/plans/overrides.py); strings only.
+    sa.Column("overrides", sa.JSON(none_as_null=True), nullable=True),
     sa.CheckConstraint(f"status IN ({_TENANT_STATUSES})", name="status"),
     sa.CheckConstraint("version >= 1", name="version_positive"),
     sa.Index("ix_tenants_updated_at", "updated_at"),
@@ -171,6 +173,8 @@ plan_changes = sa.Table(
     _tenant_fk(),
     sa.Column("plan", sa.String(64), nullable=False),
     _at("effective_at"),
+    # The tenant's overrides from then on (null: none), so invoices prorate them like plans.
+    sa.Column("overrides", sa.JSON(none_as_null=True), nullable=True),
     sa.Index("ix_plan_changes_tenant_id_effective_at", "tenant_id", "effective_at"),
 )
 
@@ -248,6 +252,8 @@ invoices = sa.Table(
     _at("created_at"),
     _at("updated_at"),
     _at("finalized_at", nullable=True),
+    # The plans version the invoice was priced with (null: priced before plans had versions).
+    sa.Column("plan_version", sa.Integer(), nullable=True),
     sa.ForeignKeyConstraint(["replaces_invoice_id"], ["invoices.id"]),
     sa.ForeignKeyConstraint(["supplements_invoice_id"], ["invoices.id"]),
     sa.UniqueConstraint("tenant_id", "period", "version"),
@@ -418,4 +424,33 @@ billing_close_tenants = sa.Table(
     sa.Column("invoices_closed", sa.Integer(), nullable=False),
     _at("closed_at"),
     sa.CheckConstraint("invoices_closed >= 0", name="invoices_closed_not_negative"),
+)
+
+plan_versions = sa.Table(
+    "plan_versions",
+    metadata,
+    sa.Column("version", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("document", sa.Text(), nullable=False),  # the plans YAML as applied
+    sa.Column("digest", sa.String(64), nullable=False),  # SHA-256 of what it says
+    sa.Column("source", sa.String(500), nullable=False),
+    sa.Column("applied_by", sa.String(64), nullable=False),
+    _at("applied_at"),
+    sa.Column("note", sa.String(200), nullable=False),
+    sa.CheckConstraint("version >= 1", name="version_positive"),
+    sa.Index("ix_plan_versions_applied_at", "applied_at"),
+)
+
+audit_events = sa.Table(
+    "audit_events",
+    metadata,
+    sa.Column("id", _serial(), primary_key=True, autoincrement=True),
+    _at("occurred_at"),
+    sa.Column("credential", sa.String(64), nullable=False),  # the token's role, never a secret
+    sa.Column("method", sa.String(128), nullable=False),
+    sa.Column("tenant_id", sa.String(36), nullable=True),
+    sa.Column("request", sa.Text(), nullable=False),  # JSON, secrets redacted
+    sa.Column("result", sa.String(32), nullable=False),  # OK or the gRPC status code name
+    sa.Column("message", sa.String(1000), nullable=False),
+    sa.Index("ix_audit_events_occurred_at", "occurred_at"),
+    sa.Index("ix_audit_events_tenant_id_id", "tenant_id", "id"),
 )

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from quotaplane.domain.paging import MAX_PAGE_SIZE, Cursor
+from quotaplane.domain.plans.problems import Tree
 from quotaplane.domain.tenants.model import Tenant
 from quotaplane.domain.tenants.ports import TenantFilter
 
@@ -55,3 +56,11 @@ class SqlTenantQueries(SqlStore):
         async with self._connection() as conn:
             result = await conn.execute(sa.select(tenants.c.plan).distinct())
             return {row[0] for row in result}
+
+    async def overrides_in_use(self) -> list[tuple[str, str, Tree]]:
+        query = sa.select(tenants.c.id, tenants.c.plan, tenants.c.overrides).where(
+            tenants.c.overrides.is_not(None)
+        )
+        async with self._connection() as conn:
+            result = await conn.execute(query)
+            return [(row.id, row.plan, row.overrides) for row in result]

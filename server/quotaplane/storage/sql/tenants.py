@@ -22,6 +22,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from quotaplane.domain.errors import AlreadyExists, NotFound
+from quotaplane.domain.plans.overrides import PlanOverride
+from quotaplane.domain.plans.problems import Tree
 from quotaplane.domain.tenants.model import Tenant, TenantStatus
 from quotaplane.storage.sql.access import SqlStore, database_errors, utc_now
 from quotaplane.storage.sql.tables import plan_changes, tenants
@@ -87,9 +89,7 @@ class SqlTenantStore(SqlStore):
         now = self._clock()
         async with self._transaction() as conn:
             tenant = await self._update(conn, tenant_id, now, plan=plan)
-            await conn.execute(
-                plan_changes.insert().values(tenant_id=tenant_id, plan=plan, effective_at=now)
-            )
+            await _record_terms(conn, tenant, now)
         return tenant
 
     async def suspend(self, tenant_id: str, reason: str = "") -> Tenant:
@@ -112,6 +112,16 @@ class SqlTenantStore(SqlStore):
                 suspended_reason=None,
             )
 
+    async def set_overrides(self, tenant_id: str, document: Tree) -> Tenant:
+        """Store the overrides and, like a plan change, record them in ``plan_changes`` so
+        billing prorates by the overrides in force at each instant."""
+        now = self._clock()
+        async with self._transaction() as conn:
+            stored = sa.null() if document is None else document
+            tenant = await self._update(conn, tenant_id, now, overrides=stored)
+            await _record_terms(conn, tenant, now)
+        return tenant
+
     async def _update(
         self, conn: AsyncConnection, tenant_id: str, now: datetime, **values: Any
     ) -> Tenant:
@@ -125,6 +135,16 @@ class SqlTenantStore(SqlStore):
         if row is None:
             raise NotFound(f"tenant {tenant_id} does not exist")
         return _tenant(row)
+
+
+async def _record_terms(conn: AsyncConnection, tenant: Tenant, now: datetime) -> None:
+    """A ``plan_changes`` row: the tenant's plan and overrides from ``now`` on."""
+    overrides = tenant.overrides.document if tenant.overrides else sa.null()
+    await conn.execute(
+        plan_changes.insert().values(
+            tenant_id=tenant.id, plan=tenant.plan, effective_at=now, overrides=overrides
+        )
+    )
 
 
 @contextlib.contextmanager
@@ -150,4 +170,5 @@ def _tenant(row: Mapping[Any, Any]) -> Tenant:
         stripe_customer_id=row["stripe_customer_id"],
         suspended_reason=row["suspended_reason"],
         version=row["version"],
+        overrides=PlanOverride.of(row.get("overrides")),
     )

@@ -6,11 +6,14 @@ from typing import Any, TypeAlias
 
 import grpc
 
+from quotaplane.domain.audit.log import AuditLog
 from quotaplane.domain.billing.admin import InvoiceAdmin, UsageReports
 from quotaplane.domain.plans.registry import PlanAdmin
 from quotaplane.domain.tenants.admin import TenantAdmin
 from quotaplane.domain.tenants.api_keys import ApiKeyAdmin
 from quotaplane.transport.grpc import admin_convert as convert
+from quotaplane.transport.grpc import control_convert
+from quotaplane.transport.grpc.auth import current_credential
 from quotaplane.transport.grpc.billing_convert import invoice as invoice_message
 from quotaplane.transport.grpc.status import rpc
 from quotaplane_client.v1 import admin_pb2, admin_pb2_grpc, types_pb2
@@ -29,7 +32,9 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
         plans: PlanAdmin,
         usage: UsageReports,
         invoices: InvoiceAdmin,
+        audit: AuditLog,
     ) -> None:
+        self._audit = audit
         self._tenants = tenants
         self._keys = keys
         self._plans = plans
@@ -124,7 +129,71 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     async def ReloadPlans(
         self, request: admin_pb2.ReloadPlansRequest, context: Context
     ) -> admin_pb2.ListPlansResponse:
-        return convert.plans_response(await self._plans.reload())
+        await self._plans.reload(applied_by=current_credential())
+        return convert.plans_response(self._plans.current())
+
+    @rpc
+    async def ApplyPlans(
+        self, request: admin_pb2.ApplyPlansRequest, context: Context
+    ) -> admin_pb2.ApplyPlansResponse:
+        applied = await self._plans.apply(
+            request.document, source=request.source, applied_by=current_credential()
+        )
+        return control_convert.applied(applied)
+
+    @rpc
+    async def ListPlanVersions(
+        self, request: admin_pb2.ListPlanVersionsRequest, context: Context
+    ) -> admin_pb2.ListPlanVersionsResponse:
+        page = await self._plans.history(page_size=request.page_size, page_token=request.page_token)
+        document = request.include_document
+        return admin_pb2.ListPlanVersionsResponse(
+            versions=[control_convert.plan_version(v, document=document) for v in page.versions],
+            next_page_token=page.next_page_token,
+        )
+
+    @rpc
+    async def RollbackPlans(
+        self, request: admin_pb2.RollbackPlansRequest, context: Context
+    ) -> admin_pb2.ApplyPlansResponse:
+        applied = await self._plans.rollback(request.version, applied_by=current_credential())
+        return control_convert.applied(applied)
+
+    # --- overrides -----------------------------------------------------------------------------
+
+    @rpc
+    async def SetTenantOverrides(
+        self, request: admin_pb2.SetTenantOverridesRequest, context: Context
+    ) -> types_pb2.Tenant:
+        tenant = await self._tenants.set_overrides(
+            tenant_id=request.tenant_id, document=request.document
+        )
+        return convert.tenant(tenant)
+
+    @rpc
+    async def ClearTenantOverrides(
+        self, request: admin_pb2.ClearTenantOverridesRequest, context: Context
+    ) -> types_pb2.Tenant:
+        return convert.tenant(await self._tenants.clear_overrides(tenant_id=request.tenant_id))
+
+    # --- audit ---------------------------------------------------------------------------------
+
+    @rpc
+    async def ListAuditEvents(
+        self, request: admin_pb2.ListAuditEventsRequest, context: Context
+    ) -> admin_pb2.ListAuditEventsResponse:
+        page = await self._audit.list(
+            method=request.method,
+            tenant_id=request.tenant_id,
+            start=convert.optional_time(request.start, request.HasField("start"), "start"),
+            end=convert.optional_time(request.end, request.HasField("end"), "end"),
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return admin_pb2.ListAuditEventsResponse(
+            events=[control_convert.audit_event(e) for e in page.events],
+            next_page_token=page.next_page_token,
+        )
 
     # --- usage ---------------------------------------------------------------------------------
 

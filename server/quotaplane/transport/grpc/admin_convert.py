@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -44,6 +45,7 @@ def tenant(value: Tenant) -> types_pb2.Tenant:
         external_id=value.external_id or "",
         stripe_customer_id=value.stripe_customer_id or "",
         suspended_reason=value.suspended_reason or "",
+        overrides=json.dumps(value.overrides.document, sort_keys=True) if value.overrides else "",
     )
     return message
 
@@ -67,6 +69,7 @@ def plans_response(registry: PlanRegistry) -> admin_pb2.ListPlansResponse:
         plans=[plan(catalog.plans[name]) for name in catalog.names()],
         source=catalog.source,
         loaded_at=timestamp(registry.loaded_at),
+        version=catalog.version,
     )
 
 

@@ -17,6 +17,7 @@ Tokens are compared in constant time.
 
 from __future__ import annotations
 
+import contextvars
 import enum
 import hmac
 from collections.abc import Callable, Mapping
@@ -63,6 +64,19 @@ NEEDED: Mapping[str, Callable[[Any], Roles]] = {
     f"{QUOTA_SERVICE}/GenerateInvoice": invoice_roles,
     ADMIN_SERVICE: lambda _: ADMIN_ONLY,
 }
+
+
+# The name of the credential the running call presented (its role), for the audit trail and
+# for what a call records as its author; set by the token check, per call.
+_CREDENTIAL: contextvars.ContextVar[str] = contextvars.ContextVar(
+    "quotaplane_credential", default=""
+)
+OPEN = "open"  # the name of the credential of a call to an open role without a known token
+
+
+def current_credential() -> str:
+    """The running call's credential name ("admin", "billing", "service" or "open")."""
+    return _CREDENTIAL.get() or OPEN
 
 
 def bearer_token(metadata: tuple[tuple[str, str | bytes], ...] | None) -> str | None:
@@ -113,6 +127,11 @@ class TokenCheck:
             return grpc.StatusCode.PERMISSION_DENIED, f"an API key is refused: {needs}"
         return grpc.StatusCode.UNAUTHENTICATED, f"unknown token: {needs}"
 
+    def credential_name(self, presented: str | None) -> str:
+        """The name of an accepted credential: its role, or ``open`` for an open role."""
+        role = self._role_of(presented.encode()) if presented else None
+        return role.value if role is not None else OPEN
+
     def _role_of(self, presented: bytes) -> Role | None:
         found = None
         for role in (Role.ADMIN, Role.BILLING, Role.SERVICE):  # every compare runs: no timing
@@ -127,6 +146,7 @@ class TokenCheck:
             refused = self.refusal(presented, needed(request), method)
             if refused is not None:
                 await context.abort(*refused)
+            _CREDENTIAL.set(self.credential_name(presented))
             return await behavior(request, context)
 
         return checked

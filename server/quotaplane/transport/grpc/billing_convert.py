@@ -105,6 +105,7 @@ def invoice(stored: StoredInvoice) -> types_pb2.Invoice:
         supplement=stored.supplement,
         created_at=_timestamp(stored.created_at),
         last_error=stored.last_error or "",
+        plan_version=stored.plan_version,
     )
     if stored.finalized_at is not None:
         message.finalized_at.CopyFrom(_timestamp(stored.finalized_at))
@@ -123,6 +124,7 @@ def invoice_line(line: PricedLine) -> types_pb2.InvoiceLine:
         plan=line.plan,
         proration=_proration(line.fraction),
         included=line.included,
+        override=line.override,
     )
     if line.span_start is not None:
         message.span_start.CopyFrom(_timestamp(line.span_start))

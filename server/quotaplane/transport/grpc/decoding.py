@@ -28,7 +28,14 @@ from google.protobuf.message import DecodeError, Message
 from quotaplane.domain.text import text_problem
 
 _UNCHECKED_SERVICES = frozenset({"envoy.service.auth.v3.Authorization"})
-_UNCHECKED_FIELDS = frozenset({("quotaplane.v1.RecordUsageRequest", "events")})
+# Checked by their use cases, with their own limits: events one by one, documents up to 1 MiB.
+_UNCHECKED_FIELDS = frozenset(
+    {
+        ("quotaplane.v1.RecordUsageRequest", "events"),
+        ("quotaplane.v1.ApplyPlansRequest", "document"),
+        ("quotaplane.v1.SetTenantOverridesRequest", "document"),
+    }
+)
 _LENGTH_DELIMITED = 2
 _SKIP_BYTES = {1: 8, 5: 4}  # fixed64, fixed32
 

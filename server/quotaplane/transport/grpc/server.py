@@ -18,6 +18,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
+from quotaplane.domain.audit.ports import AuditStore
+from quotaplane.transport.grpc.audit import AuditTrail
 from quotaplane.transport.grpc.auth import (
     ADMIN_SERVICE,
     AUTHZ_SERVICE,
@@ -126,14 +128,17 @@ async def start_server(
     credentials: grpc.ServerCredentials | None = None,
     wrappers: Sequence[HandlerWrapper] = (),
     reuse_port: bool = False,
+    audit: AuditStore | None = None,
 ) -> RunningServer:
     """Build, bind and start the server; returns once it accepts calls.
 
     ``wrappers`` wrap every method handler outside the token check (first = outermost), so
     what they observe includes the calls the token check refuses. An empty service or
     billing token leaves that role open (``auth.py``). ``reuse_port``: several worker
-    processes share the port (``serve --workers N``).
+    processes share the port (``serve --workers N``). ``audit``: where the audit trail of
+    mutating calls is recorded (``audit.py``, inside the token check).
     """
+    audited = [AuditTrail(audit).wrap] if audit is not None else []
     server = grpc.aio.server(
         options=[
             ("grpc.max_concurrent_streams", max_concurrent_streams),
@@ -149,6 +154,7 @@ async def start_server(
             TokenCheck(
                 {Role.ADMIN: admin_token, Role.SERVICE: service_token, Role.BILLING: billing_token}
             ).wrap,
+            *audited,
             # Innermost: it installs the tolerant deserializer the outer wrappers reuse.
             decode_guard,
         ],

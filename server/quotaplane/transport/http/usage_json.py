@@ -21,9 +21,10 @@ def _instant(at: datetime) -> str:
     return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _limit(usage: LimitUsage, now: datetime) -> dict[str, Any]:
+def _limit(usage: LimitUsage, now: datetime, shadow: dict[str, int]) -> dict[str, Any]:
     state = usage.state
     return {
+        "mode": "shadow" if state.shadow else "enforce",
         "name": state.name,
         "metric": state.metric,
         "window": state.window,
@@ -34,6 +35,7 @@ def _limit(usage: LimitUsage, now: datetime) -> dict[str, Any]:
         "reset_seconds": seconds_until(state.reset_at, now),
         "overage_policy": state.overage_policy,
         "overage": state.overage,
+        **({"would_be_denials": shadow.get(state.name, 0)} if state.shadow else {}),
     }
 
 
@@ -91,7 +93,8 @@ def usage_document(usage: TenantUsage) -> dict[str, Any]:
         "period_end": _instant(usage.period.end),
         "current": usage.current,
         "generated_at": _instant(now),
-        "limits": [_limit(limit, now) for limit in usage.limits],
+        "limits": [_limit(limit, now, usage.shadow_denials) for limit in usage.limits],
+        "spend_cap": None if usage.spend_cap is None else str(usage.spend_cap),
         "daily": {metric: [_day(d) for d in days] for metric, days in usage.daily.items()},
         "charges": _charges(usage.charges),
         "invoices": [invoice_summary(invoice) for invoice in usage.invoices],

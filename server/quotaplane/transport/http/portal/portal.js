@@ -91,6 +91,7 @@ function render(usage) {
   renderLimits(usage.limits);
   renderChart(usage);
   renderCharges(usage.charges);
+  renderSpendCap(usage.spend_cap, usage.charges);
   renderInvoices(usage.invoices);
   renderPeriods(usage);
   $("generated").textContent = `As of ${fmtWhen(usage.generated_at)}.`;
@@ -108,7 +109,8 @@ function renderLimits(limits) {
       "data-remaining": limit.remaining, "data-limit-value": limit.limit,
     });
     const head = el("div", { "class": "limit-head" });
-    head.append(el("strong", {}, `${limit.metric} per ${limit.window}`),
+    const title = `${limit.metric} per ${limit.window}` + (limit.mode === "shadow" ? " (trial limit, not enforced)" : "");
+    head.append(el("strong", {}, title),
                 el("span", { "class": "used" }, `${fmtInt(limit.used)} of ${fmtInt(limit.limit)} used`));
     const track = el("div", { "class": "track", "role": "progressbar", "aria-valuemin": "0",
                               "aria-valuemax": String(limit.limit), "aria-valuenow": String(limit.used) });
@@ -119,6 +121,9 @@ function renderLimits(limits) {
     foot.append(el("span", { "class": "remaining" }, `${fmtInt(limit.remaining)} remaining`),
                 el("span", { "class": "reset" }, `resets ${fmtWhen(limit.reset_at)}`));
     item.append(head, track, foot);
+    if (limit.mode === "shadow")
+      item.append(el("div", { "class": "hint shadow", "data-would-be-denials": String(limit.would_be_denials) },
+                     `${fmtInt(limit.would_be_denials)} requests this period would have been refused`));
     list.append(item);
   }
 }
@@ -183,6 +188,14 @@ function renderCharges(charges) {
                : `Invoice ${charges.status}.`));
   for (const line of charges.lines)
     box.append(el("div", { "class": "hint" }, `${line.description}: ${fmtMoney(line.amount, charges.currency)}`));
+}
+
+function renderSpendCap(cap, charges) {
+  const box = $("charges");
+  if (cap === null || cap === undefined || !charges) return;
+  box.dataset.spendCap = cap;
+  box.append(el("div", { "class": "hint spend-cap" },
+                `Monthly spend cap: ${fmtMoney(cap, charges.currency)}; requests that would go past it are refused.`));
 }
 
 function renderInvoices(invoices) {
