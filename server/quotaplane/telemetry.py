@@ -44,6 +44,8 @@ from prometheus_client import (
 )
 from prometheus_client.metrics import MetricWrapperBase
 
+from quotaplane.tenant_labels import TenantLabels
+
 log = logging.getLogger(__name__)
 
 # Metric names as dashboards and alerts query them (counters gain _total, histograms
@@ -91,38 +93,6 @@ DECISION_OUTCOMES: Final = frozenset(
 )
 STRIPE_OUTCOMES: Final = frozenset({"ok", "retried", "failed"})
 METER_OUTCOMES: Final = frozenset({"ok", "retried", "rate_limited", "failed", "too_old", "expired"})
-ALL_TENANTS: Final = "all"
-OTHER_TENANTS: Final = "other"
-UNKNOWN_TENANT: Final = "unknown"
-
-
-class TenantLabels:
-    """Maps tenant ids to a bounded set of label values (see the module docstring)."""
-
-    def __init__(self, limit: int) -> None:
-        if limit < 0:
-            raise ValueError("tenant label limit must be >= 0")
-        self._limit = limit
-        self.named = limit > 0  # whether any tenant gets a label of its own
-        self._kept: set[str] = set()
-        self._lock = threading.Lock()
-
-    def label(self, tenant_id: str) -> str:
-        if self._limit == 0:
-            return ALL_TENANTS
-        if not tenant_id:
-            return UNKNOWN_TENANT
-        if tenant_id in self._kept:
-            return tenant_id
-        with self._lock:
-            if len(self._kept) < self._limit:
-                self._kept.add(tenant_id)
-                return tenant_id
-        return OTHER_TENANTS
-
-    def is_own(self, label: str) -> bool:
-        """True when ``label`` names one tenant (not all/other/unknown)."""
-        return label in self._kept
 
 
 class _Instruments:

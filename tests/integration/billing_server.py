@@ -19,8 +19,8 @@ from typing import Any
 import sqlalchemy as sa
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from quotaplane.app.billing_parts import CloseOptions
 from quotaplane.app.runtime import Runtime
-from quotaplane.app.wiring import CloseOptions
 from quotaplane.config import Settings
 from quotaplane.storage.sql import migrate
 from quotaplane.storage.sql.tables import usage_hourly

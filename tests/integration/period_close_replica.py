@@ -14,7 +14,7 @@ import sys
 from datetime import datetime, timedelta
 
 from quotaplane.app.billing_close import close_period
-from quotaplane.app.wiring import CloseOptions
+from quotaplane.app.billing_parts import CloseOptions
 from quotaplane.config import load_settings
 from quotaplane.domain.windows import Period
 

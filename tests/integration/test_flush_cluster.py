@@ -16,7 +16,7 @@ import pytest
 from redis.asyncio import RedisCluster
 
 from quotaplane.app import wiring
-from quotaplane.app.wiring import Connections
+from quotaplane.app.stores import Connections, stores
 from quotaplane.config import Settings
 from quotaplane.domain.quota.decisions import QuotaRequest
 from quotaplane.domain.quota.engine import QuotaEngine
@@ -68,7 +68,7 @@ async def stack(cluster_url: str, tmp_path: Path) -> AsyncIterator[Stack]:  # no
     # The stores, flusher and counter chain serve builds (app/wiring.py).
     settings = Settings.defaults(redis_key_prefix=PREFIX, redis_timeout=timedelta(seconds=2))
     connections = Connections(database=database, counters=pipe, redis=client)
-    stored = wiring.stores(settings, connections)
+    stored = stores(settings, connections)
     flusher = wiring.usage_flusher(settings, stored)
     directory = TenantDirectory(stored.tenants)
     try:

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from quotaplane.app import wiring
-from quotaplane.app.wiring import Connections
+from quotaplane.app.stores import Connections, stores
 from quotaplane.config import Settings
 from quotaplane.domain.billing.usage_events import RawUsageEvent, UsageRecorder
 from quotaplane.domain.errors import Unavailable
@@ -71,7 +71,7 @@ async def stack(
     # The stores, flusher and counter chain serve builds (app/wiring.py).
     settings = Settings.defaults(redis_key_prefix=prefix, redis_timeout=timedelta(seconds=2))
     connections = Connections(database=database, counters=pipe, redis=client)
-    stored = wiring.stores(settings, connections)
+    stored = stores(settings, connections)
     directory = TenantDirectory(stored.tenants)
     flusher = wiring.usage_flusher(settings, stored)
     engine = wiring.quota_engine(settings, connections, stored, directory, lambda: PLANS, flusher)

@@ -29,7 +29,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from quotaplane.app.billing_close import close_period
-from quotaplane.app.wiring import CloseOptions
+from quotaplane.app.billing_parts import CloseOptions
 from quotaplane.domain.billing.events import UsageEvent
 from quotaplane.domain.billing.pricing import BASE_FEE
 from quotaplane.domain.windows import Period

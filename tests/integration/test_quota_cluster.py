@@ -20,7 +20,7 @@ import pytest
 import redis
 
 from quotaplane.app import wiring
-from quotaplane.app.wiring import Connections
+from quotaplane.app.stores import Connections, stores
 from quotaplane.config import Settings
 from quotaplane.domain.quota.decisions import QuotaRequest
 from quotaplane.domain.quota.engine import QuotaEngine
@@ -150,7 +150,7 @@ async def engine_and_store(
     catalog = parse_plans(PLANS, "cluster-plans.yaml")
     try:
         store = SqlTenantStore(database)
-        stored = wiring.stores(settings, connections)
+        stored = stores(settings, connections)
         flusher = wiring.usage_flusher(settings, stored)
         directory = TenantDirectory(store)
         engine = wiring.quota_engine(

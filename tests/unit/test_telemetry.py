@@ -11,7 +11,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from quotaplane.config import ConfigError, load_settings
-from quotaplane.telemetry import Telemetry, TenantLabels
+from quotaplane.telemetry import Telemetry
+from quotaplane.tenant_labels import TenantLabels
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

@@ -11,16 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from quotaplane.app.billing_parts import CloseOptions, period_closer
 from quotaplane.app.datadir import LEDGER_FILE
 from quotaplane.app.embedded import embedded_database_url
 from quotaplane.app.runtime import default_plans_path
-from quotaplane.app.wiring import (
-    CloseOptions,
-    Connections,
-    period_closer,
-    stores,
-    usage_flusher,
-)
+from quotaplane.app.stores import Connections, stores
+from quotaplane.app.wiring import usage_flusher
 from quotaplane.config import ConfigError, Settings
 from quotaplane.domain.windows import Period
 from quotaplane.integrations.plans_file import load_plans

@@ -32,10 +32,13 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from quotaplane.app.billing_parts import CloseOptions
 from quotaplane.app.credentials import Tokens, resolve_tokens
 from quotaplane.app.embedded import start_embedded
+from quotaplane.app.loop import Loop
 from quotaplane.app.shutdown import push_bounded
-from quotaplane.app.wiring import CloseOptions, Connections, Loop, Replica, build_replica
+from quotaplane.app.stores import Connections
+from quotaplane.app.wiring import Replica, build_replica
 from quotaplane.config import Settings
 from quotaplane.domain.plans.registry import PlanRegistry
 from quotaplane.integrations.plans_file import parse_plans, read_plans_text

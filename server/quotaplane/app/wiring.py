@@ -15,25 +15,31 @@ used) -> ``RedisCounterStore`` (the atomic Lua script).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
+from quotaplane.app.billing_parts import (
+    DEFAULT_CLOSE,
+    CloseOptions,
+    meter_reporter_loops,
+    payment_webhooks,
+    period_close_loops,
+    record_finalized,
+    stripe_push_loops,
+)
+from quotaplane.app.loop import Loop
+from quotaplane.app.stores import Connections, Stores, stores
 from quotaplane.config import Settings
 from quotaplane.domain.audit.log import AuditLog
 from quotaplane.domain.billing.admin import InvoiceAdmin, UsageReports
 from quotaplane.domain.billing.invoicing import InvoiceService
 from quotaplane.domain.billing.payments import PaymentWebhooks
-from quotaplane.domain.billing.ports import StoredInvoice
 from quotaplane.domain.billing.self_service import SelfService
 from quotaplane.domain.billing.usage_events import UsageRecorder
 from quotaplane.domain.plans.model import PlanCatalog
 from quotaplane.domain.plans.registry import PlanAdmin, PlanRegistry
 from quotaplane.domain.quota.decisions import Decision, DecisionCode, QuotaRequest
-from quotaplane.domain.quota.engine import QuotaEngine, utc_now
+from quotaplane.domain.quota.engine import QuotaEngine
 from quotaplane.domain.quota.exhausted import ExhaustedQuotaCache
 from quotaplane.domain.quota.gateway import Gateway
 from quotaplane.domain.quota.ports import CounterStore, TenantLookup
@@ -41,36 +47,14 @@ from quotaplane.domain.tenants.admin import TenantAdmin
 from quotaplane.domain.tenants.api_keys import ApiKeyAdmin
 from quotaplane.integrations.notify.webhooks import HttpWebhookSender
 from quotaplane.integrations.plans_file import parse_override_text, parse_plans
-from quotaplane.integrations.stripe.client import StripeGateway, webhook_verifier
 from quotaplane.services.counter_seeding import SEED_BUDGET, LedgerSeededCounters
-from quotaplane.services.invoice_push import InvoicePusher
 from quotaplane.services.key_cache import ApiKeyCache
-from quotaplane.services.meter_reporter import MeterReporter
 from quotaplane.services.notifier import Notifier
-from quotaplane.services.period_close import (
-    DEFAULT_INTERVAL,
-    DEFAULT_LEASE,
-    CloseObserver,
-    PeriodCloser,
-)
 from quotaplane.services.plan_versions import PlanVersionPoller
 from quotaplane.services.tenant_directory import TenantDirectory
 from quotaplane.services.usage_flusher import UsageFlusher, UsageTrackingCounters
-from quotaplane.storage.redis.client import CommandPipe, RedisClient
 from quotaplane.storage.redis.counters import RedisCounterStore
-from quotaplane.storage.redis.flush import RedisQuotaCounters, RedisUnflushedUsage
-from quotaplane.storage.redis.shadow import RedisShadowDenials
-from quotaplane.storage.sql.api_keys import SqlApiKeyStore
 from quotaplane.storage.sql.audit import SqlAuditStore
-from quotaplane.storage.sql.invoice_queries import SqlInvoiceQueries
-from quotaplane.storage.sql.invoices import SqlInvoiceLedger
-from quotaplane.storage.sql.ledger import SqlUsageLedger
-from quotaplane.storage.sql.meters import SqlMeterOutbox
-from quotaplane.storage.sql.notifications import SqlNotificationStore
-from quotaplane.storage.sql.outbox import SqlPushOutbox
-from quotaplane.storage.sql.period_close import SqlCloseLedger
-from quotaplane.storage.sql.plan_versions import SqlPlanVersionStore
-from quotaplane.storage.sql.tenant_queries import SqlTenantQueries
 from quotaplane.storage.sql.tenants import SqlTenantStore
 from quotaplane.telemetry import Telemetry
 from quotaplane.transport.grpc.admin import AdminServicer
@@ -78,66 +62,6 @@ from quotaplane.transport.grpc.ext_authz import AuthorizationServicer
 from quotaplane.transport.grpc.quota import QuotaServicer
 from quotaplane.transport.grpc.server import Servicers
 from quotaplane.transport.http.authz import HttpAuthz, decision_recorder
-
-
-@dataclass(frozen=True)
-class Connections:
-    """What one replica holds open: the ledger engine and two Redis clients."""
-
-    database: AsyncEngine
-    counters: CommandPipe  # the hot path: one pipelined connection, batched per loop tick
-    redis: RedisClient  # the flush and recorded usage: may wait longer than a CheckQuota may
-
-
-@dataclass(frozen=True)
-class Stores:
-    """Every store of one replica over its connections, each built once."""
-
-    tenants: SqlTenantStore
-    keys: SqlApiKeyStore
-    usage: SqlUsageLedger
-    invoices: SqlInvoiceLedger
-    tenant_queries: SqlTenantQueries
-    invoice_queries: SqlInvoiceQueries
-    outbox: SqlPushOutbox
-    notifications: SqlNotificationStore
-    meters: SqlMeterOutbox
-    close: SqlCloseLedger
-    plan_versions: SqlPlanVersionStore
-    audit: SqlAuditStore
-    month_counters: RedisQuotaCounters  # usage recorded elsewhere, charged to the quota
-    unflushed: RedisUnflushedUsage  # admitted usage the ledger has not taken yet
-    shadow: RedisShadowDenials  # what shadow limits would have refused (GetUsage)
-
-
-def stores(settings: Settings, connections: Connections) -> Stores:
-    database, prefix = connections.database, settings.redis_key_prefix
-    return Stores(
-        tenants=SqlTenantStore(database),
-        keys=SqlApiKeyStore(database),
-        usage=SqlUsageLedger(database),
-        invoices=SqlInvoiceLedger(database),
-        tenant_queries=SqlTenantQueries(database),
-        invoice_queries=SqlInvoiceQueries(database),
-        outbox=SqlPushOutbox(database),
-        notifications=SqlNotificationStore(database),
-        meters=SqlMeterOutbox(database),
-        close=SqlCloseLedger(database),
-        plan_versions=SqlPlanVersionStore(database),
-        audit=SqlAuditStore(database),
-        month_counters=RedisQuotaCounters(connections.redis, key_prefix=prefix),
-        unflushed=RedisUnflushedUsage(connections.redis, key_prefix=prefix),
-        shadow=RedisShadowDenials(connections.redis, key_prefix=prefix),
-    )
-
-
-@dataclass(frozen=True)
-class Loop:
-    """A background service: ``run`` until cancelled, then ``final`` once (if any)."""
-
-    name: str
-    run: Callable[[], Coroutine[Any, Any, None]]
-    final: Callable[[], Coroutine[Any, Any, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -233,66 +157,13 @@ def usage_flusher(
     )
 
 
-@dataclass(frozen=True)
-class CloseOptions:
-    """How the period close runs; tests pass a clock they control and a slowing hook."""
-
-    clock: Callable[[], datetime] = utc_now
-    on_tenant: Callable[[str], Awaitable[None]] | None = None
-    interval: timedelta = DEFAULT_INTERVAL
-    lease: timedelta = DEFAULT_LEASE
-
-
-def period_closer(
-    settings: Settings,
-    stored: Stores,
-    tenants: TenantLookup,
-    plans: Callable[[], PlanCatalog],
-    flusher: UsageFlusher,
-    *,
-    telemetry: Telemetry | None = None,
-    options: CloseOptions = CloseOptions(),
-) -> PeriodCloser:
-    """The period close of ``services/period_close.py`` over this replica's stores."""
-    invoices = InvoiceService(
-        tenants=tenants,
-        plans=plans,
-        invoices=stored.invoices,
-        flush=flusher.flush_tenant,
-        clock=options.clock,
-        on_finalized=_record_finalized(telemetry) if telemetry else None,
-    )
-    observer = CloseObserver(
-        invoice_closed=telemetry.record_close_invoice if telemetry else None,
-        run_finished=(
-            (lambda period, seconds: telemetry.record_close_run(period.end.timestamp(), seconds))
-            if telemetry
-            else None
-        ),
-    )
-    return PeriodCloser(
-        stored.close,
-        invoices,
-        stored.invoices,
-        stored.usage,
-        plans,
-        grace=settings.billing_grace or timedelta(0),
-        push_to_stripe=bool(settings.stripe_api_key),
-        clock=options.clock,
-        interval=options.interval,
-        lease=options.lease,
-        observer=observer,
-        on_tenant=options.on_tenant,
-    )
-
-
 def build_replica(
     settings: Settings,
     connections: Connections,
     plans: PlanRegistry,
     telemetry: Telemetry,
     *,
-    close: CloseOptions = CloseOptions(),
+    close: CloseOptions = DEFAULT_CLOSE,
 ) -> Replica:
     """Stores, caches, use cases, loops and servicers of one replica, wired and not started."""
     stored = stores(settings, connections)
@@ -322,7 +193,7 @@ def build_replica(
         plans=plans,
         invoices=stored.invoices,
         flush=flusher.flush_tenant,
-        on_finalized=_record_finalized(telemetry),
+        on_finalized=record_finalized(telemetry),
     )
     gateway = Gateway(
         api_keys,
@@ -357,10 +228,10 @@ def build_replica(
         Loop("tenant directory poller", directory.run),
         Loop("api key cache poller", api_keys.run),
         Loop("usage flusher", flusher.run, final=flusher.tick),
-        *_stripe_push(settings, stored, telemetry),
-        *_meter_reporter(settings, stored, plans, telemetry),
+        *stripe_push_loops(settings, stored, telemetry),
+        *meter_reporter_loops(settings, stored, plans, telemetry),
         *([Loop("quota notifier", notifier.run)] if notifier else []),
-        *_period_close(settings, stored, directory, plans, flusher, telemetry, close),
+        *period_close_loops(settings, stored, directory, plans, flusher, telemetry, close),
     ]
     return Replica(
         plans=plans,
@@ -382,28 +253,10 @@ def build_replica(
             invoice_ledger=stored.invoices,
             invoice_queries=stored.invoice_queries,
         ),
-        payment_webhooks=_payment_webhooks(settings, stored),
+        payment_webhooks=payment_webhooks(settings, stored),
         servicers=servicers,
         loops=tuple(loops),
     )
-
-
-def _period_close(
-    settings: Settings,
-    stored: Stores,
-    tenants: TenantLookup,
-    plans: Callable[[], PlanCatalog],
-    flusher: UsageFlusher,
-    telemetry: Telemetry,
-    options: CloseOptions,
-) -> Sequence[Loop]:
-    """The period close loop, unless QUOTAPLANE_BILLING_GRACE=off."""
-    if settings.billing_grace is None:
-        return ()
-    closer = period_closer(
-        settings, stored, tenants, plans, flusher, telemetry=telemetry, options=options
-    )
-    return (Loop("period close", closer.run),)
 
 
 async def _parse_off_loop(document: str, source: str) -> PlanCatalog:
@@ -425,47 +278,3 @@ def _notifier(settings: Settings, stored: Stores) -> Notifier | None:
         return None
     sender = HttpWebhookSender(settings.webhook_url, settings.webhook_secret)
     return Notifier(stored.notifications, sender, thresholds=settings.notify_thresholds)
-
-
-def _stripe_push(settings: Settings, stored: Stores, telemetry: Telemetry) -> Sequence[Loop]:
-    """The Stripe outbox worker, when STRIPE_API_KEY is set: pushes finalized invoices."""
-    if not settings.stripe_api_key:
-        return ()
-    gateway = StripeGateway(settings.stripe_api_key, api_base=settings.stripe_api_base or None)
-    pusher = InvoicePusher(stored.outbox, gateway, on_outcome=telemetry.record_stripe_push)
-    return (Loop("stripe outbox", pusher.run),)
-
-
-def _meter_reporter(
-    settings: Settings, stored: Stores, plans: PlanRegistry, telemetry: Telemetry
-) -> Sequence[Loop]:
-    """Usage of metrics priced in Stripe, as meter events, when STRIPE_API_KEY is set."""
-    if not settings.stripe_api_key:
-        return ()
-    gateway = StripeGateway(settings.stripe_api_key, api_base=settings.stripe_api_base or None)
-    reporter = MeterReporter(
-        stored.meters,
-        gateway,
-        plans,
-        interval=settings.meter_interval,
-        on_outcome=telemetry.record_meter_event,
-    )
-    return (Loop("stripe meter reporter", reporter.run),)
-
-
-def _payment_webhooks(settings: Settings, stored: Stores) -> PaymentWebhooks | None:
-    """Incoming Stripe events, when QUOTAPLANE_STRIPE_WEBHOOK_ADDR is set."""
-    if settings.stripe_webhook_addr == "off":
-        return None
-    if not settings.stripe_webhook_secret:
-        raise RuntimeError("QUOTAPLANE_STRIPE_WEBHOOK_ADDR is set: STRIPE_WEBHOOK_SECRET must be")
-    verifier = webhook_verifier(settings.stripe_webhook_secret)
-    return PaymentWebhooks(stored.outbox, verifier)
-
-
-def _record_finalized(telemetry: Telemetry) -> Callable[[StoredInvoice], None]:
-    def record(invoice: StoredInvoice) -> None:
-        if invoice.total_minor >= 0:  # a supplementary invoice may be a credit (late_usage.py)
-            telemetry.record_invoice_total(invoice.currency, invoice.total_minor)
-
-    return record

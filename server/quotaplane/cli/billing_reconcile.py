@@ -23,7 +23,7 @@ from decimal import Decimal
 
 from quotaplane.cli.output import print_table
 from quotaplane.config import load_settings
-from quotaplane.domain.billing.ports import PaymentError
+from quotaplane.domain.billing.payment_ports import PaymentError
 from quotaplane.domain.billing.reconcile import ReconcileRow, differences_by_kind
 from quotaplane.domain.errors import QuotaplaneError
 from quotaplane.domain.windows import Period

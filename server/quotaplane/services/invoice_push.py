@@ -37,13 +37,13 @@ import logging
 from collections.abc import Callable
 from datetime import timedelta
 
-from quotaplane.domain.billing.payments import customer_idempotency_key
-from quotaplane.domain.billing.ports import (
+from quotaplane.domain.billing.payment_ports import (
     PaymentError,
     PaymentGateway,
     PushJob,
     PushOutbox,
 )
+from quotaplane.domain.billing.payments import customer_idempotency_key
 from quotaplane.domain.errors import QuotaplaneError
 
 log = logging.getLogger(__name__)

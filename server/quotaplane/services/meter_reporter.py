@@ -42,8 +42,8 @@ from quotaplane.domain.billing.meters import (
     past_dedup,
     too_old,
 )
+from quotaplane.domain.billing.payment_ports import PaymentError
 from quotaplane.domain.billing.payments import customer_idempotency_key
-from quotaplane.domain.billing.ports import PaymentError
 from quotaplane.domain.errors import QuotaplaneError
 from quotaplane.domain.plans.model import PlanCatalog
 

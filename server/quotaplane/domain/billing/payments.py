@@ -4,11 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from quotaplane.domain.billing.ports import (
-    PaymentError,
-    PaymentEvent,
-    PaymentEventLedger,
-)
+from quotaplane.domain.billing.payment_ports import PaymentError, PaymentEvent, PaymentEventLedger
 from quotaplane.domain.errors import InvalidArgument
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
 
-from quotaplane.domain.billing.ports import RemoteInvoice
+from quotaplane.domain.billing.payment_ports import RemoteInvoice
 from quotaplane.domain.plans.model import PlanCatalog
 from quotaplane.domain.windows import Period
 

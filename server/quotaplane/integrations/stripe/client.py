@@ -24,7 +24,8 @@ from typing import Any, TypeVar
 
 import stripe
 
-from quotaplane.domain.billing.ports import PaymentError, PaymentEvent, RemoteInvoice, StoredInvoice
+from quotaplane.domain.billing.payment_ports import PaymentError, PaymentEvent, RemoteInvoice
+from quotaplane.domain.billing.ports import StoredInvoice
 
 API_VERSION = "2026-10-28.endive"
 DUPLICATE_EVENT = "resource_already_exists"  # a meter event identifier Stripe has seen

@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from quotaplane.domain.billing.ports import PaymentEvent, PushJob
+from quotaplane.domain.billing.payment_ports import PaymentEvent, PushJob
 from quotaplane.domain.billing.statuses import InvoiceStatus
 from quotaplane.storage.sql.access import SqlStore, dialect_insert, utc_now
 from quotaplane.storage.sql.invoices import PUSH, load_invoice

@@ -2,166 +2,47 @@
 
 The Alembic revisions under ``migrations/versions`` build exactly this schema on Postgres and
 SQLite; a test compares the two after ``upgrade head`` on both dialects, so a change here
-without a migration (or the reverse) fails CI.
-
-Portable types only. Two column types carry the ledger's rules to both dialects:
-
-- ``UtcDateTime``: timezone-aware in and out. A naive datetime is refused on write (it would
-  mean "whatever the server's zone is"); values come back as UTC-aware datetimes on SQLite
-  too, where the column itself has no zone.
-- ``Money``: ``decimal.Decimal`` in and out, NUMERIC on Postgres. SQLite would store a NUMERIC
-  as a binary float, so there the value is kept as its exact decimal text. A value with more
-  decimals or digits than the column holds is refused rather than rounded: rounding is the
-  pricing code's job (once per invoice line), never the database's. Totals are also kept as
-  integer minor units (BigInteger), exact everywhere and the figure Stripe receives.
-
-IDs are canonical lowercase UUID strings (String(36)), as the domain uses them.
+without a migration (or the reverse) fails CI. The column types and helpers (``UtcDateTime``,
+``Money``, the naming convention) are in ``columns.py``.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from decimal import Context, Decimal, InvalidOperation
-from typing import Any
-
 import sqlalchemy as sa
-from sqlalchemy.engine import Dialect
-from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from quotaplane.domain.billing.statuses import InvoiceStatus
-from quotaplane.domain.tenants.model import TenantStatus
-
-NAMING_CONVENTION: dict[str, str] = {
-    "pk": "pk_%(table_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
-}
+from quotaplane.storage.sql.columns import (
+    INVOICE_STATUSES,
+    NAMING_CONVENTION,
+    TENANT_STATUSES,
+    UtcDateTime,
+    amount,
+    at,
+    id_column,
+    serial,
+    tenant_fk,
+    unit_price,
+)
 
 metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
-
-_TENANT_STATUSES = ", ".join(repr(status.value) for status in TenantStatus)
-_INVOICE_STATUSES = ", ".join(repr(status.value) for status in InvoiceStatus)
-
-# Quantizing must raise, not round or overflow silently, whatever the caller's context.
-_MONEY_CONTEXT = Context(prec=40, traps=[InvalidOperation])
-
-
-class UtcDateTime(TypeDecorator[datetime]):
-    """TIMESTAMP WITH TIME ZONE that accepts only aware datetimes and returns UTC-aware ones."""
-
-    impl = sa.DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise ValueError(f"naive datetime {value.isoformat()}: the ledger stores aware times")
-        utc = value.astimezone(UTC)
-        # SQLite keeps the text without a zone: store UTC so text order is time order.
-        return utc.replace(tzinfo=None) if dialect.name == "sqlite" else utc
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
-
-
-class Money(TypeDecorator[Decimal]):
-    """NUMERIC(precision, scale) as exact Decimal on every dialect (text on SQLite)."""
-
-    impl = sa.Numeric
-    cache_ok = True
-
-    def __init__(self, precision: int, scale: int) -> None:
-        super().__init__(precision=precision, scale=scale, asdecimal=True)
-        self.precision = precision
-        self.scale = scale
-        self._quantum = Decimal(1).scaleb(-scale)
-
-    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
-        if dialect.name == "sqlite":
-            return dialect.type_descriptor(sa.String(self.precision + 2))  # sign and point
-        return dialect.type_descriptor(sa.Numeric(self.precision, self.scale, asdecimal=True))
-
-    def process_bind_param(self, value: Decimal | int | None, dialect: Dialect) -> Any:
-        if value is None:
-            return None
-        exact = self._checked(value)
-        return format(exact, "f") if dialect.name == "sqlite" else exact
-
-    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
-        if value is None:
-            return None
-        return Decimal(str(value)).quantize(self._quantum)
-
-    def _checked(self, value: Decimal | int) -> Decimal:
-        # bool is an int, float is not a Decimal: neither is money.
-        if isinstance(value, bool) or not isinstance(value, Decimal | int):
-            raise TypeError(f"money must be a Decimal, got {type(value).__name__}")
-        if not Decimal(value).is_finite():
-            raise ValueError(f"money must be a finite number, got {value}")
-        try:
-            exact = Decimal(value).quantize(self._quantum, context=_MONEY_CONTEXT)
-        except InvalidOperation:
-            exact = None
-        if exact is None or len(exact.as_tuple().digits) > self.precision:
-            raise ValueError(f"{value} has more than {self.precision} digits")
-        if exact != value:
-            raise ValueError(f"{value} does not fit {self.scale} decimal places exactly")
-        return exact
-
-
-def unit_price() -> Money:
-    """Prices per unit are finer than a cent (0.00004 USD per request)."""
-    return Money(20, 6)
-
-
-def amount() -> Money:
-    """Amounts are rounded to the currency's minor unit; 4 places covers every ISO currency."""
-    return Money(20, 4)
-
-
-def _serial() -> TypeEngine[int]:
-    # BIGINT on Postgres; SQLite autoincrements only an INTEGER PRIMARY KEY (the rowid).
-    return sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-
-
-def _id(name: str = "id", **kwargs: Any) -> sa.Column[str]:
-    return sa.Column(name, sa.String(36), **kwargs)
-
-
-def _tenant_fk(**kwargs: Any) -> sa.Column[str]:
-    return sa.Column(
-        "tenant_id", sa.String(36), sa.ForeignKey("tenants.id"), nullable=False, **kwargs
-    )
-
-
-def _at(name: str, *, nullable: bool = False) -> sa.Column[datetime]:
-    return sa.Column(name, UtcDateTime(), nullable=nullable)
-
 
 tenants = sa.Table(
     "tenants",
     metadata,
-    _id(primary_key=True),
+    id_column(primary_key=True),
     sa.Column("name", sa.String(200), nullable=False),
     sa.Column("external_id", sa.String(200), nullable=True, unique=True),
     sa.Column("plan", sa.String(64), nullable=False),
     sa.Column("status", sa.String(16), nullable=False, server_default="active"),
     sa.Column("suspended_reason", sa.String(500), nullable=True),
     sa.Column("stripe_customer_id", sa.String(255), nullable=True),
-    _at("created_at"),
-    _at("updated_at"),
+    at("created_at"),
+    at("updated_at"),
     # Bumped on every change; replicas compare it to refresh their tenant caches.
     sa.Column("version", sa.Integer(), nullable=False, server_default="1"),
     # A partial plan entry merged over the plan (domain/plans/overrides.py); strings only.
     sa.Column("overrides", sa.JSON(none_as_null=True), nullable=True),
-    sa.CheckConstraint(f"status IN ({_TENANT_STATUSES})", name="status"),
+    sa.CheckConstraint(f"status IN ({TENANT_STATUSES})", name="status"),
     sa.CheckConstraint("version >= 1", name="version_positive"),
     sa.Index("ix_tenants_updated_at", "updated_at"),
 )
@@ -169,10 +50,10 @@ tenants = sa.Table(
 plan_changes = sa.Table(
     "plan_changes",
     metadata,
-    sa.Column("id", _serial(), primary_key=True, autoincrement=True),
-    _tenant_fk(),
+    sa.Column("id", serial(), primary_key=True, autoincrement=True),
+    tenant_fk(),
     sa.Column("plan", sa.String(64), nullable=False),
-    _at("effective_at"),
+    at("effective_at"),
     # The tenant's overrides from then on (null: none), so invoices prorate them like plans.
     sa.Column("overrides", sa.JSON(none_as_null=True), nullable=True),
     sa.Index("ix_plan_changes_tenant_id_effective_at", "tenant_id", "effective_at"),
@@ -181,14 +62,14 @@ plan_changes = sa.Table(
 api_keys = sa.Table(
     "api_keys",
     metadata,
-    _id(primary_key=True),
-    _tenant_fk(index=True),
+    id_column(primary_key=True),
+    tenant_fk(index=True),
     sa.Column("name", sa.String(200), nullable=False),
     sa.Column("prefix", sa.String(32), nullable=False),
     sa.Column("key_hash", sa.String(64), nullable=False, unique=True),  # SHA-256, hex
-    _at("created_at"),
-    _at("revoked_at", nullable=True),
-    _at("last_used_at", nullable=True),
+    at("created_at"),
+    at("revoked_at", nullable=True),
+    at("last_used_at", nullable=True),
     # The key caches of every replica poll by these two every half second.
     sa.Index("ix_api_keys_created_at", "created_at"),
     sa.Index("ix_api_keys_revoked_at", "revoked_at"),
@@ -197,7 +78,7 @@ api_keys = sa.Table(
 usage_hourly = sa.Table(
     "usage_hourly",
     metadata,
-    _tenant_fk(primary_key=True),
+    tenant_fk(primary_key=True),
     sa.Column("metric", sa.String(64), primary_key=True),
     sa.Column("hour_start", UtcDateTime(), primary_key=True),
     sa.Column("quantity", sa.BigInteger(), nullable=False, server_default="0"),
@@ -212,19 +93,19 @@ usage_flushes = sa.Table(
     "usage_flushes",
     metadata,
     sa.Column("flush_id", sa.String(128), primary_key=True),
-    _at("applied_at"),
+    at("applied_at"),
 )
 
 # Raw RecordUsage events; the primary key (tenant_id, event_id) is the dedup rule.
 usage_events = sa.Table(
     "usage_events",
     metadata,
-    _tenant_fk(primary_key=True),
+    tenant_fk(primary_key=True),
     sa.Column("event_id", sa.String(128), primary_key=True),
     sa.Column("metric", sa.String(64), nullable=False),
     sa.Column("quantity", sa.BigInteger(), nullable=False),
-    _at("occurred_at"),
-    _at("received_at"),
+    at("occurred_at"),
+    at("received_at"),
     sa.CheckConstraint("quantity >= 0", name="quantity_not_negative"),
     sa.Index("ix_usage_events_tenant_id_occurred_at", "tenant_id", "occurred_at"),
 )
@@ -232,16 +113,16 @@ usage_events = sa.Table(
 invoices = sa.Table(
     "invoices",
     metadata,
-    _id(primary_key=True),
-    _tenant_fk(),
+    id_column(primary_key=True),
+    tenant_fk(),
     sa.Column("period", sa.String(7), nullable=False),  # 'YYYY-MM', UTC calendar month
     sa.Column("version", sa.Integer(), nullable=False, server_default="1"),
     # A voided invoice regenerated for the same period: version + 1, pointing at the old one.
-    _id("replaces_invoice_id", nullable=True),
+    id_column("replaces_invoice_id", nullable=True),
     # Late usage (domain/billing/late_usage.py): 0 for the period's primary invoice, 1, 2, ...
     # for the supplementary invoices after it, each linked to the invoice it supplements.
     sa.Column("supplement", sa.Integer(), nullable=False, server_default="0"),
-    _id("supplements_invoice_id", nullable=True),
+    id_column("supplements_invoice_id", nullable=True),
     sa.Column("status", sa.String(16), nullable=False, server_default=InvoiceStatus.DRAFT.value),
     sa.Column("currency", sa.String(3), nullable=False),
     sa.Column("subtotal", amount(), nullable=False),
@@ -249,17 +130,15 @@ invoices = sa.Table(
     sa.Column("total_minor", sa.BigInteger(), nullable=False),
     sa.Column("stripe_invoice_id", sa.String(255), nullable=True, unique=True),
     sa.Column("last_error", sa.Text(), nullable=True),
-    _at("created_at"),
-    _at("updated_at"),
-    _at("finalized_at", nullable=True),
+    at("created_at"),
+    at("updated_at"),
+    at("finalized_at", nullable=True),
     # The plans version the invoice was priced with (null: priced before plans had versions).
     sa.Column("plan_version", sa.Integer(), nullable=True),
     sa.ForeignKeyConstraint(["replaces_invoice_id"], ["invoices.id"]),
     sa.ForeignKeyConstraint(["supplements_invoice_id"], ["invoices.id"]),
     sa.UniqueConstraint("tenant_id", "period", "version"),
-    sa.CheckConstraint(
-        f"status IN ({', '.join(repr(s.value) for s in InvoiceStatus)})", name="status"
-    ),
+    sa.CheckConstraint(f"status IN ({INVOICE_STATUSES})", name="status"),
     sa.CheckConstraint("version >= 1", name="version_positive"),
     sa.CheckConstraint("length(period) = 7", name="period_format"),
     sa.CheckConstraint("supplement >= 0", name="supplement_not_negative"),
@@ -288,7 +167,7 @@ invoices = sa.Table(
 invoice_lines = sa.Table(
     "invoice_lines",
     metadata,
-    _id(primary_key=True),
+    id_column(primary_key=True),
     sa.Column(
         "invoice_id",
         sa.String(36),
@@ -309,16 +188,16 @@ invoice_lines = sa.Table(
 stripe_outbox = sa.Table(
     "stripe_outbox",
     metadata,
-    _id(primary_key=True),
+    id_column(primary_key=True),
     sa.Column("invoice_id", sa.String(36), sa.ForeignKey("invoices.id"), nullable=False),
     sa.Column("action", sa.String(32), nullable=False),  # push | void | ...
     sa.Column("idempotency_base", sa.String(128), nullable=False),
     sa.Column("state", sa.String(16), nullable=False, server_default="pending"),
     sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
-    _at("next_attempt_at"),
+    at("next_attempt_at"),
     sa.Column("last_error", sa.Text(), nullable=True),
-    _at("created_at"),
-    _at("updated_at"),
+    at("created_at"),
+    at("updated_at"),
     sa.UniqueConstraint("invoice_id", "action"),
     sa.CheckConstraint("state IN ('pending', 'done', 'failed')", name="state"),
     sa.CheckConstraint("attempts >= 0", name="attempts_not_negative"),
@@ -331,7 +210,7 @@ stripe_webhook_events = sa.Table(
     metadata,
     sa.Column("event_id", sa.String(255), primary_key=True),
     sa.Column("type", sa.String(128), nullable=False),
-    _at("received_at"),
+    at("received_at"),
 )
 
 # Quota threshold notifications (80%/100% of a monthly quota): an outbox of webhook deliveries.
@@ -339,17 +218,17 @@ stripe_webhook_events = sa.Table(
 quota_notifications = sa.Table(
     "quota_notifications",
     metadata,
-    _id(primary_key=True),
-    _tenant_fk(),
+    id_column(primary_key=True),
+    tenant_fk(),
     sa.Column("period", sa.String(7), nullable=False),
     sa.Column("metric", sa.String(64), nullable=False),
     sa.Column("threshold", sa.Integer(), nullable=False),  # percent of the quota
     sa.Column("used", sa.BigInteger(), nullable=False),
     sa.Column("quota", sa.BigInteger(), nullable=False),
-    _at("occurred_at"),
+    at("occurred_at"),
     sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
-    _at("next_attempt_at", nullable=True),
-    _at("delivered_at", nullable=True),
+    at("next_attempt_at", nullable=True),
+    at("delivered_at", nullable=True),
     sa.Column("last_error", sa.Text(), nullable=True),
     sa.UniqueConstraint("tenant_id", "period", "metric", "threshold"),
     sa.CheckConstraint("attempts >= 0", name="attempts_not_negative"),
@@ -363,11 +242,11 @@ quota_notifications = sa.Table(
 meter_reports = sa.Table(
     "meter_reports",
     metadata,
-    _tenant_fk(primary_key=True),
+    tenant_fk(primary_key=True),
     sa.Column("metric", sa.String(64), primary_key=True),
     sa.Column("hour_start", UtcDateTime(), primary_key=True),
     sa.Column("reported", sa.BigInteger(), nullable=False),
-    _at("reported_at"),  # when the last increment was queued: one batch per interval
+    at("reported_at"),  # when the last increment was queued: one batch per interval
     sa.CheckConstraint("reported >= 0", name="reported_not_negative"),
 )
 
@@ -376,8 +255,8 @@ meter_reports = sa.Table(
 meter_outbox = sa.Table(
     "meter_outbox",
     metadata,
-    _id(primary_key=True),
-    _tenant_fk(),
+    id_column(primary_key=True),
+    tenant_fk(),
     sa.Column("metric", sa.String(64), nullable=False),
     sa.Column("hour_start", UtcDateTime(), nullable=False),
     sa.Column("event_name", sa.String(100), nullable=False),
@@ -385,11 +264,11 @@ meter_outbox = sa.Table(
     sa.Column("identifier", sa.String(100), nullable=False, unique=True),
     sa.Column("state", sa.String(16), nullable=False, server_default="pending"),
     sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
-    _at("next_attempt_at"),
-    _at("first_attempt_at", nullable=True),
+    at("next_attempt_at"),
+    at("first_attempt_at", nullable=True),
     sa.Column("last_error", sa.Text(), nullable=True),
-    _at("created_at"),
-    _at("updated_at"),
+    at("created_at"),
+    at("updated_at"),
     sa.CheckConstraint("state IN ('pending', 'done', 'failed')", name="state"),
     sa.CheckConstraint("quantity > 0", name="quantity_positive"),
     sa.CheckConstraint("attempts >= 0", name="attempts_not_negative"),
@@ -406,10 +285,10 @@ billing_close_runs = sa.Table(
     sa.Column("period", sa.String(7), primary_key=True),
     sa.Column("run", sa.Integer(), nullable=False),
     sa.Column("state", sa.String(16), nullable=False),
-    _id("owner", nullable=False),  # the attempt holding the lease (a UUID per attempt)
-    _at("lease_until"),
-    _at("started_at"),
-    _at("finished_at", nullable=True),
+    id_column("owner", nullable=False),  # the attempt holding the lease (a UUID per attempt)
+    at("lease_until"),
+    at("started_at"),
+    at("finished_at", nullable=True),
     sa.CheckConstraint("state IN ('running', 'done')", name="state"),
     sa.CheckConstraint("run >= 1", name="run_positive"),
 )
@@ -422,7 +301,7 @@ billing_close_tenants = sa.Table(
     sa.Column("tenant_id", sa.String(36), sa.ForeignKey("tenants.id"), primary_key=True),
     sa.Column("outcome", sa.String(32), nullable=False),  # closed | unchanged | ...
     sa.Column("invoices_closed", sa.Integer(), nullable=False),
-    _at("closed_at"),
+    at("closed_at"),
     sa.CheckConstraint("invoices_closed >= 0", name="invoices_closed_not_negative"),
 )
 
@@ -434,7 +313,7 @@ plan_versions = sa.Table(
     sa.Column("digest", sa.String(64), nullable=False),  # SHA-256 of what it says
     sa.Column("source", sa.String(500), nullable=False),
     sa.Column("applied_by", sa.String(64), nullable=False),
-    _at("applied_at"),
+    at("applied_at"),
     sa.Column("note", sa.String(200), nullable=False),
     sa.CheckConstraint("version >= 1", name="version_positive"),
     sa.Index("ix_plan_versions_applied_at", "applied_at"),
@@ -443,8 +322,8 @@ plan_versions = sa.Table(
 audit_events = sa.Table(
     "audit_events",
     metadata,
-    sa.Column("id", _serial(), primary_key=True, autoincrement=True),
-    _at("occurred_at"),
+    sa.Column("id", serial(), primary_key=True, autoincrement=True),
+    at("occurred_at"),
     sa.Column("credential", sa.String(64), nullable=False),  # the token's role, never a secret
     sa.Column("method", sa.String(128), nullable=False),
     sa.Column("tenant_id", sa.String(36), nullable=True),

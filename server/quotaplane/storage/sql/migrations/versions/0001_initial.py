@@ -6,7 +6,7 @@ Create Date: 2026-11-24
 
 Written by hand and frozen: it spells every type and constraint name out instead of importing
 ``tables.py``, so later changes to the tables cannot rewrite history. Money is NUMERIC on
-Postgres and exact decimal text on SQLite (see ``tables.Money``); timestamps carry a zone.
+Postgres and exact decimal text on SQLite (see ``columns.Money``); timestamps carry a zone.
 """
 
 from __future__ import annotations
