@@ -12,8 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from quotaplane.app.billing_parts import CloseOptions, period_closer
-from quotaplane.app.datadir import LEDGER_FILE
-from quotaplane.app.embedded import embedded_database_url
+from quotaplane.app.embedded import existing_ledger_url
 from quotaplane.app.runtime import default_plans_path
 from quotaplane.app.stores import Connections, stores
 from quotaplane.app.wiring import usage_flusher
@@ -24,18 +23,6 @@ from quotaplane.services.period_close import CloseReport, TenantResult
 from quotaplane.services.tenant_directory import TenantDirectory
 from quotaplane.storage.redis.client import command_pipe, redis_client
 from quotaplane.storage.sql.engine import create_async_engine_for
-
-
-def ledger_url(settings: Settings) -> str:
-    """The configured ledger, else the embedded SQLite file if it exists."""
-    if settings.database_url:
-        return settings.database_url
-    if not (settings.data_dir / LEDGER_FILE).exists():
-        raise ConfigError(
-            f"no ledger at {(settings.data_dir / LEDGER_FILE).resolve()}; set "
-            "QUOTAPLANE_DATABASE_URL or QUOTAPLANE_DATA_DIR"
-        )
-    return embedded_database_url(settings.data_dir)
 
 
 async def close_period(
@@ -53,7 +40,7 @@ async def close_period(
             "replicas' Redis first (with the embedded defaults, `serve` closes periods itself)"
         )
     catalog = load_plans(settings.plans_path or default_plans_path())
-    database = create_async_engine_for(ledger_url(settings))
+    database = create_async_engine_for(existing_ledger_url(settings))
     redis_url = settings.redis_url or "redis://127.0.0.1:6379"  # a dry run never calls it
     timeout = settings.redis_timeout.total_seconds()
     connections = Connections(

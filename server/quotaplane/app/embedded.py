@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from quotaplane.app.datadir import LEDGER_FILE, DataDirLock
-from quotaplane.config import Settings
+from quotaplane.config import ConfigError, Settings
 from quotaplane.storage.redis.embedded import EmbeddedValkey
 from quotaplane.storage.sql import migrate
 
@@ -19,6 +19,20 @@ log = logging.getLogger(__name__)
 
 def embedded_database_url(data_dir: Path) -> str:
     return f"sqlite:///{(data_dir / LEDGER_FILE).resolve()}"
+
+
+def existing_ledger_url(settings: Settings) -> str:
+    """The ledger a command that reads it works on: the configured one, else the embedded
+    SQLite file if it exists. ConfigError otherwise: opening a missing SQLite file would
+    create an empty ledger in whatever directory the command ran from."""
+    if settings.database_url:
+        return settings.database_url
+    if not (settings.data_dir / LEDGER_FILE).exists():
+        raise ConfigError(
+            f"no ledger at {(settings.data_dir / LEDGER_FILE).resolve()} (nothing created); "
+            "set QUOTAPLANE_DATABASE_URL or QUOTAPLANE_DATA_DIR"
+        )
+    return embedded_database_url(settings.data_dir)
 
 
 def start_embedded(

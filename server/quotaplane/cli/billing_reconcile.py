@@ -62,6 +62,7 @@ def register(billing_commands: argparse._SubParsersAction[argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
+    from quotaplane.app.embedded import existing_ledger_url
     from quotaplane.app.reconcile import reconcile_period
     from quotaplane.telemetry import write_reconcile_textfile
 
@@ -71,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"quotaplane: {error.message}", file=sys.stderr)
         return EXIT_USAGE
     settings = load_settings(os.environ)
-    url = args.database_url or settings.database_url or _embedded_url(settings.data_dir)
+    url = args.database_url or existing_ledger_url(settings)
     try:
         rows = asyncio.run(reconcile_period(settings, url, period))
     except (QuotaplaneError, PaymentError) as error:
@@ -100,11 +101,3 @@ def _by_kind(differences: dict[str, int]) -> str:
 
 def _amount(value: Decimal | None) -> str:
     return "-" if value is None else str(value)
-
-
-def _embedded_url(data_dir: object) -> str:
-    from pathlib import Path
-
-    from quotaplane.app.embedded import embedded_database_url
-
-    return embedded_database_url(Path(str(data_dir)))
