@@ -30,13 +30,13 @@ DESCRIPTION = "quotaplane: the quota-and-billing control plane for metered APIs.
 EPILOG = """\
 commands by what they need:
   on this machine:   serve, db, settings, plans validate
-  ledger and Stripe: billing reconcile
-  on the ledger (QUOTAPLANE_DATABASE_URL, QUOTAPLANE_REDIS_URL):
+  on the ledger (QUOTAPLANE_DATABASE_URL; a real close also QUOTAPLANE_REDIS_URL):
                      billing close
+  ledger and Stripe: billing reconcile
   admin commands (a running server, --target HOST:PORT, and the admin token from
   --admin-token, QUOTAPLANE_ADMIN_TOKEN or <data dir>/admin-token):
-                     tenants, keys, usage, invoices, audit, plans list|reload|apply|
-                     history|rollback
+                     tenants, keys, usage, invoices, audit,
+                     plans list, plans reload, plans apply, plans history, plans rollback
   probes:            health
 
 'quotaplane COMMAND --help' shows a command's options; exit codes: 0 ok, 1 invalid input
