@@ -6,6 +6,7 @@ Real Redis (the run's, under a private prefix), tenants in a real ledger, the re
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -102,6 +103,19 @@ async def test_a_replay_after_a_plan_change_is_the_first_answer(quota: Quota) ->
     assert again.limits == first.limits  # names, windows, limits, remaining, resets
     assert [(s.name, s.remaining) for s in again.limits] == [("requests/month", 99990)]
     assert await quota.month_usage() == 10
+
+
+async def test_a_retry_after_the_shortest_window_is_still_a_replay(quota: Quota) -> None:
+    """A client retries after a timeout, when a per-second window has long ended: the request
+    id still answers the first decision and charges nothing (kept 24 h, like Stripe's)."""
+    quota.catalog[0] = AFTER  # requests: 50 a second and 100,000 a month
+    first = await quota.check(cost=10, request_id="r-late")
+    await asyncio.sleep(1.2)  # the first call's second is over
+    again = await quota.check(cost=10, request_id="r-late")
+    assert again.replayed and again.limits == first.limits
+    assert await quota.month_usage() == 10
+    ttl = await quota.redis.pttl(keys.dedup_key(quota.prefix, quota.tenant, "r-late"))
+    assert 23 * 3600 * 1000 < ttl <= 24 * 3600 * 1000
 
 
 @pytest.mark.parametrize(

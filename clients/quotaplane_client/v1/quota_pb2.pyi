@@ -71,7 +71,7 @@ class CheckQuotaRequest(_message.Message):
     """Units to consume, 0 means 1. At most 1,000,000 (INVALID_ARGUMENT above, or if negative)."""
     request_id: _builtins.str
     """Optional idempotency id (at most 128 characters). A repeated request_id is answered from
-    its first decision while that decision's shortest window lasts, and charged only once.
+    its first decision for 24 hours (like a Stripe idempotency key), and charged only once.
     """
     dry_run: _builtins.bool
     """Only look: report the decision and remaining units without consuming anything."""

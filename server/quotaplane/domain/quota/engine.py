@@ -15,10 +15,12 @@ Semantics the callers rely on:
 - ``remaining`` is what is left after this decision (for a dry run or a denial: now).
 - ``retry_after`` on OVER_LIMIT is the time until the *last* of the blocking windows that
   lack room resets: only then can the same request succeed.
-- A request id's first decision is kept until the shortest window of the call ends (at most
-  24 h); a repeat within that time is answered from it exactly (the limits and windows that
-  answered then, even after a plan change) and charged nothing; a repeat with another metric
-  or cost is refused (``replay.py``). Dry runs neither store nor consume anything.
+- A request id's first decision is kept for 24 h, as Stripe keeps an idempotency key, whatever
+  the call's windows: a client's retry comes after a timeout, seconds later, when a per-second
+  window has long ended, and must not be charged again. A repeat within that time is answered
+  from it exactly (the limits and windows that answered then, even after a plan change) and
+  charged nothing; a repeat with another metric or cost is refused (``replay.py``). Dry runs
+  neither store nor consume anything.
 """
 
 from __future__ import annotations
@@ -187,7 +189,7 @@ def _windows_at(limits: tuple[Limit, ...], second: int) -> _Windows:
     """Cached per (limits, second): every request of one second shares the window arithmetic."""
     bounds = [window_bounds(limit.window, second) for limit in limits]
     at = datetime.fromtimestamp(second, UTC)
-    dedup_until = min([*(reset for _, reset in bounds), at + DEDUP_MAX_AGE])
+    dedup_until = at + DEDUP_MAX_AGE
     return _Windows(
         counters=tuple(
             CounterLimit(
