@@ -46,6 +46,7 @@ class Settings:
     redis_timeout: timedelta
     cache_ttl: timedelta
     shutdown_grace: timedelta
+    request_id_ttl: timedelta
     flush_interval: timedelta
     billing_grace: timedelta | None
     stripe_api_key: str

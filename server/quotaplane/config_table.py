@@ -164,6 +164,14 @@ STORAGE: tuple[Setting, ...] = (
         "Longest time a replica serves a cached tenant, plan or API key after an admin change.",
     ),
     Setting(
+        "request_id_ttl",
+        "QUOTAPLANE_REQUEST_ID_TTL",
+        parse_positive_duration,
+        "24h",
+        "How long a CheckQuota request_id replays its first decision (Stripe keeps idempotency "
+        "keys 24 h). Redis keeps one ~260-byte record per id for that long.",
+    ),
+    Setting(
         "flush_interval",
         "QUOTAPLANE_FLUSH_INTERVAL",
         parse_positive_duration,

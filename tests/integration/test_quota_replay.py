@@ -10,7 +10,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis.asyncio as aioredis
@@ -59,6 +59,8 @@ class Quota:
     tenant: str
     redis: aioredis.Redis
     prefix: str
+    counters: RedisCounterStore
+    directory: TenantDirectory
 
     async def check(self, *, cost: int, metric: str = "requests", request_id: str) -> Decision:
         request = QuotaRequest.parse(
@@ -82,13 +84,11 @@ async def quota(
     catalog = [BEFORE]
     pipe = command_pipe(redis_url, timeout=2.0)
     client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    engine = QuotaEngine(
-        tenants=TenantDirectory(store),
-        plans=lambda: catalog[0],
-        counters=RedisCounterStore(pipe, key_prefix=prefix, timeout=2.0),
-    )
+    directory = TenantDirectory(store)
+    counters = RedisCounterStore(pipe, key_prefix=prefix, timeout=2.0)
+    engine = QuotaEngine(tenants=directory, plans=lambda: catalog[0], counters=counters)
     try:
-        yield Quota(engine, catalog, tenant, client, prefix)
+        yield Quota(engine, catalog, tenant, client, prefix, counters, directory)
     finally:
         await pipe.aclose()
         await client.aclose()
@@ -116,6 +116,23 @@ async def test_a_retry_after_the_shortest_window_is_still_a_replay(quota: Quota)
     assert await quota.month_usage() == 10
     ttl = await quota.redis.pttl(keys.dedup_key(quota.prefix, quota.tenant, "r-late"))
     assert 23 * 3600 * 1000 < ttl <= 24 * 3600 * 1000
+
+
+async def test_the_request_id_lifetime_is_a_setting(quota: Quota) -> None:
+    """QUOTAPLANE_REQUEST_ID_TTL: an operator sizes Redis by how long ids are kept."""
+    short = QuotaEngine(
+        tenants=quota.directory,
+        plans=lambda: quota.catalog[0],
+        counters=quota.counters,
+        request_id_ttl=timedelta(minutes=10),
+    )
+    request = QuotaRequest.parse(
+        tenant_id=quota.tenant, metric="requests", cost=1, request_id="r-ttl"
+    )
+    await short.check(request)
+    ttl = await quota.redis.pttl(keys.dedup_key(quota.prefix, quota.tenant, "r-ttl"))
+    assert 9 * 60 * 1000 < ttl <= 10 * 60 * 1000
+    assert (await short.check(request)).replayed
 
 
 @pytest.mark.parametrize(

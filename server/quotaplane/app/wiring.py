@@ -126,6 +126,7 @@ def quota_engine(
         plans=plans,
         counters=counter_store(settings, connections, stored, flusher, observe=observe),
         observers=[*observers, *recorders],
+        request_id_ttl=settings.request_id_ttl,
     )
 
 

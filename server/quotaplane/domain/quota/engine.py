@@ -15,12 +15,12 @@ Semantics the callers rely on:
 - ``remaining`` is what is left after this decision (for a dry run or a denial: now).
 - ``retry_after`` on OVER_LIMIT is the time until the *last* of the blocking windows that
   lack room resets: only then can the same request succeed.
-- A request id's first decision is kept for 24 h, as Stripe keeps an idempotency key, whatever
-  the call's windows: a client's retry comes after a timeout, seconds later, when a per-second
-  window has long ended, and must not be charged again. A repeat within that time is answered
-  from it exactly (the limits and windows that answered then, even after a plan change) and
-  charged nothing; a repeat with another metric or cost is refused (``replay.py``). Dry runs
-  neither store nor consume anything.
+- A request id's first decision is kept for ``request_id_ttl`` (24 h by default, as Stripe
+  keeps an idempotency key), whatever the call's windows: a client's retry comes after a
+  timeout, seconds later, when a per-second window has long ended, and must not be charged
+  again. A repeat within that time is answered from it exactly (the limits and windows that
+  answered then, even after a plan change) and charged nothing; a repeat with another metric
+  or cost is refused (``replay.py``). Dry runs neither store nor consume anything.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from quotaplane.domain.quota.replay import FirstRequest, refuse_if_different
 from quotaplane.domain.tenants.model import Tenant
 from quotaplane.domain.windows import Period, Window, window_reset, window_start
 
-DEDUP_MAX_AGE = timedelta(hours=24)
+REQUEST_ID_TTL = timedelta(hours=24)  # how long a request id replays, unless configured
 _RULES_KEPT = 1024  # compiled spend caps kept: one per plan, and per tenant new this month
 _MICROSECOND = timedelta(microseconds=1)
 # Counters outlive their window a little, so a late reply or a slow clock never reads a
@@ -71,12 +71,14 @@ class QuotaEngine:
         counters: CounterStore,
         clock: Callable[[], datetime] = utc_now,
         observers: Sequence[Callable[[QuotaRequest, Decision], None]] = (),
+        request_id_ttl: timedelta = REQUEST_ID_TTL,
     ) -> None:
         self._tenants = tenants
         self._plans = plans
         self._counters = counters
         self._clock = clock
         self._observers = tuple(observers)
+        self._request_id_ttl = int(request_id_ttl.total_seconds())
         self._rules: dict[tuple[int, int, int], tuple[Plan, SpendRule | None]] = {}
 
     async def tenant(self, tenant_id: str) -> Tenant:
@@ -91,7 +93,7 @@ class QuotaEngine:
         plan = self._plan(tenant)
         limits = _limits(plan, request.metric)
         now = self._clock()
-        windows = _windows(limits, now)
+        windows = _windows(limits, now, self._request_id_ttl)
         rule = self._spend_rule(plan, tenant, now)
         call = consume_call(request, windows, limits, spend_call(rule, request.metric, limits, now))
         result = await self._counters.consume(call)
@@ -185,11 +187,11 @@ class _Windows:
 
 
 @functools.lru_cache(maxsize=1024)
-def _windows_at(limits: tuple[Limit, ...], second: int) -> _Windows:
+def _windows_at(limits: tuple[Limit, ...], second: int, request_id_ttl: int) -> _Windows:
     """Cached per (limits, second): every request of one second shares the window arithmetic."""
     bounds = [window_bounds(limit.window, second) for limit in limits]
     at = datetime.fromtimestamp(second, UTC)
-    dedup_until = at + DEDUP_MAX_AGE
+    dedup_until = at + timedelta(seconds=request_id_ttl)
     return _Windows(
         counters=tuple(
             CounterLimit(
@@ -208,8 +210,8 @@ def _windows_at(limits: tuple[Limit, ...], second: int) -> _Windows:
     )
 
 
-def _windows(limits: Sequence[Limit], now: datetime) -> _Windows:
-    return _windows_at(tuple(limits), int(now.timestamp()))
+def _windows(limits: Sequence[Limit], now: datetime, request_id_ttl: int) -> _Windows:
+    return _windows_at(tuple(limits), int(now.timestamp()), request_id_ttl)
 
 
 def consume_call(
