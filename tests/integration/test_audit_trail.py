@@ -127,6 +127,9 @@ async def test_the_listing_pages_with_tokens_bound_to_its_filters(
     assert len(first["events"]) == 2 and first["next_page_token"]
     second = await _json(cli, "audit", "--page-size", "2", "--page-token", first["next_page_token"])
     assert len(second["events"]) == 1 and not second.get("next_page_token")
+    code, out, err = await cli("audit", "--page-size", "2")  # the table, and how to go on
+    assert code == 0 and f"next page: --page-token {first['next_page_token']}" in err
+    assert "next page" not in out
     code, _, err = await cli(
         "audit", "--method", "CreateTenant", "--page-token", first["next_page_token"]
     )

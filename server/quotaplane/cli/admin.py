@@ -32,6 +32,7 @@ from quotaplane.cli.output import (
     TENANT,
     Progress,
     emit,
+    emit_page,
     print_table,
 )
 from quotaplane.config import ConfigError, load_settings
@@ -116,9 +117,7 @@ def tenants_list(args: argparse.Namespace, c: QuotaplaneClient) -> int:
         status=status,
     )
     page = c.admin_call("ListTenants", req)
-    emit(args, page, page.tenants, TENANT)
-    if page.next_page_token and not args.json:
-        print(f"next page: --page-token {page.next_page_token}", file=sys.stderr)
+    emit_page(args, page, page.tenants, TENANT)
     return 0
 
 
@@ -238,7 +237,7 @@ def invoices_list(args: argparse.Namespace, c: QuotaplaneClient) -> int:
         page_token=args.page_token or "",
     )
     page = c.admin_call("ListInvoices", req)
-    emit(args, page, page.invoices, INVOICE)
+    emit_page(args, page, page.invoices, INVOICE)
     if not args.json:
         for late in page.late_usage:  # GenerateInvoice bills it on a supplementary invoice
             print(

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from quotaplane.cli.admin import _command, _paging, _times
-from quotaplane.cli.output import TENANT, Columns, emit, when
+from quotaplane.cli.output import TENANT, Columns, emit, emit_page, when
 from quotaplane.config import ConfigError
 from quotaplane_client import QuotaplaneClient
 from quotaplane_client.v1 import admin_pb2
@@ -69,7 +69,7 @@ def plans_history(args: argparse.Namespace, c: QuotaplaneClient) -> int:
         page_size=args.page_size, page_token=args.page_token or ""
     )
     page = c.admin_call("ListPlanVersions", req)
-    emit(args, page, page.versions, VERSION)
+    emit_page(args, page, page.versions, VERSION)
     return 0
 
 
@@ -123,7 +123,7 @@ def audit_list(args: argparse.Namespace, c: QuotaplaneClient) -> int:
         **_times(start=args.start, end=args.end),
     )
     page = c.admin_call("ListAuditEvents", req)
-    emit(args, page, page.events, AUDIT)
+    emit_page(args, page, page.events, AUDIT)
     return 0
 
 

@@ -77,6 +77,17 @@ def emit(args: argparse.Namespace, message: Message, rows: Sequence[Any], column
         print_table(rows, columns)
 
 
+def emit_page(
+    args: argparse.Namespace, page: Message, rows: Sequence[Any], columns: Columns
+) -> None:
+    """A list page, and in text mode the flag that fetches the next one (on stderr, so the table
+    on stdout stays parseable)."""
+    emit(args, page, rows, columns)
+    token = getattr(page, "next_page_token", "")
+    if token and not args.json:
+        print(f"next page: --page-token {token}", file=sys.stderr)
+
+
 IMPORTED, SKIPPED, FAILED = "imported", "skipped", "failed"
 
 
