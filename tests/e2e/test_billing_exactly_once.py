@@ -22,58 +22,25 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import grpc
 import psycopg
 import pytest
 import sqlalchemy as sa
-from google.protobuf.message import Message
 from psycopg import sql
 
 from quotaplane.storage.sql import migrate
 from quotaplane.storage.sql.engine import create_async_engine_for
 from quotaplane.storage.sql.tables import usage_hourly
 from quotaplane.storage.sql.tenants import SqlTenantStore
-from quotaplane_client.v1 import quota_pb2, quota_pb2_grpc, types_pb2
+from quotaplane_client.v1 import quota_pb2, types_pb2
 from tests.fakes import StripeEmulator
-from tests.harness.quotaplane_server import ServeProcess, serve_process
-from tests.harness.tokens import token_channel
+from tests.harness.replicas import Replicas, stripe_replicas
 from tests.integration.billing_server import event, this_period
 
 pytestmark = pytest.mark.timeout(240)
 
 PLANS = "plans:\n  big: {price_per_1000_requests: 0.04, monthly_quota: 100000000}\n"
 TENANTS = 3
-
-
-@dataclass
-class Replicas:
-    servers: list[ServeProcess]
-    stubs: list[quota_pb2_grpc.QuotaServiceStub]
-
-    async def call(self, method: str, request: Message, deadline: float = 5) -> Any:
-        """``method`` on replicas in turn until one answers (a killed one refuses or drops it)."""
-        for attempt in range(600):
-            stub = self.stubs[(attempt + random.randrange(2)) % len(self.stubs)]
-            try:
-                return await getattr(stub, method)(request, timeout=deadline)
-            except grpc.aio.AioRpcError as error:
-                if error.code() not in (
-                    grpc.StatusCode.UNAVAILABLE,
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    grpc.StatusCode.CANCELLED,
-                ):
-                    raise
-            await asyncio.sleep(0.05)
-        raise AssertionError("no replica answered for 30 s")
-
-    async def restart(self, index: int) -> None:
-        process = self.servers[index].process
-        await asyncio.to_thread(process.kill)
-        await asyncio.sleep(0.2)
-        process.start()
-        await asyncio.to_thread(process.wait_for_port, self.servers[index].port, "127.0.0.1", 60)
 
 
 @dataclass
@@ -96,39 +63,16 @@ async def replicas(
     database_url: str,
     emulator: StripeEmulator,
 ) -> AsyncIterator[Replicas]:
-    plans = tmp_path / "plans.yaml"
-    plans.write_text(PLANS)
-    env = {
-        "QUOTAPLANE_FLUSH_INTERVAL": "200ms",
-        "QUOTAPLANE_METRICS_ADDR": "off",
-        "QUOTAPLANE_REDIS_TIMEOUT": "1s",
-        "STRIPE_API_KEY": emulator.api_key,
-        "QUOTAPLANE_STRIPE_API_BASE": emulator.api_base,
-    }
-    prefix = f"{redis_key_prefix}:x{uuid.uuid4().hex[:6]}"
-    servers = [
-        serve_process(
-            tmp_path,
-            redis_url=redis_url,
-            database_url=database_url,
-            key_prefix=prefix,
-            plans_path=plans,
-            env=env,
-            name=f"replica{i}",
-        )
-        for i in range(2)
-    ]
-    channels = [token_channel(server.addr, server.tokens) for server in servers]
-    try:
-        for server in servers:
-            server.process.start()
-            await asyncio.to_thread(server.process.wait_for_port, server.port, "127.0.0.1", 60)
-        yield Replicas(servers, [quota_pb2_grpc.QuotaServiceStub(c) for c in channels])
-    finally:
-        for channel in channels:
-            await channel.close()
-        for server in servers:
-            server.process.close()
+    async with stripe_replicas(
+        tmp_path,
+        plans=PLANS,
+        redis_url=redis_url,
+        key_prefix=f"{redis_key_prefix}:x",
+        database_url=database_url,
+        emulator=emulator,
+        env={"QUOTAPLANE_REDIS_TIMEOUT": "1s"},
+    ) as replicas:
+        yield replicas
 
 
 async def _checks(

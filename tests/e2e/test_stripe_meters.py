@@ -32,11 +32,9 @@ from quotaplane.storage.sql import migrate
 from quotaplane.storage.sql.engine import create_async_engine_for
 from quotaplane.storage.sql.tables import usage_hourly
 from quotaplane.storage.sql.tenants import SqlTenantStore
-from quotaplane_client.v1 import quota_pb2, quota_pb2_grpc
-from tests.e2e.test_billing_exactly_once import Replicas
+from quotaplane_client.v1 import quota_pb2
 from tests.fakes import StripeEmulator
-from tests.harness.quotaplane_server import serve_process
-from tests.harness.tokens import token_channel
+from tests.harness.replicas import Replicas, stripe_replicas
 from tests.integration.billing_server import event
 
 pytestmark = pytest.mark.timeout(300)
@@ -70,39 +68,16 @@ async def replicas(
     database_url: str,
     emulator: StripeEmulator,
 ) -> AsyncIterator[Replicas]:
-    plans = tmp_path / "plans.yaml"
-    plans.write_text(PLANS)
-    env = {
-        "QUOTAPLANE_FLUSH_INTERVAL": "200ms",
-        "QUOTAPLANE_METER_INTERVAL": f"{METER_INTERVAL}s",
-        "QUOTAPLANE_METRICS_ADDR": "off",
-        "STRIPE_API_KEY": emulator.api_key,
-        "QUOTAPLANE_STRIPE_API_BASE": emulator.api_base,
-    }
-    prefix = f"{redis_key_prefix}:m{uuid.uuid4().hex[:6]}"
-    servers = [
-        serve_process(
-            tmp_path,
-            redis_url=redis_url,
-            database_url=database_url,
-            key_prefix=prefix,
-            plans_path=plans,
-            env=env,
-            name=f"replica{i}",
-        )
-        for i in range(2)
-    ]
-    channels = [token_channel(server.addr, server.tokens) for server in servers]
-    try:
-        for server in servers:
-            server.process.start()
-            await asyncio.to_thread(server.process.wait_for_port, server.port, "127.0.0.1", 60)
-        yield Replicas(servers, [quota_pb2_grpc.QuotaServiceStub(c) for c in channels])
-    finally:
-        for channel in channels:
-            await channel.close()
-        for server in servers:
-            server.process.close()
+    async with stripe_replicas(
+        tmp_path,
+        plans=PLANS,
+        redis_url=redis_url,
+        key_prefix=f"{redis_key_prefix}:m",
+        database_url=database_url,
+        emulator=emulator,
+        env={"QUOTAPLANE_METER_INTERVAL": f"{METER_INTERVAL}s"},
+    ) as replicas:
+        yield replicas
 
 
 def create_meters(emu: StripeEmulator) -> stripe.StripeClient:
