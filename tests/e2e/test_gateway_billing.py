@@ -30,12 +30,11 @@ import pytest
 from quotaplane.storage.sql import migrate
 from quotaplane_client import QuotaplaneClient
 from quotaplane_client.v1 import admin_pb2, types_pb2
-from tests.harness.gateway import render, request, start_envoy, start_openclaw
-from tests.harness.quotaplane_server import serve_process
+from tests.harness.gateway import request
+from tests.harness.tenant_stack import PLAN, tenant_stack
 
 pytestmark = pytest.mark.timeout(60)
 
-PLAN = "metered"
 UNIT_PRICE = Decimal("0.0026")
 QUOTA = 29
 PLANS = f"""
@@ -83,46 +82,20 @@ def send_traffic(port: int, key: str) -> tuple[list[int], str]:
 def billed_gateway(
     workdir: Path, redis_url: str, key_prefix: str, database: str, authz: str
 ) -> Iterator[Billed]:
-    (workdir / "plans.yaml").write_text(PLANS)
-    serve = serve_process(
+    with tenant_stack(
         workdir,
         redis_url=redis_url,
-        database_url=database,
         key_prefix=key_prefix,
-        plans_path=workdir / "plans.yaml",
-        env={
-            "QUOTAPLANE_FLUSH_INTERVAL": "1h",
-            "QUOTAPLANE_METRICS_ADDR": "off",
-            "QUOTAPLANE_AUTHZ_ROUTES": render.AUTHZ_ROUTES,
-        },
-    )
-    authz_port = serve.http_port if authz == "http" else serve.port
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(serve.process)
-        serve.process.start().wait_for_port(serve.port, timeout=60)
-        upstream, upstream_port = start_openclaw(workdir)
-        stack.enter_context(upstream)
-        envoy, envoy_port = start_envoy(workdir, upstream_port, authz_port, False, authz)
-        stack.enter_context(envoy)
-        client = stack.enter_context(
-            QuotaplaneClient(
-                serve.addr,
-                admin_token=serve.admin_token,
-                service_token=serve.tokens.service,
-                billing_token=serve.tokens.billing,
-            )
-        )
-        tenant = client.admin_call(
-            "CreateTenant", admin_pb2.CreateTenantRequest(name="billed via envoy", plan=PLAN)
-        )
-        key = client.admin_call(
-            "CreateApiKey", admin_pb2.CreateApiKeyRequest(tenant_id=tenant.id, name="e2e")
-        ).secret
+        database=database,
+        authz=authz,
+        plans=PLANS,
+    ) as stack:
+        tenant = stack.tenant("billed via envoy")
         period = datetime.now(UTC).strftime("%Y-%m")
-        statuses, remaining = send_traffic(envoy_port, key)
+        statuses, remaining = send_traffic(stack.envoy_port, tenant.key)
         if datetime.now(UTC).strftime("%Y-%m") != period:
             pytest.skip("the billing period changed while the traffic ran; run again")
-        yield Billed(client, tenant.id, period, statuses, remaining)
+        yield Billed(stack.client, tenant.id, period, statuses, remaining)
 
 
 # Both ledgers and both ext_authz paths, without running every pair.

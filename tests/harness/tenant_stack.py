@@ -71,9 +71,10 @@ def tenant_stack(
     database: str,
     authz: str,
     env: dict[str, str] | None = None,
+    plans: str = PLANS,
     **envoy_values: str | int | bool,
 ) -> Iterator[TenantStack]:
-    (workdir / "plans.yaml").write_text(PLANS)
+    (workdir / "plans.yaml").write_text(plans)
     serve = serve_process(
         workdir,
         redis_url=redis_url,
