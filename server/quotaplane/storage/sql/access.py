@@ -4,9 +4,9 @@ that apply that mapping, the dialect's INSERT ... ON CONFLICT, and the clock."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -14,6 +14,8 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from quotaplane.domain.errors import Unavailable
+
+Job = TypeVar("Job")
 
 
 def utc_now() -> datetime:
@@ -59,3 +61,20 @@ class SqlStore:
         with self._errors():
             async with self._engine.begin() as conn:
                 yield conn
+
+    async def _lease_each(
+        self,
+        due: sa.Select[Any],
+        lease: Callable[[str, datetime], Awaitable[Job | None]],
+    ) -> list[Job]:
+        """The jobs of an outbox: ``due`` selects the rows' ``id`` and ``next_attempt_at``, then
+        ``lease`` claims each alone (fenced on the ``next_attempt_at`` read); a row another
+        worker leased in between is skipped."""
+        async with self._transaction() as conn:
+            rows = (await conn.execute(due)).all()
+        jobs = []
+        for row in rows:
+            job = await lease(row.id, row.next_attempt_at)
+            if job is not None:
+                jobs.append(job)
+        return jobs

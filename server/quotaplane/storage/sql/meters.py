@@ -62,14 +62,9 @@ class SqlMeterOutbox(SqlStore):
             .order_by(meter_outbox.c.next_attempt_at, meter_outbox.c.id)
             .limit(limit)
         )
-        async with self._transaction() as conn:
-            rows = (await conn.execute(due)).all()
-        jobs = []
-        for row in rows:
-            job = await self._lease(row.id, row.next_attempt_at, now, lease_seconds)
-            if job is not None:
-                jobs.append(job)
-        return jobs
+        return await self._lease_each(
+            due, lambda outbox_id, seen_at: self._lease(outbox_id, seen_at, now, lease_seconds)
+        )
 
     async def set_customer(self, tenant_id: str, customer_id: str) -> None:
         async with self._transaction() as conn:

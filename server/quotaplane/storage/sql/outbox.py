@@ -57,14 +57,9 @@ class SqlPushOutbox(SqlStore):
             .order_by(stripe_outbox.c.next_attempt_at)
             .limit(limit)
         )
-        jobs = []
-        async with self._transaction() as conn:
-            rows = (await conn.execute(due)).all()
-        for row in rows:
-            job = await self._lease(row.id, row.next_attempt_at, now, lease_seconds)
-            if job is not None:
-                jobs.append(job)
-        return jobs
+        return await self._lease_each(
+            due, lambda outbox_id, seen_at: self._lease(outbox_id, seen_at, now, lease_seconds)
+        )
 
     async def set_customer(self, tenant_id: str, customer_id: str) -> None:
         async with self._transaction() as conn:
