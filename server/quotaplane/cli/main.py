@@ -145,19 +145,17 @@ def _database_url(args: argparse.Namespace) -> str | None:
     settings = load_settings(os.environ)
     if settings.database_url:
         return settings.database_url
-    from quotaplane.app.datadir import LEDGER_FILE, ensure_data_dir
-    from quotaplane.app.embedded import embedded_database_url
+    from quotaplane.app.datadir import ensure_data_dir
+    from quotaplane.app.embedded import embedded_database_url, existing_ledger_url
 
-    url = embedded_database_url(settings.data_dir)
-    if args.db_command != "upgrade" and not (settings.data_dir / LEDGER_FILE).exists():
-        print(
-            f"no ledger at {(settings.data_dir / LEDGER_FILE).resolve()} (nothing created); "
-            "set QUOTAPLANE_DATABASE_URL, --database-url or QUOTAPLANE_DATA_DIR",
-            file=sys.stderr,
-        )
+    if args.db_command == "upgrade":  # the one command that may create the embedded ledger
+        ensure_data_dir(settings.data_dir)
+        return embedded_database_url(settings.data_dir)
+    try:
+        return existing_ledger_url(settings)
+    except ConfigError as error:
+        print(f"{error}, or pass --database-url", file=sys.stderr)
         return None
-    ensure_data_dir(settings.data_dir)
-    return url
 
 
 def _cmd_db(args: argparse.Namespace) -> int:
